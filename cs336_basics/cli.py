@@ -1,0 +1,40 @@
+"""The `cs336-basics` command line: one argparse subcommand per job.
+
+Each subcommand lives in the module that owns its job; that module exposes `add_parser(subparsers)`, which
+adds its parser and sets `func` to the function that runs it. This file only wires them together.
+
+    cs336-basics quickstart          # the whole pipeline on a built-in text, a few minutes on a CPU
+    cs336-basics <command> --help    # every flag with its units and defaults
+"""
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module that defines it (in the order `--help` lists them)
+SUBCOMMAND_MODULES: dict[str, str] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cs336-basics",
+        description="A from-scratch Transformer LM stack: BPE training, tokenization, training, sampling, probes.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in dict.fromkeys(SUBCOMMAND_MODULES.values()):
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as e:
+        # Bad input: one clear line instead of a traceback.
+        print(f"cs336-basics {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,455 @@
+"""The Transformer language model, from scratch: only nn.Parameter, containers and plain tensor ops.
+
+Design (CS336 Assignment 1 defaults; every switch lives in ModelConfig):
+- decoder-only, pre-norm blocks `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`, then ln_final and lm_head;
+- RMSNorm computed in float32 (at least) and cast back; no biases anywhere;
+- rotary position embeddings on Q and K (pairs (x[2k], x[2k+1])), shared by every layer;
+- SwiGLU feed-forward `w2(silu(w1 x) * w3 x)`;
+- untied input/output embeddings unless `tie_embeddings`.
+Switches for ablations, all off by default: norm placement `pre | post | none`, positions `rope | none`,
+feed-forward `swiglu | silu`, tied embeddings, and the opt-in fused attention kernel (`attention_backend="sdpa"`).
+
+All weight matrices are stored (d_out, d_in) and applied as `y = x @ W.T`.
+
+Shape letters: B batch, T sequence, H heads, D head dim (d_k), V vocabulary, "..." any leading dims.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from einops import rearrange
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+# --------------------------------------------------------------------------------------------------------------------
+# Basic layers
+
+
+class Linear(nn.Module):
+    """y = x @ W.T with W of shape (out_features, in_features); no bias."""
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
+        super().__init__()
+        _check_positive(in_features=in_features, out_features=out_features)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        std = math.sqrt(2 / (in_features + out_features))  # trunc_normal_ at ±3σ
+        nn.init.trunc_normal_(self.weight, mean=0.0, std=std, a=-3 * std, b=3 * std)
+
+    def forward(self, x: Float[Tensor, " ... d_in"]) -> Float[Tensor, " ... d_out"]:
+        return x @ self.weight.T
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Embedding(nn.Module):
+    """A lookup table: row i of `weight` (num_embeddings, embedding_dim) is the vector of token i."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None):
+        super().__init__()
+        _check_positive(num_embeddings=num_embeddings, embedding_dim=embedding_dim)
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        nn.init.trunc_normal_(self.weight, mean=0.0, std=1.0, a=-3.0, b=3.0)  # std 1, trunc_normal_ at ±3σ
+
+    def forward(self, token_ids: Int[Tensor, " ..."]) -> Float[Tensor, " ... d_model"]:
+        _check_token_ids(token_ids, self.num_embeddings)
+        return self.weight[token_ids]
+
+    def extra_repr(self) -> str:
+        return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}"
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * g over the last dim, computed in (at least) float32 and cast back."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        _check_positive(d_model=d_model)
+        if not eps > 0:
+            raise ValueError(f"eps={eps} must be > 0")
+        self.d_model = d_model
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+
+    def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
+        in_dtype = x.dtype
+        x = x.to(torch.promote_types(in_dtype, torch.float32))  # bf16/fp16 -> fp32; fp64 stays fp64
+        inv_rms = torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + self.eps)
+        return (x * inv_rms * self.weight).to(in_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.d_model}, eps={self.eps}"
+
+
+def silu(x: Float[Tensor, " ..."]) -> Float[Tensor, " ..."]:
+    """SiLU (swish): x * sigmoid(x)."""
+    return x * torch.sigmoid(x)
+
+
+class SwiGLU(nn.Module):
+    """The gated feed-forward network of LLaMA: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, d_model: int, d_ff: int, device=None, dtype=None):
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+        self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
+
+    def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
+        return self.w2(silu(self.w1(x)) * self.w3(x))
+
+
+class SiLUFeedForward(nn.Module):
+    """The ungated ablation of SwiGLU: w2(silu(w1 x)); use d_ff = 4 * d_model to match SwiGLU's parameter count."""
+
+    def __init__(self, d_model: int, d_ff: int, device=None, dtype=None):
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+
+    def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
+        return self.w2(silu(self.w1(x)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Positions and attention
+
+
+class RotaryPositionalEmbedding(nn.Module):
+    """RoPE: rotates each pair (x[2k], x[2k+1]) by the angle pos / theta^(2k / d_k), k = 0 .. d_k/2 - 1.
+
+    cos/sin tables for positions 0 .. max_seq_len-1 are precomputed (in float64, stored as float32) and are derived
+    state, so they are non-persistent buffers: they never appear in a state_dict.
+    """
+
+    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
+        super().__init__()
+        _check_positive(d_k=d_k, max_seq_len=max_seq_len)
+        if d_k % 2 != 0:
+            raise ValueError(f"d_k={d_k} must be even: RoPE rotates pairs of features")
+        if not theta > 0:
+            raise ValueError(f"theta={theta} must be > 0")
+        self.theta = theta
+        self.d_k = d_k
+        self.max_seq_len = max_seq_len
+        inv_freq = theta ** (-torch.arange(0, d_k, 2, dtype=torch.float64) / d_k)  # (D/2,)
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, D/2)
+        self.register_buffer("cos", angles.cos().to(device=device, dtype=torch.float32), persistent=False)
+        self.register_buffer("sin", angles.sin().to(device=device, dtype=torch.float32), persistent=False)
+
+    def forward(
+        self, x: Float[Tensor, " ... seq d_k"], token_positions: Int[Tensor, " ... seq"] | None = None
+    ) -> Float[Tensor, " ... seq d_k"]:
+        if x.shape[-1] != self.d_k:
+            raise ValueError(f"last dim of x is {x.shape[-1]}, expected d_k={self.d_k}")
+        seq_len = x.shape[-2]
+        if token_positions is None:
+            if seq_len > self.max_seq_len:
+                raise ValueError(f"sequence length {seq_len} exceeds max_seq_len={self.max_seq_len}")
+            cos, sin = self.cos[:seq_len], self.sin[:seq_len]  # (T, D/2)
+        else:
+            _check_token_ids(token_positions, self.max_seq_len, what="token_positions")
+            cos, sin = self.cos[token_positions], self.sin[token_positions]  # (..., T, D/2)
+        in_dtype = x.dtype
+        x = x.to(torch.promote_types(in_dtype, torch.float32))
+        x_even, x_odd = x[..., 0::2], x[..., 1::2]
+        rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)  # (..., T, D/2, 2)
+        return rotated.flatten(-2).to(in_dtype)
+
+    def extra_repr(self) -> str:
+        return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}"
+
+
+def softmax(x: Float[Tensor, " ..."], dim: int) -> Float[Tensor, " ..."]:
+    """Numerically stable softmax along `dim` (the max is subtracted first), computed in at least float32."""
+    in_dtype = x.dtype
+    x = x.to(torch.promote_types(in_dtype, torch.float32))
+    exp = torch.exp(x - x.amax(dim=dim, keepdim=True))
+    return (exp / exp.sum(dim=dim, keepdim=True)).to(in_dtype)
+
+
+def scaled_dot_product_attention(
+    Q: Float[Tensor, " ... queries d_k"],
+    K: Float[Tensor, " ... keys d_k"],
+    V: Float[Tensor, " ... keys d_v"],
+    mask: Bool[Tensor, " ... queries keys"] | None = None,
+) -> Float[Tensor, " ... queries d_v"]:
+    """softmax(Q K^T / sqrt(d_k)) V, where mask True means "may attend" and False scores become -inf."""
+    scores = (Q @ K.transpose(-2, -1)) * (1.0 / math.sqrt(Q.shape[-1]))  # (..., Tq, Tk)
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return softmax(scores, dim=-1) @ V
+
+
+def _fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    # Opt-in fast path (ModelConfig.attention_backend="sdpa"): PyTorch's fused kernel (flash / memory-efficient
+    # attention on GPUs). The default is the from-scratch code above; tests/test_model.py checks their parity.
+    import torch.nn.functional as F  # noqa: N812 - the only torch.nn.functional use in the package
+
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+AttentionBackend = Literal["scratch", "sdpa"]
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Causal multi-head self-attention with optional RoPE on Q and K.
+
+    q_proj/k_proj/v_proj/output_proj are (d_model, d_model); rows of q/k/v_proj are the heads stacked, head 0 first.
+    Pass `rope` (a RotaryPositionalEmbedding, possibly shared between layers) or `max_seq_len` and `theta` to
+    build one; with neither, attention is position-free (a "NoPE" model).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        max_seq_len: int | None = None,
+        theta: float | None = None,
+        rope: RotaryPositionalEmbedding | None = None,
+        attention_backend: AttentionBackend = "scratch",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        _check_positive(d_model=d_model, num_heads=num_heads)
+        if d_model % num_heads != 0:
+            raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
+        if attention_backend not in ("scratch", "sdpa"):
+            raise ValueError(f"attention_backend={attention_backend!r} must be 'scratch' or 'sdpa'")
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.d_k = d_model // num_heads
+        self.attention_backend = attention_backend
+        self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        if rope is None and theta is not None:
+            if max_seq_len is None:
+                raise ValueError("RoPE needs max_seq_len as well as theta")
+            rope = RotaryPositionalEmbedding(theta, self.d_k, max_seq_len, device=device)
+        if rope is not None and rope.d_k != self.d_k:
+            raise ValueError(f"rope.d_k={rope.d_k} must equal d_model / num_heads = {self.d_k}")
+        self.rope = rope
+
+    def forward(
+        self, x: Float[Tensor, " ... seq d_model"], token_positions: Int[Tensor, " ... seq"] | None = None
+    ) -> Float[Tensor, " ... seq d_model"]:
+        q = rearrange(self.q_proj(x), "... t (h d) -> ... h t d", h=self.num_heads)
+        k = rearrange(self.k_proj(x), "... t (h d) -> ... h t d", h=self.num_heads)
+        v = rearrange(self.v_proj(x), "... t (h d) -> ... h t d", h=self.num_heads)
+        if self.rope is not None:
+            # The same rotation for every head: positions (..., T) broadcast over the head axis.
+            positions = None if token_positions is None else token_positions.unsqueeze(-2)
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        seq_len = x.shape[-2]
+        if self.attention_backend == "sdpa":
+            out = _fused_causal_attention(q, k, v)
+        else:
+            causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=x.device).tril_()  # (T, T)
+            out = scaled_dot_product_attention(q, k, v, causal)
+        return self.output_proj(rearrange(out, "... h t d -> ... t (h d)"))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Blocks and the language model
+
+NormPlacement = Literal["pre", "post", "none"]
+PositionKind = Literal["rope", "none"]
+FeedForwardKind = Literal["swiglu", "silu"]
+
+
+class TransformerBlock(nn.Module):
+    """One Transformer block. pre: x + attn(ln1(x)), then + ffn(ln2(.)); post: ln1(x + attn(x)), then ln2(. + ffn(.));
+    none: no norms at all."""
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        max_seq_len: int | None = None,
+        theta: float | None = None,
+        rope: RotaryPositionalEmbedding | None = None,
+        norm: NormPlacement = "pre",
+        ffn: FeedForwardKind = "swiglu",
+        attention_backend: AttentionBackend = "scratch",
+        norm_eps: float = 1e-5,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if norm not in ("pre", "post", "none"):
+            raise ValueError(f"norm={norm!r} must be 'pre', 'post' or 'none'")
+        if ffn not in ("swiglu", "silu"):
+            raise ValueError(f"ffn={ffn!r} must be 'swiglu' or 'silu'")
+        self.norm = norm
+        kw = dict(device=device, dtype=dtype)
+        self.attn = MultiHeadSelfAttention(d_model, num_heads, max_seq_len, theta, rope, attention_backend, **kw)
+        self.ffn = (SwiGLU if ffn == "swiglu" else SiLUFeedForward)(d_model, d_ff, **kw)
+        if norm != "none":
+            self.ln1 = RMSNorm(d_model, eps=norm_eps, **kw)
+            self.ln2 = RMSNorm(d_model, eps=norm_eps, **kw)
+
+    def forward(
+        self, x: Float[Tensor, " batch seq d_model"], token_positions: Int[Tensor, " batch seq"] | None = None
+    ) -> Float[Tensor, " batch seq d_model"]:
+        if self.norm == "pre":
+            x = x + self.attn(self.ln1(x), token_positions)
+            return x + self.ffn(self.ln2(x))
+        if self.norm == "post":
+            x = self.ln1(x + self.attn(x, token_positions))
+            return self.ln2(x + self.ffn(x))
+        x = x + self.attn(x, token_positions)
+        return x + self.ffn(x)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Everything that defines a TransformerLM; saved with every checkpoint (see `asdict`)."""
+
+    vocab_size: int
+    context_length: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    d_ff: int | None = None  # None: 8/3·d_model rounded up to a multiple of 64 (swiglu), 4·d_model (silu)
+    rope_theta: float = 10_000.0
+    norm: NormPlacement = "pre"
+    positions: PositionKind = "rope"
+    ffn: FeedForwardKind = "swiglu"
+    tie_embeddings: bool = False
+    attention_backend: AttentionBackend = "scratch"  # "sdpa": opt-in fused kernel, parity-tested with "scratch"
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        _check_positive(
+            vocab_size=self.vocab_size,
+            context_length=self.context_length,
+            d_model=self.d_model,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+        )
+        if self.d_model % self.num_heads != 0:
+            raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+        if self.d_ff is not None:
+            _check_positive(d_ff=self.d_ff)
+        for name, allowed in (
+            ("norm", ("pre", "post", "none")),
+            ("positions", ("rope", "none")),
+            ("ffn", ("swiglu", "silu")),
+            ("attention_backend", ("scratch", "sdpa")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be one of {allowed}")
+        if self.positions == "rope" and (self.d_model // self.num_heads) % 2 != 0:
+            raise ValueError(
+                f"RoPE needs an even head dim, but d_model={self.d_model} / num_heads={self.num_heads} is odd"
+            )
+
+    @property
+    def resolved_d_ff(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.ffn == "silu":
+            return 4 * self.d_model
+        return 64 * math.ceil(8 * self.d_model / 3 / 64)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TransformerLM(nn.Module):
+    """Token ids (B, T) -> unnormalized next-token logits (B, T, V).
+
+    >>> model = TransformerLM(ModelConfig(vocab_size=100, context_length=16, d_model=32, num_layers=2, num_heads=4))
+    >>> model(torch.zeros(2, 16, dtype=torch.long)).shape
+    torch.Size([2, 16, 100])
+    """
+
+    def __init__(self, config: ModelConfig, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        kw = dict(device=device, dtype=dtype)
+        self.token_embeddings = Embedding(config.vocab_size, config.d_model, **kw)
+        d_k = config.d_model // config.num_heads
+        rope = (
+            RotaryPositionalEmbedding(config.rope_theta, d_k, config.context_length, device=device)
+            if config.positions == "rope"
+            else None
+        )
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                config.d_model,
+                config.num_heads,
+                config.resolved_d_ff,
+                rope=rope,  # one cos/sin table shared by every layer
+                norm=config.norm,
+                ffn=config.ffn,
+                attention_backend=config.attention_backend,
+                norm_eps=config.norm_eps,
+                **kw,
+            )
+            for _ in range(config.num_layers)
+        )
+        if config.norm != "none":
+            self.ln_final = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
+        self.lm_head = Linear(config.d_model, config.vocab_size, **kw)
+        if config.tie_embeddings:
+            # One matrix serves as both. It keeps lm_head's init (std sqrt(2/(V+d))): the embedding's std 1 would
+            # make the initial logits ~sqrt(d_model) large.
+            self.token_embeddings.weight = self.lm_head.weight
+
+    def forward(
+        self, in_indices: Int[Tensor, " batch seq"], token_positions: Int[Tensor, " batch seq"] | None = None
+    ) -> Float[Tensor, " batch seq vocab_size"]:
+        seq_len = in_indices.shape[-1]
+        if seq_len > self.config.context_length:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds context_length={self.config.context_length}; "
+                "truncate the input or build the model with a longer context"
+            )
+        x = self.token_embeddings(in_indices)
+        for layer in self.layers:
+            x = layer(x, token_positions)
+        if self.config.norm != "none":
+            x = self.ln_final(x)
+        return self.lm_head(x)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (a tied matrix counted once); optionally without the input embedding table."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings and not self.config.tie_embeddings:
+            n -= self.token_embeddings.weight.numel()
+        return n
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Validation helpers
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def _check_token_ids(ids: Tensor, upper: int, what: str = "token ids") -> None:
+    """Raise ValueError unless every id is in [0, upper). Skipped while compiling (it would need a graph break)."""
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{what} must be an integer tensor, got dtype {ids.dtype}")
+    if torch.compiler.is_compiling() or ids.numel() == 0:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= upper:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{what} must be in [0, {upper}), found {bad}")

@@ -1,0 +1,87 @@
+"""Shared pytest fixtures: snapshots, the public CS336 fixture files, hypothesis settings."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import settings
+
+SNAPSHOT_DIR = Path(__file__).parent / "_snapshots"
+FIXTURES_DIR = Path(__file__).parent / "fixtures"
+# The public CS336 fixture files live beside the checkout (../shared/fixtures), never inside it.
+SHARED_DIR = Path(os.environ.get("CS336_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+
+# Example counts come from the environment, as in tiktoken's tests: MAX_EXAMPLES=1000 uv run pytest
+settings.register_profile("default", max_examples=int(os.environ.get("MAX_EXAMPLES", "60")), deadline=None)
+settings.load_profile("default")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-snapshots",
+        action="store_true",
+        default=False,
+        help="rewrite tests/_snapshots/*.npz from the current outputs instead of comparing against them",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    """Every test starts from the same global RNG state, whatever ran before it."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
+
+
+def shared_fixture(name: str) -> Path:
+    """Path to a public CS336 fixture file in ../shared/fixtures, or skip the test with the reason."""
+    path = SHARED_DIR / "fixtures" / name
+    if not path.exists():
+        pytest.skip(f"public CS336 fixture {name!r} not found at {path} (set CS336_SHARED_DIR to the shared/ folder)")
+    return path
+
+
+def shared_data(name: str) -> Path:
+    """Path to a benchmark corpus in ../shared/data, or skip the test with the reason."""
+    path = SHARED_DIR / "data" / name
+    if not path.exists():
+        pytest.skip(f"corpus {name!r} not found at {path} (set CS336_SHARED_DIR to the shared/ folder)")
+    return path
+
+
+class NumpySnapshot:
+    """Compares arrays with `tests/_snapshots/<name>.npz`; only `--update-snapshots` writes them."""
+
+    def __init__(self, update: bool, default_name: str):
+        self.update = update
+        self.default_name = default_name
+
+    def assert_match(self, actual, name: str | None = None, rtol: float = 1e-4, atol: float = 1e-6) -> None:
+        arrays = actual if isinstance(actual, dict) else {"array": actual}
+        arrays = {k: _to_numpy(v) for k, v in arrays.items()}
+        path = SNAPSHOT_DIR / f"{name or self.default_name}.npz"
+        if self.update:
+            SNAPSHOT_DIR.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez_compressed(tmp, **arrays)
+            tmp.replace(path)
+            return
+        if not path.exists():
+            pytest.fail(f"snapshot {path} is missing; create it with `uv run pytest --update-snapshots`")
+        with np.load(path) as expected:
+            assert set(expected.files) == set(arrays), f"snapshot keys {expected.files} != {sorted(arrays)}"
+            for key, value in arrays.items():
+                np.testing.assert_allclose(value, expected[key], rtol=rtol, atol=atol, err_msg=f"{path}:{key}")
+
+
+def _to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().to(torch.float64 if x.is_floating_point() else x.dtype).numpy()
+    return np.asarray(x)
+
+
+@pytest.fixture
+def numpy_snapshot(request) -> NumpySnapshot:
+    return NumpySnapshot(request.config.getoption("--update-snapshots"), request.node.name)
