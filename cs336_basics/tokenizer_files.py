@@ -1,0 +1,115 @@
+"""Tokenizer files in GPT-2's format: `vocab.json` (token -> id) and `merges.txt` ("a b" per line).
+
+Byte strings are written through GPT-2's byte-to-unicode table, which maps each of the 256 bytes to a printable
+character (a space becomes "Ġ", a newline "Ċ"), so any token, including bytes that are not valid UTF-8 on their
+own, survives the round trip exactly and Hugging Face `tokenizers` and tiktoken can read the files. A tokenizer
+directory also holds `special_tokens.json` (a list of strings) when it has special tokens.
+"""
+
+import json
+import os
+from functools import cache
+from pathlib import Path
+
+VOCAB_FILE = "vocab.json"
+MERGES_FILE = "merges.txt"
+SPECIAL_TOKENS_FILE = "special_tokens.json"
+
+
+@cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's table: printable bytes map to themselves, the other 68 to chr(256 + n) in byte order.
+
+    Example: bytes_to_unicode()[ord("a")] == "a", bytes_to_unicode()[ord(" ")] == "Ġ".
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    n = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+@cache
+def unicode_to_bytes() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
+def encode_token(token: bytes) -> str:
+    """bytes -> GPT-2 printable string. Example: b" hi" -> "Ġhi"."""
+    table = bytes_to_unicode()
+    return "".join(table[b] for b in token)
+
+
+def decode_token(text: str) -> bytes:
+    """GPT-2 printable string -> bytes. Example: "Ġhi" -> b" hi"."""
+    table = unicode_to_bytes()
+    try:
+        return bytes(table[c] for c in text)
+    except KeyError as e:
+        raise ValueError(f"token {text!r} has character {e.args[0]!r}, which is not in GPT-2's byte table") from e
+
+
+def save_tokenizer(
+    vocab: dict[int, bytes],
+    merges: list[tuple[bytes, bytes]],
+    directory: str | os.PathLike,
+    special_tokens: list[str] | None = None,
+) -> None:
+    """Write vocab.json, merges.txt (and special_tokens.json) into `directory`, each file atomically."""
+    directory = Path(directory)
+    encoded = {}
+    for token_id, token in sorted(vocab.items()):
+        key = encode_token(token)
+        if key in encoded:
+            raise ValueError(
+                f"vocab ids {encoded[key]} and {token_id} both hold {token!r}; vocab.json needs unique tokens"
+            )
+        encoded[key] = token_id
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(directory / VOCAB_FILE, json.dumps(encoded, ensure_ascii=False, indent=0) + "\n")
+    lines = ["#version: 0.2"] + [f"{encode_token(a)} {encode_token(b)}" for a, b in merges]
+    _write_text_atomic(directory / MERGES_FILE, "\n".join(lines) + "\n")
+    if special_tokens:
+        _write_text_atomic(directory / SPECIAL_TOKENS_FILE, json.dumps(list(special_tokens), ensure_ascii=False) + "\n")
+
+
+def load_vocab_and_merges(
+    vocab_path: str | os.PathLike, merges_path: str | os.PathLike
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Read GPT-2-format files (ours, or OpenAI's encoder.json / vocab.bpe) into (vocab, merges)."""
+    for path in (vocab_path, merges_path):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"tokenizer file {str(path)!r} does not exist")
+    with open(vocab_path, encoding="utf-8") as f:
+        vocab = {int(token_id): decode_token(token) for token, token_id in json.load(f).items()}
+    merges = []
+    with open(merges_path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line or (line_no == 1 and line.startswith("#version")):
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2:
+                raise ValueError(f"{merges_path}:{line_no}: expected two tokens separated by one space, got {line!r}")
+            merges.append((decode_token(parts[0]), decode_token(parts[1])))
+    return vocab, merges
+
+
+def load_tokenizer_dir(directory: str | os.PathLike) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]], list[str]]:
+    """(vocab, merges, special_tokens) from a directory written by `save_tokenizer`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise NotADirectoryError(f"tokenizer directory {str(directory)!r} does not exist")
+    vocab, merges = load_vocab_and_merges(directory / VOCAB_FILE, directory / MERGES_FILE)
+    special_path = directory / SPECIAL_TOKENS_FILE
+    special_tokens = json.loads(special_path.read_text(encoding="utf-8")) if special_path.is_file() else []
+    return vocab, merges, special_tokens
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
