@@ -167,11 +167,37 @@ class RotaryPositionalEmbedding(nn.Module):
 
 
 def softmax(x: Float[Tensor, " ..."], dim: int) -> Float[Tensor, " ..."]:
-    """Numerically stable softmax along `dim` (the max is subtracted first), computed in at least float32."""
-    in_dtype = x.dtype
-    x = x.to(torch.promote_types(in_dtype, torch.float32))
-    exp = torch.exp(x - x.amax(dim=dim, keepdim=True))
-    return (exp / exp.sum(dim=dim, keepdim=True)).to(in_dtype)
+    """Numerically stable softmax along `dim` (the max is subtracted first), computed in at least float32.
+
+    >>> softmax(torch.tensor([0.0, 1000.0]), dim=-1)
+    tensor([0., 1.])
+    """
+    return _Softmax.apply(x, dim)
+
+
+def _softmax_inplace_(x: Tensor, dim: int) -> Tensor:
+    """exp(x - max) / sum, overwriting x (a fresh float tensor that nobody else holds)."""
+    x.sub_(x.amax(dim=dim, keepdim=True)).exp_()
+    return x.div_(x.sum(dim=dim, keepdim=True))
+
+
+class _Softmax(torch.autograd.Function):
+    # A hand-written backward: autograd through exp/sum/div would keep three full-size intermediates alive and
+    # make three passes; this keeps only the output y and uses dx = y * (dy - sum(dy * y)).
+    @staticmethod
+    def forward(ctx, x: Tensor, dim: int) -> Tensor:
+        acc = torch.promote_types(x.dtype, torch.float32)
+        y = _softmax_inplace_(x.to(acc, copy=True), dim)
+        ctx.dim, ctx.in_dtype = dim, x.dtype
+        ctx.save_for_backward(y)
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        (y,) = ctx.saved_tensors
+        dy = dy.to(y.dtype)
+        dx = (dy - (dy * y).sum(dim=ctx.dim, keepdim=True)).mul_(y)
+        return dx.to(ctx.in_dtype), None
 
 
 def scaled_dot_product_attention(
@@ -180,13 +206,63 @@ def scaled_dot_product_attention(
     V: Float[Tensor, " ... keys d_v"],
     mask: Bool[Tensor, " ... queries keys"] | None = None,
 ) -> Float[Tensor, " ... queries d_v"]:
-    """softmax(Q K^T / sqrt(d_k)) V, where mask True means "may attend" and False scores become -inf."""
-    scores = (Q @ K.transpose(-2, -1)) * (1.0 / math.sqrt(Q.shape[-1]))  # (..., Tq, Tk)
-    if mask is not None:
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return softmax(scores, dim=-1) @ V
+    """softmax(Q K^T / sqrt(d_k)) V, where mask True means "may attend" and False scores become -inf.
+
+    The softmax runs in at least float32. A query row with no allowed key gives NaN, as in the plain formula.
+    """
+    if mask is not None and mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
+    return _Attention.apply(Q, K, V, mask)
+
+
+class _Attention(torch.autograd.Function):
+    """softmax(Q K^T / sqrt(d_k) masked) V with a hand-written backward.
+
+    Why: on a CPU, autograd through matmul -> scale -> masked_fill -> softmax -> matmul keeps several (..., Tq, Tk)
+    temporaries and makes a pass over the score matrix for each; here the scale is folded into Q, the mask and
+    the softmax work in place, and only P = softmax(S) is kept. The backward is the flash-attention algebra:
+        dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(dO * O)),  dQ = dS K / sqrt(d_k),  dK = dS^T Q / sqrt(d_k)
+    (rowsum(dP * P) = rowsum(dO * O) because O = P V). Shapes: Q (..., Tq, D), K (..., Tk, D), V (..., Tk, Dv).
+    """
+
+    @staticmethod
+    def forward(ctx, Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None) -> Tensor:
+        scale = 1.0 / math.sqrt(Q.shape[-1])
+        scores = (Q * scale) @ K.transpose(-2, -1)  # (..., Tq, Tk), a fresh tensor: safe to overwrite
+        acc = torch.promote_types(scores.dtype, torch.float32)
+        scores = scores.to(acc)
+        if mask is not None:
+            shape = torch.broadcast_shapes(scores.shape, mask.shape)
+            if shape != scores.shape:  # a mask with more leading dims than Q K^T: grow the scores first
+                scores = scores.expand(shape).clone()
+            scores.masked_fill_(~mask, float("-inf"))
+        probs = _softmax_inplace_(scores, dim=-1).to(V.dtype)  # P (..., Tq, Tk)
+        out = probs @ V  # (..., Tq, Dv)
+        ctx.scale = scale
+        ctx.save_for_backward(Q, K, V, probs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor):
+        Q, K, V, probs, out = ctx.saved_tensors
+        d_out = d_out.to(V.dtype)
+        dQ = dK = dV = None
+        if ctx.needs_input_grad[2]:
+            dV = _sum_to(probs.transpose(-2, -1) @ d_out, V.shape)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            acc = torch.promote_types(probs.dtype, torch.float32)
+            delta = (d_out.to(acc) * out.to(acc)).sum(dim=-1, keepdim=True)  # rowsum(dO * O), (..., Tq, 1)
+            d_scores = (d_out @ V.transpose(-2, -1)).to(acc).sub_(delta).mul_(probs)  # dS (..., Tq, Tk)
+            if ctx.needs_input_grad[0]:
+                dQ = _sum_to((d_scores.to(K.dtype) @ K).mul_(ctx.scale), Q.shape)
+            if ctx.needs_input_grad[1]:
+                dK = _sum_to((d_scores.transpose(-2, -1).to(Q.dtype) @ Q).mul_(ctx.scale), K.shape)
+        return dQ, dK, dV, None
+
+
+def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Undo broadcasting over leading dims: sum `grad` down to `shape`."""
+    return grad if grad.shape == shape else grad.sum_to_size(shape)
 
 
 def _fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -25,11 +25,39 @@ def cross_entropy(
         keep = targets != ignore_index
         targets = torch.where(keep, targets, 0)
     _check_targets(targets, logits.shape[-1])
-    # log softmax(x)[t] = x[t] - logsumexp(x); logsumexp subtracts the row max, so large logits cannot overflow.
-    nll = torch.logsumexp(logits, dim=-1) - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
     if keep is None:
-        return nll.mean()
-    return (nll * keep).sum() / keep.sum().clamp(min=1)
+        weights = torch.full(targets.shape, 1.0 / max(targets.numel(), 1), dtype=logits.dtype, device=logits.device)
+    else:
+        weights = keep.to(logits.dtype) / keep.sum().clamp(min=1)
+    return _WeightedCrossEntropy.apply(logits, targets, weights)
+
+
+class _WeightedCrossEntropy(torch.autograd.Function):
+    """sum_i w_i * (logsumexp(x_i) - x_i[t_i]) for logits x (N, V), targets t (N,), weights w (N,) (no grad).
+
+    log softmax(x)[t] = x[t] - logsumexp(x), and logsumexp subtracts the row max, so large logits cannot overflow.
+    Why a hand-written backward: autograd through logsumexp and gather recomputes exp(x - lse) and scatters a
+    one-hot into a second (N, V) tensor; here the forward keeps softmax(x) (as log_softmax does in torch) and the
+    backward is one pass, dx = w * (softmax(x) - onehot(t)).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+        row_max = logits.amax(dim=-1, keepdim=True)  # (N, 1)
+        probs = (logits - row_max).exp_()  # (N, V), unnormalized
+        sum_exp = probs.sum(dim=-1, keepdim=True)
+        log_sum_exp = (sum_exp.log() + row_max).squeeze(-1)  # (N,)
+        nll = log_sum_exp - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
+        ctx.save_for_backward(probs.div_(sum_exp), targets, weights)
+        return (nll * weights).sum()
+
+    @staticmethod
+    def backward(ctx, d_loss: Tensor):
+        probs, targets, weights = ctx.saved_tensors
+        row_scale = (weights * d_loss).unsqueeze(-1)  # (N, 1)
+        d_logits = probs * row_scale  # a new tensor: probs stays intact for a second backward
+        d_logits.scatter_add_(-1, targets.unsqueeze(-1), -row_scale)
+        return d_logits, None, None
 
 
 def gradient_clipping(parameters: Iterable[torch.nn.Parameter], max_l2_norm: float, eps: float = 1e-6) -> Tensor:
