@@ -124,8 +124,9 @@ class SiLUFeedForward(nn.Module):
 class RotaryPositionalEmbedding(nn.Module):
     """RoPE: rotates each pair (x[2k], x[2k+1]) by the angle pos / theta^(2k / d_k), k = 0 .. d_k/2 - 1.
 
-    cos/sin tables for positions 0 .. max_seq_len-1 are precomputed (in float64, stored as float32) and are derived
-    state, so they are non-persistent buffers: they never appear in a state_dict.
+    cos/sin tables for positions 0 .. max_seq_len-1 are precomputed and kept in float64 (a float32 table would cap
+    a float64 model's accuracy at ~1e-8); they are derived state, so they are non-persistent buffers that never
+    appear in a state_dict. Each call casts the rows it needs to the compute dtype (at least float32).
     """
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
@@ -140,8 +141,8 @@ class RotaryPositionalEmbedding(nn.Module):
         self.max_seq_len = max_seq_len
         inv_freq = theta ** (-torch.arange(0, d_k, 2, dtype=torch.float64) / d_k)  # (D/2,)
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, D/2)
-        self.register_buffer("cos", angles.cos().to(device=device, dtype=torch.float32), persistent=False)
-        self.register_buffer("sin", angles.sin().to(device=device, dtype=torch.float32), persistent=False)
+        self.register_buffer("cos", angles.cos().to(device=device), persistent=False)
+        self.register_buffer("sin", angles.sin().to(device=device), persistent=False)
 
     def forward(
         self, x: Float[Tensor, " ... seq d_k"], token_positions: Int[Tensor, " ... seq"] | None = None
@@ -157,7 +158,8 @@ class RotaryPositionalEmbedding(nn.Module):
             _check_token_ids(token_positions, self.max_seq_len, what="token_positions")
             cos, sin = self.cos[token_positions], self.sin[token_positions]  # (..., T, D/2)
         in_dtype = x.dtype
-        x = x.to(torch.promote_types(in_dtype, torch.float32))
+        compute_dtype = torch.promote_types(in_dtype, torch.float32)
+        x, cos, sin = x.to(compute_dtype), cos.to(compute_dtype), sin.to(compute_dtype)
         x_even, x_odd = x[..., 0::2], x[..., 1::2]
         rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)  # (..., T, D/2, 2)
         return rotated.flatten(-2).to(in_dtype)
