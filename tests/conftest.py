@@ -7,6 +7,16 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import settings
+from jaxtyping import install_import_hook
+
+# Runtime shape and dtype checks of every jaxtyping annotation in these modules, in tests only (STYLE.md §3): the
+# modules are imported here, under the hook, before any test imports them. CS336_JAXTYPING=0 turns it off.
+if os.environ.get("CS336_JAXTYPING", "1") != "0":
+    import tests._shape_checks  # noqa: F401 - the hook refers to it by its dotted name
+
+    with install_import_hook(["cs336_basics.layers", "cs336_basics.nn_utils"], "tests._shape_checks.array_typechecker"):
+        import cs336_basics.layers  # noqa: F401
+        import cs336_basics.nn_utils  # noqa: F401
 
 SNAPSHOT_DIR = Path(__file__).parent / "_snapshots"
 FIXTURES_DIR = Path(__file__).parent / "fixtures"

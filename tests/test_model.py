@@ -7,7 +7,9 @@ pre-norm LM `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`, `ln_final`, `lm_hea
 """
 
 import math
+import os
 
+import jaxtyping
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - built-ins are the oracles here
@@ -176,8 +178,10 @@ def test_embedding_rejects_out_of_range_ids(bad):
 
 
 def test_embedding_rejects_float_ids():
-    with pytest.raises(TypeError, match="token ids must be an integer tensor"):
+    with pytest.raises(TypeError):  # under the tests' jaxtyping hook the annotation Int[...] catches it first
         layers.Embedding(5, 3)(torch.tensor([0.0, 1.0]))
+    with pytest.raises(TypeError, match="token ids must be an integer tensor, got dtype torch.float32"):
+        layers._check_token_ids(torch.tensor([0.0, 1.0]), 5)
 
 
 @pytest.mark.parametrize("leading", LEADING_SHAPES)
@@ -350,8 +354,18 @@ def test_sdpa_gradcheck_float64_with_mask_and_broadcast():
 
 def test_sdpa_rejects_non_bool_mask():
     q = torch.randn(3, 4)
-    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+    # the package's own message, or (under the tests' jaxtyping hook) the Bool[...] annotation of `mask`
+    with pytest.raises(TypeError, match="mask must be a bool tensor|typechecking parameter 'mask'"):
         layers.scaled_dot_product_attention(q, q, q, torch.ones(3, 3))
+
+
+@pytest.mark.skipif(os.environ.get("CS336_JAXTYPING") == "0", reason="runtime shape checks turned off")
+def test_jaxtyping_hook_checks_shapes_at_runtime():
+    """tests/conftest.py installs runtime jaxtyping checks: Q's d_k=4 against K's d_k=5 fails at the call."""
+    with pytest.raises(jaxtyping.TypeCheckError, match="d_k"):
+        layers.scaled_dot_product_attention(torch.randn(3, 4), torch.randn(3, 5), torch.randn(3, 4))
+    with pytest.raises(jaxtyping.TypeCheckError, match="in_indices"):
+        TransformerLM(ModelConfig(**SMALL))(torch.zeros(2, 3, 4, dtype=torch.long))  # (batch, seq) only
 
 
 # --------------------------------------------------------------------------------------------------------------------
