@@ -12,6 +12,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from cs336_basics import layers
+from cs336_basics.bpe import train_bpe
 from cs336_basics.data import get_batch
 from cs336_basics.layers import ModelConfig, TransformerLM
 from cs336_basics.nn_utils import cross_entropy, gradient_clipping
@@ -211,4 +212,4 @@ def get_tokenizer(
 def run_train_bpe(
     input_path: str | os.PathLike, vocab_size: int, special_tokens: list[str], **kwargs
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
-    raise NotImplementedError("wired by the BPE-training issue")
+    return train_bpe(input_path, vocab_size, special_tokens, **kwargs)
