@@ -18,6 +18,7 @@ from cs336_basics.layers import ModelConfig, TransformerLM
 from cs336_basics.nn_utils import cross_entropy, gradient_clipping
 from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule
 from cs336_basics.serialization import load_checkpoint, save_checkpoint
+from cs336_basics.tokenizer import Tokenizer
 
 
 def run_linear(
@@ -206,7 +207,7 @@ def run_load_checkpoint(
 def get_tokenizer(
     vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str] | None = None
 ) -> Any:
-    raise NotImplementedError("wired by the tokenizer issue")
+    return Tokenizer(vocab, merges, special_tokens)
 
 
 def run_train_bpe(
