@@ -12,7 +12,12 @@ import importlib
 import sys
 
 # subcommand -> module that defines it (in the order `--help` lists them)
-SUBCOMMAND_MODULES: dict[str, str] = {}
+SUBCOMMAND_MODULES: dict[str, str] = {
+    "train": "cs336_basics.train",
+    "generate": "cs336_basics.generation",
+    "eval": "cs336_basics.evaluate",
+    "model-info": "cs336_basics.model_info",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
