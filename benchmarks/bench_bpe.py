@@ -1,0 +1,138 @@
+"""BPE training: our `train_bpe` against Hugging Face `tokenizers` (1 and 2 threads) on the same corpus, same run.
+
+Each trainer runs in its own subprocess, so peak memory is its own. For each we report wall time (the subprocess's
+own timing of the training call, and the whole subprocess including imports), peak RSS summed over the process
+tree (sampled every 10 ms with psutil) and ru_maxrss of the process itself and of its largest child. Ours also
+reports its split between pre-tokenization and merging.
+
+    uv run python benchmarks/bench_bpe.py ../shared/fixtures/corpus.en --vocab-size 500
+    uv run python benchmarks/bench_bpe.py ../shared/data/english_mix_bench.txt --vocab-size 10000 --repeat 2
+
+Hugging Face is configured as GPT-2 is: ByteLevel pre-tokenizer with its regex, BpeTrainer with the 256-byte
+initial alphabet and the same special token. It reads the file line by line, so its pre-tokens around newlines
+differ slightly from ours; it is a speed peer here, not an oracle.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+
+OURS = r"""
+import json, resource, sys, time
+t_start = time.perf_counter()
+from cs336_basics.bpe import TrainStats, train_bpe
+t_import = time.perf_counter() - t_start
+path, vocab_size, workers, special = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+stats = TrainStats()
+t0 = time.perf_counter()
+vocab, merges = train_bpe(path, vocab_size, [special], num_workers=workers, stats=stats)
+t = time.perf_counter() - t0
+ru_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+ru_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"train_s": t, "import_s": t_import, "pretokenize_s": stats.pretokenize_s, "merge_s": stats.merge_s,
+                  "pretokens": stats.num_pretokens, "merges": len(merges), "ru_self_mb": ru_self,
+                  "ru_child_mb": ru_child}))
+"""
+
+HF = r"""
+import json, resource, sys, time
+t_start = time.perf_counter()
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+t_import = time.perf_counter() - t_start
+path, vocab_size, special = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+tok = Tokenizer(models.BPE())
+tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[special], show_progress=False,
+                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+t0 = time.perf_counter()
+tok.train([path], trainer)
+t = time.perf_counter() - t0
+ru_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"train_s": t, "import_s": t_import, "merges": tok.get_vocab_size() - 257,
+                  "ru_self_mb": ru_self, "ru_child_mb": 0.0}))
+"""
+
+
+def run_measured(argv: list[str], env: dict) -> dict:
+    """Run argv, sampling the RSS of its whole process tree; return its JSON line plus wall and peak tree RSS."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        total = 0
+        try:
+            for p in [ps, *ps.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+        except psutil.NoSuchProcess:
+            pass
+        peak = max(peak, total)
+        time.sleep(0.01)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({proc.returncode}):\n{err}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["process_s"] = wall
+    result["tree_peak_mb"] = peak / 2**20
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("corpus", help="path to a UTF-8 text file")
+    parser.add_argument("--vocab-size", type=int, required=True, help="vocabulary size (tokens)")
+    parser.add_argument("--special-token", default="<|endoftext|>", help="the one special token (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="our worker processes (default: CPUs)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; each round runs every trainer once (default 1)")
+    args = parser.parse_args()
+
+    runs = {
+        f"ours ({args.workers} proc)": (
+            [sys.executable, "-c", OURS, args.corpus, str(args.vocab_size), str(args.workers), args.special_token],
+            {},
+        ),
+        "HF tokenizers (1 thread)": (
+            [sys.executable, "-c", HF, args.corpus, str(args.vocab_size), args.special_token],
+            {"RAYON_NUM_THREADS": "1"},
+        ),
+        "HF tokenizers (2 threads)": (
+            [sys.executable, "-c", HF, args.corpus, str(args.vocab_size), args.special_token],
+            {"RAYON_NUM_THREADS": "2"},
+        ),
+    }
+    best: dict[str, dict] = {}
+    for _ in range(args.repeat):
+        for name, (argv, extra_env) in runs.items():  # interleaved, so load changes hit every trainer alike
+            r = run_measured(argv, {**os.environ, **extra_env})
+            if name not in best or r["train_s"] < best[name]["train_s"]:
+                best[name] = r
+
+    size_mb = os.path.getsize(args.corpus) / 1e6
+    print(f"corpus {args.corpus} ({size_mb:.1f} MB), vocab {args.vocab_size}, best of {args.repeat}")
+    print(f"{'trainer':28s} {'train s':>8s} {'process s':>9s} {'pretok s':>8s} {'merge s':>8s} "
+          f"{'tree peak MB':>12s} {'ru self MB':>10s} {'ru child MB':>11s}")  # fmt: skip
+    for name, r in best.items():
+        pre = f"{r['pretokenize_s']:8.2f}" if "pretokenize_s" in r else f"{'':8s}"
+        mer = f"{r['merge_s']:8.2f}" if "merge_s" in r else f"{'':8s}"
+        print(
+            f"{name:28s} {r['train_s']:8.3f} {r['process_s']:9.2f} {pre} {mer} {r['tree_peak_mb']:12.0f} "
+            f"{r['ru_self_mb']:10.0f} {r['ru_child_mb']:11.0f}"
+        )
+    ours = best[next(iter(runs))]
+    for name in list(runs)[1:]:
+        print(f"ours / {name}: train {ours['train_s'] / best[name]['train_s']:.2f}x, "
+              f"process {ours['process_s'] / best[name]['process_s']:.2f}x")  # fmt: skip
+    print(f"ours: {ours['pretokens']} distinct pre-tokens, {ours['merges']} merges")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,797 @@
+"""Byte-level BPE training, exact and fast: `train_bpe(input_path, vocab_size, special_tokens)`.
+
+The algorithm (the contract of ../shared/INTERFACE.md, which every test here checks against a naive trainer):
+
+1. Special tokens are hard boundaries: the text is split on them (longest first, so `<|a|><|a|>` wins over `<|a|>`)
+   and they are removed; nothing is ever merged across or into them.
+2. Each piece is pre-tokenized with GPT-2's pattern (`PAT`, the `regex` module); BPE then works on the counts of
+   distinct pre-tokens, each a sequence of bytes.
+3. Each step merges the most frequent adjacent pair, counted over pre-tokens times their counts; ties go to the
+   lexicographically greatest pair `(bytes_a, bytes_b)`. Training stops at `vocab_size` or when no pair is left.
+4. The vocabulary: the special tokens get ids 0..k-1 (as in the CS336 reference fixture), the 256 single bytes
+   k..k+255 in byte order, then one token per merge in merge order.
+
+How it is fast:
+
+- Pre-tokenization runs in worker processes over byte ranges of the file whose edges are "safe cuts": the start of
+  a special token that no other special-token occurrence straddles, so each range tokenizes exactly as it would
+  inside the whole file. Each worker reads its range in sub-chunks cut the same way (memory does not grow with the
+  file) and returns only the counts of its distinct pre-tokens; the parent never holds the text.
+- Merging is incremental and compiled with numba (`cache=True`, so the compile is paid once per machine): an
+  open-addressing table maps a pair to a slot with its count and an append-only list of the words that contain it;
+  a lazy max-heap keyed by (count, pair bytes) finds the best pair. Counts of existing pairs only go down when a
+  merge happens, except pairs holding the new token, which are (re)pushed after each step; a popped entry whose
+  stored count is stale is pushed back with its current count. Each step touches only the words holding the pair.
+- Symbols are compared by bytes, not by id: should a merge ever produce a byte string that already exists (say `abc`
+  from `ab`+`c` and later from `a`+`bc`; a random search over 20,000 small corpora never found one), the existing
+  symbol is reused, exactly as a trainer keyed by bytes would count it.
+"""
+
+import multiprocessing as mp
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import regex
+from numba import njit
+
+# GPT-2's pre-tokenization pattern (the `regex` module: \p{L} letters, \p{N} numbers).
+PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+_PAT_RE = regex.compile(PAT)
+# The same pattern for pure-ASCII bytes, with the stdlib `re` (about 2x faster than `regex` on str, and it yields
+# bytes directly). In ASCII, \p{L} is [A-Za-z], \p{N} is [0-9] and `regex`'s \s is [\t\n\v\f\r ] (not \x1c-\x1f,
+# which Python's str.isspace counts); tests check the two patterns agree on every ASCII string.
+_WS = r"\t\n\x0b\x0c\r "
+PAT_ASCII = rf"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^{_WS}A-Za-z0-9]+|[{_WS}]+(?![^{_WS}])|[{_WS}]+"""
+_PAT_ASCII_RE = re.compile(PAT_ASCII.encode("ascii"))
+# A cut between "<ASCII non-space>\n" and an ASCII letter is a pre-token boundary whatever the text around it is
+# (no GPT-2 alternative spans "\n" + letter, and the lookahead of `\s+(?!\S)` sees the same thing on both sides),
+# so corpora without special tokens can still be read in bounded pieces.
+_NEWLINE_CUT_RE = regex.compile(rb"[!-~]\n(?=[A-Za-z])")
+
+SUBCHUNK_BYTES = 4 << 20  # what a worker reads at once; with its decoded text and matches, ~10x this in memory
+SMALL_FILE_BYTES = 2 << 20  # below this, worker processes cost more than they save
+
+
+@dataclass
+class TrainStats:
+    """What a training run measured: seconds per phase and the number of distinct pre-tokens."""
+
+    pretokenize_s: float = 0.0
+    merge_s: float = 0.0
+    num_pretokens: int = 0
+    num_workers: int = 1
+
+
+def train_bpe(
+    input_path: str | os.PathLike,
+    vocab_size: int,
+    special_tokens: list[str],
+    num_workers: int | None = None,
+    progress: bool = False,
+    **kwargs,
+) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Train a byte-level BPE tokenizer on the UTF-8 text file `input_path`.
+
+    Returns `(vocab, merges)`: `vocab` maps ids 0..N-1 to bytes (special tokens first, then the 256 bytes, then one
+    token per merge), `merges` lists the merged pairs in order. `num_workers` processes pre-tokenize (default: the
+    CPU count; 1 keeps everything in this process). `progress` shows tqdm bars on a terminal. Pass `stats=TrainStats()`
+    to get the timings back.
+
+    Example: a file holding "low low lower" with vocab_size=258 and no special tokens has the pre-tokens "low",
+    " low", " lower"; (l, o) and (o, w) tie at 3 and (b"o", b"w") is the greater pair, so
+    merges == [(b"o", b"w"), (b"l", b"ow")] and vocab[256] == b"ow".
+    """
+    stats: TrainStats | None = kwargs.pop("stats", None)
+    if kwargs:
+        raise TypeError(f"train_bpe() got unexpected keyword arguments {sorted(kwargs)}")
+    special_tokens = _check_special_tokens(special_tokens)
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
+    if vocab_size < 256 + len(special_tokens):
+        raise ValueError(
+            f"vocab_size={vocab_size} must be at least 256 + len(special_tokens) = {256 + len(special_tokens)} "
+            "(the 256 single bytes and every special token)"
+        )
+    path = _check_input_path(input_path)
+    if num_workers is None:
+        num_workers = os.cpu_count() or 1
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers={num_workers!r} must be a positive int")
+
+    t0 = time.perf_counter()
+    counts = count_pretokens(path, special_tokens, num_workers=num_workers, progress=progress)
+    t1 = time.perf_counter()
+    num_merges = vocab_size - 256 - len(special_tokens)
+    merges = merge_pretokens(counts, num_merges, progress=progress)
+    t2 = time.perf_counter()
+
+    vocab = {i: tok.encode("utf-8") for i, tok in enumerate(special_tokens)}
+    offset = len(special_tokens)
+    vocab.update({offset + b: bytes([b]) for b in range(256)})
+    offset += 256
+    vocab.update({offset + i: a + b for i, (a, b) in enumerate(merges)})
+    if stats is not None:
+        stats.pretokenize_s, stats.merge_s, stats.num_pretokens = t1 - t0, t2 - t1, len(counts)
+        stats.num_workers = _effective_workers(path, num_workers)
+    return vocab, merges
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _check_special_tokens(special_tokens) -> list[str]:
+    if special_tokens is None:
+        return []
+    if isinstance(special_tokens, str | bytes):
+        raise TypeError(f"special_tokens must be a list of str, got the single value {special_tokens!r}")
+    special_tokens = list(special_tokens)
+    seen = set()
+    for tok in special_tokens:
+        if not isinstance(tok, str):
+            raise TypeError(f"special_tokens must hold str, got {tok!r} ({type(tok).__name__})")
+        if tok == "":
+            raise ValueError(f"special_tokens={special_tokens!r} holds an empty string; a special token needs text")
+        if tok in seen:
+            raise ValueError(f"special_tokens={special_tokens!r} lists {tok!r} twice; each special token once")
+        seen.add(tok)
+    return special_tokens
+
+
+def _check_input_path(input_path) -> Path:
+    path = Path(input_path)
+    if not path.exists():
+        raise FileNotFoundError(f"input_path={str(input_path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"input_path={str(input_path)!r} is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:  # PermissionError and friends: say which file
+        raise PermissionError(f"input_path={str(input_path)!r} cannot be read: {e.strerror}") from e
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pre-tokenization
+
+
+def _special_split_re(special_tokens: list[str]):
+    """Bytes regex that finds special tokens, longest first so that a token never loses to its own prefix.
+
+    Splitting the UTF-8 bytes equals splitting the text: UTF-8 is self-synchronizing, so a match of a token's
+    bytes in valid UTF-8 always starts and ends on character boundaries.
+    """
+    if not special_tokens:
+        return None
+    ordered = sorted(special_tokens, key=len, reverse=True)
+    return re.compile(b"|".join(re.escape(t.encode("utf-8")) for t in ordered))
+
+
+def _straddled(buf: bytes, pos: int, specials_b: list[bytes]) -> bool:
+    """True when some occurrence of a special token starts before `pos` and ends after it."""
+    for tok in specials_b:
+        for k in range(1, len(tok)):
+            if pos - k >= 0 and buf.startswith(tok, pos - k):
+                return True
+    return False
+
+
+def find_cut(buf: bytes, start: int, specials_b: list[bytes]) -> int | None:
+    """The first safe cut at or after `start` in `buf`, or None: a position where the text may be split without
+    changing its special-token split or its pre-tokens.
+
+    A safe cut is the start of a special-token occurrence that no other occurrence straddles (searched from a
+    position that nothing straddles, the longest-first scan from there agrees with a scan from the file start), or,
+    failing that, a newline cut (see `_NEWLINE_CUT_RE`) that no special token straddles. The cut must also leave the
+    last possible straddler whole: we need `buf` to extend `max_len` bytes past it, which the callers ensure by
+    treating a cut within `max_len` of the end of an unfinished buffer as not found.
+    """
+    if specials_b:
+        pos = start
+        while pos < len(buf) and _straddled(buf, pos, specials_b):
+            pos += 1
+        alternatives = sorted(specials_b, key=len, reverse=True)
+        hit = None
+        for tok in alternatives:  # the leftmost occurrence of any special token
+            i = buf.find(tok, pos)
+            if i >= 0 and (hit is None or i < hit):
+                hit = i
+        if hit is not None:
+            return hit
+    m = _NEWLINE_CUT_RE.search(buf, start)
+    while m is not None:
+        cut = m.end()
+        if not (specials_b and _straddled(buf, cut, specials_b)):
+            return cut
+        m = _NEWLINE_CUT_RE.search(buf, m.start() + 1)
+    return None
+
+
+def find_chunk_boundaries(path: str | os.PathLike, num_chunks: int, special_tokens: list[str]) -> list[int]:
+    """Byte offsets [0, ..., file_size] that split the file into at most `num_chunks` ranges at safe cuts.
+
+    Each range pre-tokenizes exactly as it would inside the whole file. Ranges may merge when a document is
+    longer than a range (a cut is needed between the targets). Reads only small windows of the file.
+    """
+    size = os.path.getsize(path)
+    specials_b = [t.encode("utf-8") for t in special_tokens]
+    margin = max((len(t) for t in specials_b), default=1)
+    bounds = [0]
+    with open(path, "rb") as f:
+        for i in range(1, num_chunks):
+            target = max(size * i // num_chunks, bounds[-1] + 1)
+            if target >= size:
+                break
+            cut = _find_cut_in_file(f, target, size, specials_b, margin)
+            if cut is None:
+                break
+            if cut > bounds[-1]:
+                bounds.append(cut)
+    bounds.append(size)
+    return sorted(set(bounds))
+
+
+def _find_cut_in_file(f, target: int, size: int, specials_b: list[bytes], margin: int) -> int | None:
+    window = 1 << 16
+    while True:
+        lo = max(0, target - margin)
+        f.seek(lo)
+        buf = f.read(target - lo + window + margin)
+        cut = find_cut(buf, target - lo, specials_b)
+        at_eof = lo + len(buf) >= size
+        if cut is not None and (at_eof or cut <= len(buf) - margin):
+            return lo + cut
+        if at_eof:
+            return None
+        window *= 4
+
+
+def pretokenize_range(
+    path: str | os.PathLike,
+    start: int,
+    end: int,
+    special_tokens: list[str],
+    progress_counter=None,
+) -> Counter:
+    """Counts of the distinct pre-tokens (as bytes) in bytes [start, end) of the file, whose edges are safe cuts.
+
+    Reads the range in sub-chunks of about SUBCHUNK_BYTES cut at safe cuts, so memory is bounded by the longest
+    document, not the range. Raises ValueError with the file offset on invalid UTF-8.
+    """
+    specials_b = [t.encode("utf-8") for t in special_tokens]
+    split_re = _special_split_re(special_tokens)
+    margin = max((len(t) for t in specials_b), default=1)
+    counts: Counter = Counter()
+    with open(path, "rb") as f:
+        f.seek(start)
+        pos = start  # file offset of buf[0]
+        buf = b""
+        want = SUBCHUNK_BYTES  # how much buf should hold before we look for a cut
+        while pos < end:
+            need = min(want, end - pos) - len(buf)
+            if need > 0:
+                buf += f.read(need)
+            if pos + len(buf) >= end:
+                cut = len(buf)
+            else:
+                # the last cut in the second half of buf, so pieces stay near SUBCHUNK_BYTES; a cut must leave
+                # `margin` bytes after it in buf, so no special token starting before it can be cut short
+                cut = find_cut(buf, max(1, len(buf) - SUBCHUNK_BYTES // 2), specials_b)
+                if cut is None or cut > len(buf) - margin:
+                    cut = find_cut(buf, 1, specials_b)
+                if cut is None or cut > len(buf) - margin:
+                    want = len(buf) + SUBCHUNK_BYTES  # a document longer than buf: read on
+                    continue
+            _count_piece(buf[:cut], pos, split_re, counts, path)
+            if progress_counter is not None:
+                with progress_counter.get_lock():
+                    progress_counter.value += cut
+            pos += cut
+            buf = buf[cut:]
+            want = SUBCHUNK_BYTES
+    return counts
+
+
+def _count_piece(piece: bytes, offset: int, split_re, counts: Counter, path) -> None:
+    """Add the pre-tokens of `piece` (which starts at file offset `offset`) to `counts`, keyed by bytes.
+
+    Pure-ASCII documents (most of English text) take the fast bytes pattern; the others are decoded (which checks
+    UTF-8 and says where it fails) and take the `regex` pattern.
+    """
+    pos = 0
+    if split_re is not None:
+        for m in split_re.finditer(piece):
+            _count_doc(piece[pos : m.start()], offset + pos, counts, path)
+            pos = m.end()
+    _count_doc(piece[pos:] if pos else piece, offset + pos, counts, path)
+
+
+def _count_doc(doc: bytes, offset: int, counts: Counter, path) -> None:
+    if not doc:
+        return
+    if doc.isascii():
+        counts.update(_PAT_ASCII_RE.findall(doc))
+        return
+    try:
+        text = doc.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"input_path={str(path)!r} is not valid UTF-8: byte 0x{doc[e.start]:02x} at offset {offset + e.start} "
+            f"({e.reason})"
+        ) from None
+    counts.update(tok.encode("utf-8") for tok in _PAT_RE.findall(text))
+
+
+_WORKER_COUNTER = None
+
+
+def _init_worker(counter) -> None:
+    global _WORKER_COUNTER
+    _WORKER_COUNTER = counter
+
+
+def _worker(job) -> Counter:
+    path, start, end, special_tokens = job
+    return pretokenize_range(path, start, end, special_tokens, _WORKER_COUNTER)
+
+
+def _effective_workers(path: Path, num_workers: int) -> int:
+    return 1 if num_workers <= 1 or os.path.getsize(path) < SMALL_FILE_BYTES else num_workers
+
+
+def count_pretokens(
+    path: str | os.PathLike, special_tokens: list[str], num_workers: int = 1, progress: bool = False
+) -> Counter:
+    """Counts of distinct pre-tokens (bytes) in the whole file, using `num_workers` processes for large files."""
+    path = Path(path)
+    size = os.path.getsize(path)
+    workers = _effective_workers(path, num_workers)
+    bar = _progress_bar(progress, total=size, desc="pre-tokenize", unit="B", unit_scale=True)
+    try:
+        if workers == 1:
+            counts = pretokenize_range(path, 0, size, special_tokens)
+            bar.update(size)
+            return counts
+        bounds = find_chunk_boundaries(path, workers, special_tokens)
+        jobs = [(str(path), lo, hi, special_tokens) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        counter = ctx.Value("q", 0)
+        with ctx.Pool(len(jobs), initializer=_init_worker, initargs=(counter,)) as pool:
+            pending = pool.map_async(_worker, jobs)
+            while not pending.ready():
+                pending.wait(0.1)
+                bar.n = counter.value
+                bar.refresh()
+            results = pending.get()
+        bar.n = size
+        bar.refresh()
+        results.sort(key=len, reverse=True)  # add the smaller counters into the largest
+        counts = results[0]
+        for other in results[1:]:
+            get = counts.get
+            for k, v in other.items():
+                counts[k] = get(k, 0) + v
+        return counts
+    finally:
+        bar.close()
+
+
+def _progress_bar(enabled: bool, **kwargs):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(disable=not (enabled and sys.stderr.isatty()), leave=False, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Merging
+
+
+def merge_pretokens(
+    counts: dict[bytes, int] | Iterable[tuple[bytes, int]], num_merges: int, progress: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """Up to `num_merges` merges (fewer when no pair is left) on pre-token counts, in order.
+
+    Example: merge_pretokens({b"low": 5, b"lower": 2, b"widest": 3, b"newest": 6}, 6) ==
+    [(b"s", b"t"), (b"e", b"st"), (b"o", b"w"), (b"l", b"ow"), (b"w", b"est"), (b"n", b"e")]  (the handout's example).
+    """
+    items = counts.items() if isinstance(counts, dict) else counts
+    words = [w for w, c in items if len(w) > 1 and c > 0]
+    if num_merges <= 0 or not words:
+        return []
+    freq = counts if isinstance(counts, dict) else dict(counts)
+    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    wstart = np.zeros(len(words) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=wstart[1:])
+    syms = np.frombuffer(b"".join(words), dtype=np.uint8).astype(np.int32)
+    wcnt = np.fromiter((freq[w] for w in words), dtype=np.int64, count=len(words))
+    del words
+
+    state = _init_state(syms, wstart, lengths.astype(np.int32), wcnt, num_merges)
+    bar = _progress_bar(progress, total=num_merges, desc="merge", unit="merge")
+    done = 0
+    batch = max(1, num_merges // 100) if progress else num_merges
+    try:
+        while done < num_merges:
+            step_end = min(num_merges, done + batch)
+            state, reached = _merge_steps(state, done, step_end)
+            bar.update(reached - done)
+            if reached < step_end:  # no pair left
+                done = reached
+                break
+            done = reached
+    finally:
+        bar.close()
+    merges_out, tok_off, tok_len, tok_data = state[0], state[1], state[2], state[3]
+    data = tok_data.tobytes()
+
+    def token(i: int) -> bytes:
+        return data[tok_off[i] : tok_off[i] + tok_len[i]]
+
+    return [(token(a), token(b)) for a, b in merges_out[:done].tolist()]
+
+
+@njit(cache=True)
+def _grow(a, need):
+    if need <= a.shape[0]:
+        return a
+    b = np.empty(max(need, 2 * a.shape[0]), a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@njit(cache=True)
+def _pair_hash(key, mask):
+    return np.int64((np.uint64(key) * np.uint64(11400714819323198485)) >> np.uint64(28)) & mask
+
+
+@njit(cache=True)
+def _ht_find(keys, vals, key):
+    mask = keys.shape[0] - 1
+    h = _pair_hash(key, mask)
+    while True:
+        k = keys[h]
+        if k == key:
+            return vals[h]
+        if k == -1:
+            return -1
+        h = (h + 1) & mask
+
+
+@njit(cache=True)
+def _ht_insert(keys, vals, key, val):
+    mask = keys.shape[0] - 1
+    h = _pair_hash(key, mask)
+    while keys[h] != -1:
+        h = (h + 1) & mask
+    keys[h] = key
+    vals[h] = val
+
+
+@njit(cache=True)
+def _cmp_tok(x, y, tok_off, tok_len, tok_data):
+    """Compare the byte strings of tokens x and y: -1, 0, 1 (Python's bytes order)."""
+    if x == y:
+        return 0
+    ox = tok_off[x]
+    oy = tok_off[y]
+    lx = tok_len[x]
+    ly = tok_len[y]
+    for i in range(min(lx, ly)):
+        cx = tok_data[ox + i]
+        cy = tok_data[oy + i]
+        if cx != cy:
+            return 1 if cx > cy else -1
+    if lx == ly:
+        return 0
+    return 1 if lx > ly else -1
+
+
+@njit(cache=True)
+def _better(c1, s1, c2, s2, pa, pb, tok_off, tok_len, tok_data):
+    """Heap order: higher count first, then the lexicographically greater pair (bytes_a, bytes_b)."""
+    if c1 != c2:
+        return c1 > c2
+    r = _cmp_tok(pa[s1], pa[s2], tok_off, tok_len, tok_data)
+    if r == 0:
+        r = _cmp_tok(pb[s1], pb[s2], tok_off, tok_len, tok_data)
+    return r > 0
+
+
+@njit(cache=True)
+def _heap_push(hc, hs, n, c, s, pa, pb, tok_off, tok_len, tok_data):
+    i = n
+    while i > 0:
+        parent = (i - 1) >> 1
+        if _better(c, s, hc[parent], hs[parent], pa, pb, tok_off, tok_len, tok_data):
+            hc[i] = hc[parent]
+            hs[i] = hs[parent]
+            i = parent
+        else:
+            break
+    hc[i] = c
+    hs[i] = s
+    return n + 1
+
+
+@njit(cache=True)
+def _heap_pop(hc, hs, n, pa, pb, tok_off, tok_len, tok_data):
+    """Remove the root (the caller read it first); returns the new size."""
+    n -= 1
+    c = hc[n]
+    s = hs[n]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= n:
+            break
+        right = child + 1
+        if right < n and _better(hc[right], hs[right], hc[child], hs[child], pa, pb, tok_off, tok_len, tok_data):
+            child = right
+        if _better(hc[child], hs[child], c, s, pa, pb, tok_off, tok_len, tok_data):
+            hc[i] = hc[child]
+            hs[i] = hs[child]
+            i = child
+        else:
+            break
+    if n > 0:
+        hc[i] = c
+        hs[i] = s
+    return n
+
+
+@njit(cache=True)
+def _tok_hash(tok_data, off, length, mask):
+    h = np.uint64(14695981039346656037)
+    for i in range(length):
+        h = (h ^ np.uint64(tok_data[off + i])) * np.uint64(1099511628211)
+    return np.int64(h >> np.uint64(20)) & mask
+
+
+@njit(cache=True)
+def _tok_find(tokht, tok_data, off, length, tok_off, tok_len):
+    """Id of the existing token with bytes tok_data[off:off+length], or -1."""
+    mask = tokht.shape[0] - 1
+    h = _tok_hash(tok_data, off, length, mask)
+    while True:
+        t = tokht[h]
+        if t == -1:
+            return -1
+        if tok_len[t] == length:
+            o = tok_off[t]
+            same = True
+            for i in range(length):
+                if tok_data[o + i] != tok_data[off + i]:
+                    same = False
+                    break
+            if same:
+                return t
+        h = (h + 1) & mask
+
+
+@njit(cache=True)
+def _tok_insert(tokht, tok_data, t, tok_off, tok_len):
+    mask = tokht.shape[0] - 1
+    h = _tok_hash(tok_data, tok_off[t], tok_len[t], mask)
+    while tokht[h] != -1:
+        h = (h + 1) & mask
+    tokht[h] = t
+
+
+@njit(cache=True)
+def _init_state(syms, wstart, wlen, wcnt, num_merges):
+    n_words = wlen.shape[0]
+    n_pairs_max = syms.shape[0]
+    # pair slots: (a, b), count, head of the list of words holding it
+    cap = 1024
+    while cap < 2 * n_pairs_max:
+        cap *= 2
+    ht_keys = np.full(cap, -1, np.int64)
+    ht_vals = np.empty(cap, np.int32)
+    pa = np.empty(n_pairs_max + 16, np.int32)
+    pb = np.empty(n_pairs_max + 16, np.int32)
+    pcnt = np.zeros(n_pairs_max + 16, np.int64)
+    phead = np.full(n_pairs_max + 16, -1, np.int64)
+    node_word = np.empty(n_pairs_max + 16, np.int32)
+    node_next = np.empty(n_pairs_max + 16, np.int64)
+    n_slots = 0
+    n_nodes = 0
+    for w in range(n_words):
+        st = wstart[w]
+        c = wcnt[w]
+        for i in range(wlen[w] - 1):
+            x = syms[st + i]
+            y = syms[st + i + 1]
+            key = (np.int64(x) << 32) | y
+            s = _ht_find(ht_keys, ht_vals, key)
+            if s < 0:
+                s = n_slots
+                n_slots += 1
+                pa[s] = x
+                pb[s] = y
+                _ht_insert(ht_keys, ht_vals, key, s)
+            pcnt[s] += c
+            if phead[s] < 0 or node_word[phead[s]] != w:
+                node_word[n_nodes] = w
+                node_next[n_nodes] = phead[s]
+                phead[s] = n_nodes
+                n_nodes += 1
+    # tokens: the 256 bytes, then room for one per merge
+    n_tok_max = 256 + num_merges
+    tok_off = np.zeros(n_tok_max, np.int64)
+    tok_len = np.zeros(n_tok_max, np.int64)
+    tok_data = np.empty(4096, np.uint8)
+    tcap = 1024
+    while tcap < 2 * n_tok_max:
+        tcap *= 2
+    tokht = np.full(tcap, -1, np.int64)
+    for t in range(256):
+        tok_data[t] = t
+        tok_off[t] = t
+        tok_len[t] = 1
+        _tok_insert(tokht, tok_data, t, tok_off, tok_len)
+    hc = np.empty(n_slots + 16, np.int64)
+    hs = np.empty(n_slots + 16, np.int32)
+    heap_n = 0
+    for s in range(n_slots):
+        heap_n = _heap_push(hc, hs, heap_n, pcnt[s], s, pa, pb, tok_off, tok_len, tok_data)
+    wstamp = np.zeros(n_words, np.int64)
+    sstamp = np.zeros(pa.shape[0], np.int64)
+    touched = np.empty(1024, np.int32)
+    merges_out = np.empty((num_merges, 2), np.int64)
+    meta = np.array([n_slots, n_nodes, heap_n, 256, 256], np.int64)  # slots, nodes, heap, tokens, tok_data used
+    return (
+        merges_out, tok_off, tok_len, tok_data, tokht, syms, wstart, wlen, wcnt,
+        ht_keys, ht_vals, pa, pb, pcnt, phead, node_word, node_next, hc, hs, wstamp, sstamp, touched, meta,
+    )  # fmt: skip
+
+
+@njit(cache=True)
+def _merge_steps(state, step0, step1):
+    """Merges step0..step1-1; returns (state, steps reached), fewer than step1 when no pair is left."""
+    (
+        merges_out, tok_off, tok_len, tok_data, tokht, syms, wstart, wlen, wcnt,
+        ht_keys, ht_vals, pa, pb, pcnt, phead, node_word, node_next, hc, hs, wstamp, sstamp, touched, meta,
+    ) = state  # fmt: skip
+    n_slots, n_nodes, heap_n, n_tok, tok_used = meta[0], meta[1], meta[2], meta[3], meta[4]
+    step = step0
+    while step < step1:
+        # 1) the best pair: pop until the top entry's stored count is current
+        best = -1
+        while heap_n > 0:
+            c = hc[0]
+            s = hs[0]
+            heap_n = _heap_pop(hc, hs, heap_n, pa, pb, tok_off, tok_len, tok_data)
+            cur = pcnt[s]
+            if cur <= 0:
+                continue
+            if cur != c:
+                heap_n = _heap_push(hc, hs, heap_n, cur, s, pa, pb, tok_off, tok_len, tok_data)
+                continue
+            best = s
+            break
+        if best < 0:
+            break
+        a = pa[best]
+        b = pb[best]
+        merges_out[step, 0] = a
+        merges_out[step, 1] = b
+        # 2) the merged token, reusing an existing symbol with the same bytes
+        la = tok_len[a]
+        lb = tok_len[b]
+        tok_data = _grow(tok_data, tok_used + la + lb)
+        for i in range(la):
+            tok_data[tok_used + i] = tok_data[tok_off[a] + i]
+        for i in range(lb):
+            tok_data[tok_used + la + i] = tok_data[tok_off[b] + i]
+        t = _tok_find(tokht, tok_data, tok_used, la + lb, tok_off, tok_len)
+        if t < 0:
+            t = n_tok
+            n_tok += 1
+            tok_off[t] = tok_used
+            tok_len[t] = la + lb
+            tok_used += la + lb
+            _tok_insert(tokht, tok_data, t, tok_off, tok_len)
+        # 3) rewrite every word that holds (a, b): remove its old pairs, merge, add its new pairs
+        stamp = step + 1
+        n_touched = 0
+        node = phead[best]
+        while node >= 0:
+            w = node_word[node]
+            node = node_next[node]
+            if wstamp[w] == stamp:
+                continue
+            wstamp[w] = stamp
+            st = wstart[w]
+            L = wlen[w]
+            found = False
+            for i in range(L - 1):
+                if syms[st + i] == a and syms[st + i + 1] == b:
+                    found = True
+                    break
+            if not found:  # a stale entry: the word lost this pair in an earlier merge
+                continue
+            c = wcnt[w]
+            for i in range(L - 1):
+                key = (np.int64(syms[st + i]) << 32) | syms[st + i + 1]
+                pcnt[_ht_find(ht_keys, ht_vals, key)] -= c
+            j = 0
+            i = 0
+            while i < L:
+                if i < L - 1 and syms[st + i] == a and syms[st + i + 1] == b:
+                    syms[st + j] = t
+                    i += 2
+                else:
+                    syms[st + j] = syms[st + i]
+                    i += 1
+                j += 1
+            L = j
+            wlen[w] = L
+            for i in range(L - 1):
+                x = syms[st + i]
+                y = syms[st + i + 1]
+                key = (np.int64(x) << 32) | y
+                s = _ht_find(ht_keys, ht_vals, key)
+                if s < 0:
+                    if 2 * (n_slots + 1) > ht_keys.shape[0]:  # keep the table at most half full
+                        new_cap = 2 * ht_keys.shape[0]
+                        ht_keys = np.full(new_cap, -1, np.int64)
+                        ht_vals = np.empty(new_cap, np.int32)
+                        for q in range(n_slots):
+                            _ht_insert(ht_keys, ht_vals, (np.int64(pa[q]) << 32) | pb[q], q)
+                    s = n_slots
+                    n_slots += 1
+                    pa = _grow(pa, n_slots)
+                    pb = _grow(pb, n_slots)
+                    if n_slots > pcnt.shape[0]:
+                        old = pcnt.shape[0]
+                        pcnt = _grow(pcnt, n_slots)
+                        pcnt[old:] = 0
+                        phead = _grow(phead, n_slots)
+                        phead[old:] = -1
+                        sstamp = _grow(sstamp, n_slots)
+                        sstamp[old:] = 0
+                    pa[s] = x
+                    pb[s] = y
+                    _ht_insert(ht_keys, ht_vals, key, s)
+                pcnt[s] += c
+                if x == t or y == t:
+                    if phead[s] < 0 or node_word[phead[s]] != w:
+                        n_nodes += 1
+                        node_word = _grow(node_word, n_nodes)
+                        node_next = _grow(node_next, n_nodes)
+                        node_word[n_nodes - 1] = w
+                        node_next[n_nodes - 1] = phead[s]
+                        phead[s] = n_nodes - 1
+                    if sstamp[s] != stamp:
+                        sstamp[s] = stamp
+                        n_touched += 1
+                        touched = _grow(touched, n_touched)
+                        touched[n_touched - 1] = s
+        pcnt[best] = 0
+        # 4) pairs with the new token are the only ones whose counts went up: (re)push them
+        for k in range(n_touched):
+            s = touched[k]
+            if pcnt[s] > 0:
+                hc = _grow(hc, heap_n + 1)
+                hs = _grow(hs, heap_n + 1)
+                heap_n = _heap_push(hc, hs, heap_n, pcnt[s], s, pa, pb, tok_off, tok_len, tok_data)
+        step += 1
+    meta[0] = n_slots
+    meta[1] = n_nodes
+    meta[2] = heap_n
+    meta[3] = n_tok
+    meta[4] = tok_used
+    state = (
+        merges_out, tok_off, tok_len, tok_data, tokht, syms, wstart, wlen, wcnt,
+        ht_keys, ht_vals, pa, pb, pcnt, phead, node_word, node_next, hc, hs, wstamp, sstamp, touched, meta,
+    )  # fmt: skip
+    return state, step

@@ -1,0 +1,276 @@
+"""Encode a text file into a flat token file for training, in parallel, streaming, in bounded memory.
+
+    cs336-basics tokenize data/train.txt --tokenizer runs/tok --out data/train.bin --workers 2
+
+Output: `FILE`, a flat array of ids (uint16 when the vocabulary has at most 65536 ids, else uint32, native byte
+order) that `np.memmap(FILE, dtype=...)` or `cs336_basics.data.load_tokens(FILE)` reads, and `FILE.json` with
+{"dtype", "num_tokens", "source_bytes", "source", "tokenizer_fingerprint", "vocab_size", "special_tokens"}.
+
+How: the input is cut into ranges of about `range_bytes` at positions where encoding can be split exactly (the
+start of a special token, else an ASCII non-space byte followed by a space or newline, never inside any
+occurrence of a special token), so concatenating the ranges' encodings equals encoding the whole file. Worker
+processes read and encode ranges; the parent writes results in input order with at most a few ranges in flight,
+so memory does not grow with the file size. Output goes to temporary files that are renamed at the end: an error
+leaves no partial output.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from cs336_basics.tokenizer import Tokenizer
+from cs336_basics.tokenizer_files import load_tokenizer_dir
+
+DEFAULT_RANGE_BYTES = 4 << 20  # 4 MiB of text per task: ~0.5 s of work, small next to the IPC and bookkeeping
+_SEARCH_WINDOW = 1 << 16  # bytes scanned past a target offset for a cut before giving up on that window
+_ASCII_WS_CUT = re.compile(rb"[\x21-\x7e](?=[ \n])")  # printable ASCII (never Unicode whitespace) then " " / "\n"
+
+
+def tokenizer_fingerprint(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str]) -> str:
+    """sha256 over (id, token) pairs, merges and special tokens: equal fingerprints encode text identically."""
+    h = hashlib.sha256()
+    for token_id in sorted(vocab):
+        token = vocab[token_id]
+        h.update(b"v%d:%d:" % (token_id, len(token)) + token)
+    for a, b in merges:
+        h.update(b"m%d:%d:" % (len(a), len(b)) + a + b)
+    for special in special_tokens:
+        encoded = special.encode("utf-8")
+        h.update(b"s%d:" % len(encoded) + encoded)
+    return h.hexdigest()
+
+
+def find_cuts(path: str | os.PathLike, special_tokens: list[str], range_bytes: int = DEFAULT_RANGE_BYTES) -> list[int]:
+    """Byte offsets [0, c1, ..., size] splitting the file into ranges that encode independently (exactly).
+
+    A cut c is valid when no occurrence of a special token spans it (starts before c and ends after c), and c is
+    either the start of a special-token occurrence (then that occurrence is a match: matching restarts there) or
+    sits between a printable ASCII byte and " " / "\\n" (a non-space followed by a space is a pre-token boundary
+    whatever surrounds it). ASCII bytes never occur inside a multi-byte UTF-8 character, so cuts fall between
+    characters. Only a window around each target offset is read.
+    """
+    size = os.path.getsize(path)
+    specials = [s.encode("utf-8") for s in special_tokens]
+    max_len = max(map(len, specials), default=1)
+    cuts = [0]
+    with open(path, "rb") as f:
+        target = range_bytes
+        while target < size:
+            f.seek(max(0, target - max_len))
+            window = f.read(_SEARCH_WINDOW + 2 * max_len)
+            base = max(0, target - max_len)
+            cut = _cut_in_window(window, base, target, specials, max_len)
+            if cut is None:  # no valid cut in this window (one enormous word): try further on
+                target += _SEARCH_WINDOW
+                continue
+            if cut >= size:
+                break
+            cuts.append(cut)
+            target = cut + range_bytes
+    cuts.append(size)
+    return cuts
+
+
+def _cut_in_window(window: bytes, base: int, target: int, specials: list[bytes], max_len: int) -> int | None:
+    """The first valid cut at or after `target` (an absolute offset) inside `window` (which starts at `base`)."""
+    lo = target - base
+    hi = len(window) - max_len  # keep room on the right to see any special token spanning the cut
+    if hi < lo:
+        return base + len(window) if len(window) < _SEARCH_WINDOW else None  # at the end of the file
+    candidates = []
+    for special in specials:
+        at = window.find(special, lo, hi + len(special))
+        if 0 <= at <= hi:
+            candidates.append(at)
+    m = _ASCII_WS_CUT.search(window, lo, hi + 1)
+    if m is not None:
+        candidates.append(m.end())
+    for cut in sorted(candidates):
+        if not any(_occurrence_spans(window, cut, s) for s in specials):
+            return base + cut
+    return None
+
+
+def _occurrence_spans(window: bytes, cut: int, special: bytes) -> bool:
+    """Whether some occurrence of `special` starts before `cut` and ends after it."""
+    start = max(0, cut - len(special) + 1)
+    at = window.find(special, start, cut + len(special) - 1)
+    while 0 <= at < cut:
+        if at + len(special) > cut:
+            return True
+        at = window.find(special, at + 1, cut + len(special) - 1)
+    return False
+
+
+# One tokenizer per worker process, built once by the pool initializer.
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = Tokenizer.from_dir(tokenizer_dir)
+
+
+def _encode_range(path: str, start: int, end: int, dtype: str, tokenizer: Tokenizer | None = None) -> np.ndarray:
+    tokenizer = tokenizer or _worker_tokenizer
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"input {path!r} is not valid UTF-8 at byte {start + e.start}: {e.reason}") from None
+    return np.array(tokenizer.encode(text), dtype=dtype)
+
+
+def tokenize_file(
+    input_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike,
+    num_workers: int = 1,
+    progress: bool = False,
+    range_bytes: int = DEFAULT_RANGE_BYTES,
+) -> dict:
+    """Encode `input_path` with the tokenizer in `tokenizer_dir` into `out_path` (+ `out_path`.json); return its dict.
+
+    The result equals `Tokenizer.from_dir(tokenizer_dir).encode(<whole file>)`, for any `num_workers`.
+    num_workers=1 encodes in this process; more start that many worker processes. `progress` shows a tqdm bar on
+    stderr in MB/s of input. Example: tokenize_file("a.txt", "a.bin", "tok/")["num_tokens"] -> 1234.
+    """
+    input_path, out_path, tokenizer_dir = Path(input_path), Path(out_path), Path(tokenizer_dir)
+    if not input_path.is_file():
+        raise FileNotFoundError(f"input file {str(input_path)!r} does not exist")
+    if num_workers < 1:
+        raise ValueError(f"num_workers={num_workers} must be at least 1")
+    if range_bytes < 1:
+        raise ValueError(f"range_bytes={range_bytes} must be at least 1")
+    if out_path.is_dir():
+        raise ValueError(f"out_path {str(out_path)!r} is a directory; give a file name such as train.bin")
+    if not out_path.parent.is_dir():
+        raise FileNotFoundError(f"output directory {str(out_path.parent)!r} does not exist")
+    vocab, merges, special_tokens = load_tokenizer_dir(tokenizer_dir)
+    tokenizer = Tokenizer(vocab, merges, special_tokens)
+    dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
+    fingerprint = tokenizer_fingerprint(vocab, merges, special_tokens)
+    source_bytes = input_path.stat().st_size
+    cuts = find_cuts(input_path, special_tokens, range_bytes)
+    ranges = list(zip(cuts[:-1], cuts[1:], strict=True))
+
+    tmp_bin = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    tmp_json = out_path.with_name(f".{out_path.name}.json.tmp-{os.getpid()}")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=source_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="tokenize", file=sys.stderr)
+    num_tokens = 0
+    t0 = time.perf_counter()
+    try:
+        with open(tmp_bin, "wb") as out:
+            encoded = _encoded_ranges(str(input_path), ranges, dtype, tokenizer, tokenizer_dir, num_workers)
+            for (start, end), ids in zip(ranges, encoded, strict=True):
+                ids.tofile(out)
+                num_tokens += len(ids)
+                if bar is not None:
+                    bar.update(end - start)
+        seconds = time.perf_counter() - t0
+        meta = {
+            "dtype": dtype,
+            "num_tokens": num_tokens,
+            "source_bytes": source_bytes,
+            "bytes_per_token": source_bytes / num_tokens if num_tokens else None,
+            "source": str(input_path),
+            "tokenizer_dir": str(tokenizer_dir),
+            "tokenizer_fingerprint": fingerprint,
+            "vocab_size": tokenizer.vocab_size,
+            "special_tokens": special_tokens,
+            "num_workers": num_workers,
+            "seconds": round(seconds, 3),
+        }
+        tmp_json.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp_bin, out_path)
+        os.replace(tmp_json, out_path.with_name(out_path.name + ".json"))
+    except BaseException:
+        for tmp in (tmp_bin, tmp_json):
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return meta
+
+
+def _encoded_ranges(path, ranges, dtype, tokenizer, tokenizer_dir, num_workers):
+    """Yield each range's ids in input order; with workers, keep at most 2 * num_workers ranges in flight."""
+    if num_workers == 1:
+        for start, end in ranges:
+            yield _encode_range(path, start, end, dtype, tokenizer)
+        return
+    with ProcessPoolExecutor(num_workers, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
+        in_flight = deque()
+        todo = iter(ranges)
+        try:
+            for start, end in todo:
+                in_flight.append(pool.submit(_encode_range, path, start, end, dtype))
+                if len(in_flight) >= 2 * num_workers:
+                    break
+            while in_flight:
+                yield in_flight.popleft().result()
+                for start, end in todo:
+                    in_flight.append(pool.submit(_encode_range, path, start, end, dtype))
+                    break
+        finally:
+            for future in in_flight:
+                future.cancel()
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "tokenize",
+        help="encode a text file into a flat token file (uint16/uint32) plus a JSON sidecar",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", metavar="INPUT", help="UTF-8 text file to encode")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory written by train-bpe")
+    p.add_argument("--out", required=True, metavar="FILE", help="output token file; FILE.json gets the metadata")
+    p.add_argument("--workers", type=int, default=1, help="encoding processes (default 1: encode in this process)")
+    p.add_argument(
+        "--range-mb", type=float, default=DEFAULT_RANGE_BYTES / 2**20, help="MiB of text per task (default 4)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="do not show the progress bar (default: shown)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    t0 = time.perf_counter()
+    meta = tokenize_file(
+        args.input,
+        args.out,
+        args.tokenizer,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+        range_bytes=max(1, int(args.range_mb * 2**20)),
+    )
+    seconds = time.perf_counter() - t0
+    ratio = meta["bytes_per_token"]
+    print(
+        f"wrote {meta['num_tokens']:,} tokens ({meta['dtype']}) to {args.out} from {meta['source_bytes']:,} bytes "
+        f"in {seconds:.1f} s ({meta['source_bytes'] / 1e6 / max(seconds, 1e-9):.2f} MB/s); "
+        f"compression ratio {ratio:.3f} bytes/token"
+        if ratio
+        else f"wrote 0 tokens to {args.out} (empty input)"
+    )
+    return 0

@@ -1,0 +1,468 @@
+"""BPE training: exact equality with an obviously-correct naive trainer, the CS336 fixture, the parallel path, errors.
+
+The naive trainer below recounts every pair of every pre-token at every step and works on tuples of bytes, so it is
+the algorithm of INTERFACE.md written as plainly as possible. `train_bpe` must give the same merges, in order, and
+the same vocabulary (special tokens, then the 256 bytes, then one token per merge).
+"""
+
+import json
+import os
+import time
+from collections import Counter
+
+import pytest
+import regex
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cs336_basics import bpe
+from cs336_basics.bpe import TrainStats, find_chunk_boundaries, merge_pretokens, train_bpe
+from cs336_basics.tokenizer_files import decode_token, load_tokenizer_dir, save_tokenizer
+
+from .adapters import run_train_bpe
+from .conftest import shared_fixture
+
+GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The naive oracle
+
+
+def naive_pretokens(text: str, special_tokens: list[str]) -> Counter:
+    pieces = [text]
+    if special_tokens:
+        pattern = "|".join(regex.escape(t) for t in sorted(special_tokens, key=len, reverse=True))
+        pieces = regex.split(pattern, text)
+    counts = Counter()
+    for piece in pieces:
+        for match in regex.findall(GPT2_PAT, piece):
+            counts[match.encode("utf-8")] += 1
+    return counts
+
+
+def naive_merges(counts: dict[bytes, int], num_merges: int) -> list[tuple[bytes, bytes]]:
+    words = Counter()
+    for word, count in counts.items():
+        words[tuple(bytes([b]) for b in word)] += count
+    merges = []
+    for _ in range(num_merges):
+        pairs = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:], strict=False):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = max(pairs, key=lambda p: (pairs[p], p))  # most frequent, then the greatest (bytes_a, bytes_b)
+        merges.append(best)
+        merged = Counter()
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += count
+        words = merged
+    return merges
+
+
+def naive_train(text: str, vocab_size: int, special_tokens: list[str]):
+    merges = naive_merges(naive_pretokens(text, special_tokens), vocab_size - 256 - len(special_tokens))
+    tokens = [t.encode("utf-8") for t in special_tokens] + [bytes([b]) for b in range(256)] + [a + b for a, b in merges]
+    return dict(enumerate(tokens)), merges
+
+
+def write(tmp_path, text: str, name: str = "hello.txt"):
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Hand-written corpora
+
+HANDWRITTEN = {
+    "handout": "low low low low low lower lower widest widest widest newest newest newest newest newest newest",
+    "scripts": "Привет мир! Γειά σου κόσμε. שלום עולם. مرحبا بالعالم. こんにちは世界。你好，世界。 नमस्ते दुनिया " * 3,
+    "emoji": "🙂🙂 hi 🚀🚀🚀 rocket 👩‍👩‍👧 family 🙂 ok 🏳️‍🌈 " * 4,
+    "digits": "In 1999 there were 12345 items, 3.14159 pi, 2024-11-26, ٣٤٥ and ½ ⅓; 1000000 1000000 99 9 0.",
+    "whitespace": "a  b   c    d\t\te\n\n\nf     \n   g \t \n" * 5 + "        end   ",
+    "crlf": "line one\r\nline two\r\n\r\nlast line\r\n" * 6,
+    "contractions": "I'm you're he's we'll they've she'd don't CAN'T it's 's 'll" * 3,
+    "runs_out": "ab ab",  # only a handful of merges are possible; vocab_size asks for more
+    "punctuation": "Hello, world!!! (yes) [no] {maybe}... ---- ==== ?!?! @@@ ### $$$ %%% ^^^ &&& ***",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HANDWRITTEN))
+@pytest.mark.parametrize("vocab_size", [260, 300, 400])
+def test_matches_naive_on_handwritten_corpora(tmp_path, name, vocab_size):
+    """Merges (in order) and vocab equal the naive trainer's, for each hand-written corpus."""
+    text = HANDWRITTEN[name]
+    vocab, merges = run_train_bpe(input_path=write(tmp_path, text), vocab_size=vocab_size, special_tokens=[])
+    expected_vocab, expected_merges = naive_train(text, vocab_size, [])
+    assert merges == expected_merges
+    assert vocab == expected_vocab
+
+
+def test_handout_example():
+    """The handout's worked example: low 5, lower 2, widest 3, newest 6 -> these six merges, in this order."""
+    counts = {b"low": 5, b"lower": 2, b"widest": 3, b"newest": 6}
+    expected = [(b"s", b"t"), (b"e", b"st"), (b"o", b"w"), (b"l", b"ow"), (b"w", b"est"), (b"n", b"e")]
+    assert merge_pretokens(counts, 6) == expected
+    assert naive_merges(counts, 6) == expected
+
+
+def test_docstring_example(tmp_path):
+    """The example in train_bpe's docstring: a tie at 3 goes to (o, w), the greater pair."""
+    vocab, merges = train_bpe(write(tmp_path, "low low lower"), 258, [])
+    assert merges == [(b"o", b"w"), (b"l", b"ow")]
+    assert vocab[256] == b"ow"
+
+
+def test_merges_run_out_before_vocab_size(tmp_path):
+    """When no pair is left, training stops early: fewer merges, and the vocab has exactly those."""
+    vocab, merges = train_bpe(write(tmp_path, "ab ab ab"), 1000, ["<|endoftext|>"])
+    assert merges == naive_merges(naive_pretokens("ab ab ab", []), 1000)
+    assert len(merges) == 2  # (a, b), then (" ", ab)
+    assert len(vocab) == 1 + 256 + 2
+
+
+SPECIAL_TEXT = (
+    "the cat<|endoftext|>the dog<|endoftext|><|endoftext|>the bird<|sep|>a b<|sep|x<|endoftext|>|>"
+    "hello<|endoftext|>world <|sep|><|sep|> tail<|endoftext|><|endoftext|>"
+)
+
+
+@pytest.mark.parametrize(
+    "special_tokens",
+    [
+        ["<|endoftext|>"],
+        ["<|endoftext|>", "<|endoftext|><|endoftext|>"],  # one is a prefix of the other
+        ["<|sep|>", "<|endoftext|>", "<|sep|><|sep|>", "<|"],
+        ["t"],  # a special token that is also a byte: every "t" is a boundary and removed
+    ],
+)
+def test_special_tokens_are_boundaries(tmp_path, special_tokens):
+    """Special tokens split the text (longest first), are removed, and are never merged into anything."""
+    vocab_size = 256 + len(special_tokens) + 40
+    vocab, merges = run_train_bpe(
+        input_path=write(tmp_path, SPECIAL_TEXT), vocab_size=vocab_size, special_tokens=special_tokens
+    )
+    expected_vocab, expected_merges = naive_train(SPECIAL_TEXT, vocab_size, special_tokens)
+    assert merges == expected_merges
+    assert vocab == expected_vocab
+    for token in special_tokens:
+        assert vocab[special_tokens.index(token)] == token.encode("utf-8")
+    assert not any(b"<|endoftext|>" in a + b for a, b in merges)
+
+
+def test_longest_special_token_wins(tmp_path):
+    """With both `<|e|>` and `<|e|><|e|>` special, the double is one boundary; the text between is unaffected."""
+    text = "x<|e|><|e|>y<|e|>z"
+    assert naive_pretokens(text, ["<|e|>", "<|e|><|e|>"]) == Counter({b"x": 1, b"y": 1, b"z": 1})
+    vocab, merges = train_bpe(write(tmp_path, text), 300, ["<|e|>", "<|e|><|e|>"])
+    assert merges == []
+
+
+def test_empty_corpus(tmp_path):
+    """An empty file gives the special tokens and the 256 bytes, no merges."""
+    vocab, merges = train_bpe(write(tmp_path, ""), 1000, ["<|endoftext|>", "<pad>"])
+    assert merges == []
+    assert vocab == {0: b"<|endoftext|>", 1: b"<pad>", **{2 + b: bytes([b]) for b in range(256)}}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Property tests
+
+PIECES = ["a", "b", "ab", "ba", " ", "  ", "\n", "\r\n", "\t", "é", "ü", "中", "🙂", "1", "23", "!", "'s", "'ll", "x"]
+
+
+@given(
+    pieces=st.lists(st.sampled_from(PIECES + ["<|s|>", "<|s|><|s|>"]), max_size=60),
+    extra=st.integers(0, 40),
+)
+def test_matches_naive_on_generated_corpora(tmp_path_factory, pieces, extra):
+    """Any small corpus built from letters, spaces, newlines, multi-byte chars and special tokens: equal to naive."""
+    text = "".join(pieces)
+    specials = ["<|s|>", "<|s|><|s|>"]
+    path = write(tmp_path_factory.mktemp("gen"), text)
+    vocab, merges = train_bpe(path, 256 + len(specials) + extra, specials, num_workers=1)
+    assert (vocab, merges) == naive_train(text, 256 + len(specials) + extra, specials)
+
+
+@given(
+    words=st.dictionaries(st.text("abc", min_size=1, max_size=8).map(str.encode), st.integers(1, 5), max_size=12),
+    num_merges=st.integers(0, 30),
+)
+def test_merge_pretokens_matches_naive(words, num_merges):
+    """merge_pretokens on random words over a 3-letter alphabet (many ties, long merge chains) equals naive."""
+    assert merge_pretokens(words, num_merges) == naive_merges(words, num_merges)
+
+
+@given(text=st.text(st.characters(max_codepoint=127), max_size=80))
+def test_ascii_fast_pattern_equals_gpt2_pattern(text):
+    """The stdlib-`re` bytes pattern used for ASCII text splits exactly as GPT-2's `regex` pattern does."""
+    data = text.encode("ascii")
+    assert bpe._PAT_ASCII_RE.findall(data) == [m.encode() for m in regex.findall(GPT2_PAT, text)]
+
+
+def test_ascii_fast_pattern_every_char_pair():
+    """All 128 x 128 x 3 short ASCII strings (incl. \\x1c-\\x1f, which str.isspace calls space but \\s does not)."""
+    for i in range(128):
+        for j in range(128):
+            for text in (chr(i) + chr(j), chr(i) + " " + chr(j), chr(i) + chr(j) + "\n"):
+                assert bpe._PAT_ASCII_RE.findall(text.encode()) == [m.encode() for m in regex.findall(GPT2_PAT, text)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The parallel and streaming path
+
+
+@pytest.fixture
+def tiny_chunks(monkeypatch):
+    """Force worker processes on small files and sub-chunks of a few bytes, so every cut path runs."""
+    monkeypatch.setattr(bpe, "SMALL_FILE_BYTES", 0)
+    monkeypatch.setattr(bpe, "SUBCHUNK_BYTES", 48)
+
+
+MIXED = (
+    "Once upon a time, there was a cat.\nThe cat sat.<|endoftext|>\n"
+    "Über café — naïve 🙂 text here.\n\nAnother line\r\nwith CRLF.<|endoftext|><|endoftext|>"
+    "    indented\n  code = 1 + 2\n<|endoftext|>Short.<|endoftext|>"
+)
+
+
+@pytest.mark.parametrize("special_tokens", [["<|endoftext|>"], [], ["<|endoftext|>", "<|endoftext|><|endoftext|>"]])
+def test_parallel_equals_one_worker(tmp_path, tiny_chunks, special_tokens):
+    """2 and 3 worker processes over safe-cut ranges, read in tiny sub-chunks, give what 1 process and naive give."""
+    text = MIXED * 20
+    path = write(tmp_path, text)
+    vocab_size = 256 + len(special_tokens) + 60
+    stats = TrainStats()
+    parallel = train_bpe(path, vocab_size, special_tokens, num_workers=2, stats=stats)
+    assert stats.num_workers == 2
+    assert train_bpe(path, vocab_size, special_tokens, num_workers=3) == parallel
+    assert train_bpe(path, vocab_size, special_tokens, num_workers=1) == parallel
+    assert parallel == naive_train(text, vocab_size, special_tokens)
+
+
+@given(pieces=st.lists(st.sampled_from(PIECES + ["<|s|>", "\nThe", ".\nA"]), max_size=80))
+def test_chunked_pretokens_equal_whole(pieces):
+    """Cutting a file into ranges and sub-chunks never changes its pre-token counts."""
+    import tempfile
+
+    text = "".join(pieces)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "c.txt")
+        with open(path, "wb") as f:
+            f.write(text.encode())
+        bounds = find_chunk_boundaries(path, 4, ["<|s|>"])
+        assert bounds[0] == 0 and bounds[-1] == len(text.encode()) and bounds == sorted(bounds)
+        old = bpe.SUBCHUNK_BYTES
+        bpe.SUBCHUNK_BYTES = 8
+        try:
+            total = Counter()
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+                total += bpe.pretokenize_range(path, lo, hi, ["<|s|>"])
+        finally:
+            bpe.SUBCHUNK_BYTES = old
+        assert total == naive_pretokens(text, ["<|s|>"])
+
+
+def test_no_special_tokens_still_cuts_at_newlines(tmp_path):
+    """Without special tokens a file is still cut (after "x\\n" before a letter), exactly."""
+    text = "first line.\nSecond line\n  third\nFourth.\n" * 50
+    path = write(tmp_path, text)
+    bounds = find_chunk_boundaries(path, 4, [])
+    assert len(bounds) == 5
+    for b in bounds[1:-1]:
+        raw = text.encode()
+        assert raw[b - 1 : b] == b"\n" and raw[b : b + 1].isalpha()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The CS336 reference fixture and the time guard
+
+
+def _reference():
+    vocab_path = shared_fixture("train-bpe-reference-vocab.json")
+    merges_path = shared_fixture("train-bpe-reference-merges.txt")
+    with open(vocab_path, encoding="utf-8") as f:
+        ref_vocab = {int(i): decode_token(tok) for tok, i in json.load(f).items()}
+    with open(merges_path, encoding="utf-8") as f:
+        ref_merges = [tuple(decode_token(t) for t in line.rstrip("\n").split(" ")) for line in f if line.strip()]
+    return ref_vocab, ref_merges
+
+
+def test_matches_cs336_reference():
+    """corpus.en, vocab 500: merges in order and the vocab (same ids, same byte strings) equal the reference."""
+    corpus = shared_fixture("corpus.en")
+    ref_vocab, ref_merges = _reference()
+    vocab, merges = run_train_bpe(input_path=corpus, vocab_size=500, special_tokens=["<|endoftext|>"])
+    assert merges == ref_merges
+    assert set(vocab) == set(ref_vocab)
+    assert set(vocab.values()) == set(ref_vocab.values())
+
+
+def test_corpus_en_is_fast():
+    """Generous guard: corpus.en at vocab 500 in under 1.5 s (the issue's target is ~0.07 s; we measure ~0.05 s)."""
+    corpus = shared_fixture("corpus.en")
+    train_bpe(corpus, 300, ["<|endoftext|>"])  # the numba compile (or cache load) is paid once, not here
+    start = time.perf_counter()
+    train_bpe(corpus, 500, ["<|endoftext|>"])
+    assert time.perf_counter() - start < 1.5
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_vocab_size_too_small(tmp_path):
+    with pytest.raises(ValueError, match=r"vocab_size=257 must be at least 256 \+ len\(special_tokens\) = 258"):
+        train_bpe(write(tmp_path, "hello"), 257, ["<a>", "<b>"])
+
+
+def test_vocab_size_not_int(tmp_path):
+    with pytest.raises(TypeError, match="vocab_size must be an int"):
+        train_bpe(write(tmp_path, "hello"), 300.0, [])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="input_path=.*nope.txt.* does not exist"):
+        train_bpe(tmp_path / "nope.txt", 300, [])
+
+
+def test_directory_is_not_a_file(tmp_path):
+    with pytest.raises(ValueError, match="is not a regular file"):
+        train_bpe(tmp_path, 300, [])
+
+
+def test_unreadable_file(tmp_path, monkeypatch):
+    path = write(tmp_path, "hello")
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: make the read fail the way it fails for other users
+
+        def denied(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(bpe, "open", denied, raising=False)
+    with pytest.raises(PermissionError, match="input_path=.*hello.*cannot be read: Permission denied"):
+        train_bpe(path, 300, [])
+
+
+def test_empty_special_token(tmp_path):
+    with pytest.raises(ValueError, match="holds an empty string"):
+        train_bpe(write(tmp_path, "hello"), 300, ["<|endoftext|>", ""])
+
+
+def test_duplicate_special_tokens(tmp_path):
+    with pytest.raises(ValueError, match="lists '<a>' twice"):
+        train_bpe(write(tmp_path, "hello"), 300, ["<a>", "<b>", "<a>"])
+
+
+def test_special_tokens_must_be_a_list(tmp_path):
+    with pytest.raises(TypeError, match="must be a list of str"):
+        train_bpe(write(tmp_path, "hello"), 300, "<|endoftext|>")
+
+
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_invalid_utf8_says_where(tmp_path, tiny_chunks, num_workers):
+    """A corpus that is not UTF-8 names the first bad byte's file offset, from one process or from a worker."""
+    raw = ("good text here. " * 20).encode() + b"<|endoftext|>ok \xff bad" + b" more text" * 10
+    path = tmp_path / "bad.txt"
+    path.write_bytes(raw)
+    offset = raw.index(b"\xff")
+    with pytest.raises(ValueError, match=f"not valid UTF-8: byte 0xff at offset {offset}"):
+        train_bpe(path, 300, ["<|endoftext|>"], num_workers=num_workers)
+
+
+def test_unknown_keyword(tmp_path):
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        train_bpe(write(tmp_path, "hi"), 300, [], vocab=3)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Saving what we train: exact round trip, and readable by Hugging Face tokenizers and tiktoken
+
+ODD_TEXT = "  spaces   and\n\n\nnewlines\t\ttabs 🙂🙂 é ü 中文 \r\n" * 30
+
+
+def _trained(tmp_path):
+    return train_bpe(write(tmp_path, ODD_TEXT), 256 + 1 + 80, ["<|endoftext|>"])
+
+
+def test_save_load_round_trip(tmp_path):
+    """Every token (spaces, newlines, bytes that are not UTF-8 alone) survives save -> load exactly."""
+    vocab, merges = _trained(tmp_path)
+    assert any(b"\n" in t for t in vocab.values()) and any(b"  " in t for t in vocab.values())
+    assert any(_not_utf8(t) for t in vocab.values())
+    save_tokenizer(vocab, merges, tmp_path / "tok", ["<|endoftext|>"])
+    vocab2, merges2, special2 = load_tokenizer_dir(tmp_path / "tok")
+    assert vocab2 == vocab and merges2 == merges and special2 == ["<|endoftext|>"]
+
+
+def _not_utf8(token: bytes) -> bool:
+    try:
+        token.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _bpe_encode(text: str, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]]) -> list[int]:
+    """Plain merge-list BPE over GPT-2 pre-tokens: the reference the foreign loaders must agree with."""
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    ids = {tok: i for i, tok in vocab.items()}
+    out = []
+    for piece in regex.findall(GPT2_PAT, text):
+        parts = [bytes([b]) for b in piece.encode()]
+        while len(parts) > 1:
+            pairs = [(ranks.get(p, len(ranks)), i) for i, p in enumerate(zip(parts, parts[1:], strict=False))]
+            rank, i = min(pairs)
+            if rank == len(ranks):
+                break
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        out.extend(ids[p] for p in parts)
+    return out
+
+
+SAMPLES = ["  spaces   and\n\n\nnewlines", "tabs 🙂🙂 é ü 中文 \r\n", "unseen words: zebra 42!", ODD_TEXT[:200]]
+
+
+def test_hf_tokenizers_loads_saved_files(tmp_path):
+    """Hugging Face `tokenizers` reads our vocab.json + merges.txt and encodes/decodes like merge-list BPE."""
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab, merges = _trained(tmp_path)
+    save_tokenizer(vocab, merges, tmp_path / "tok", ["<|endoftext|>"])
+    model = tokenizers.models.BPE.from_file(str(tmp_path / "tok/vocab.json"), str(tmp_path / "tok/merges.txt"))
+    tok = tokenizers.Tokenizer(model)
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    for text in SAMPLES:
+        ids = tok.encode(text).ids
+        assert ids == _bpe_encode(text, vocab, merges)
+        assert tok.decode(ids) == text
+
+
+def test_tiktoken_loads_saved_files(tmp_path):
+    """tiktoken built from our saved vocab.json (ranks = ids) encodes/decodes like merge-list BPE."""
+    tiktoken = pytest.importorskip("tiktoken")
+    vocab, merges = _trained(tmp_path)
+    save_tokenizer(vocab, merges, tmp_path / "tok", ["<|endoftext|>"])
+    loaded, _, special = load_tokenizer_dir(tmp_path / "tok")
+    specials = {t: i for i, t in loaded.items() if t.decode("utf-8", "replace") in special}
+    enc = tiktoken.Encoding(
+        "ours",
+        pat_str=GPT2_PAT,
+        mergeable_ranks={t: i for i, t in loaded.items() if i not in specials.values()},
+        special_tokens={t.decode(): i for t, i in specials.items()},
+    )
+    for text in SAMPLES:
+        ids = enc.encode(text)
+        assert ids == _bpe_encode(text, vocab, merges)
+        assert enc.decode(ids) == text
