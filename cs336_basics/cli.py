@@ -14,6 +14,10 @@ import sys
 # subcommand -> module that defines it (in the order `--help` lists them)
 SUBCOMMAND_MODULES: dict[str, str] = {
     "tokenize": "cs336_basics.tokenize_dataset",
+    "train": "cs336_basics.train",
+    "generate": "cs336_basics.generation",
+    "eval": "cs336_basics.evaluate",
+    "model-info": "cs336_basics.model_info",
 }
 
 

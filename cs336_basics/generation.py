@@ -1,10 +1,19 @@
-"""Sampling from a TransformerLM: temperature (0 = greedy), top-k and nucleus (top-p) filtering, stop tokens."""
+"""Sampling from a TransformerLM: temperature (0 = greedy), top-k and nucleus (top-p) filtering, stop tokens, and a
+KV cache (each new token costs one position). CLI: `cs336-basics generate`.
+
+    cs336-basics generate --checkpoint runs/tiny/ckpt_000200.pt --tokenizer tok/tiny --prompt "once upon a time" \
+        --max-new-tokens 100 --temperature 0.8 --top-p 0.95 --device cpu
+"""
+
+import os
+from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .layers import TransformerLM, softmax
+from .layers import ModelConfig, TransformerLM, softmax
+from .serialization import clean_state_dict, read_checkpoint
 
 
 def sample_next_token(
@@ -41,11 +50,14 @@ def generate(
     top_p: float | None = None,
     eos_token_id: int | None = None,
     generator: torch.Generator | None = None,
+    use_cache: bool = True,
 ) -> Int[Tensor, " batch new"]:
     """Sample up to `max_new_tokens` ids after `prompt` (B, T); returns only the new ids (B, N).
 
     Rows that produced `eos_token_id` stop (their later positions are filled with it); generation ends early when
-    every row has stopped. The prompt is truncated to the model's last `context_length` positions.
+    every row has stopped. The model sees the last `context_length` positions. With `use_cache` (the default) a
+    KV cache makes each new token cost one position; once the sequence outgrows the context, the window slides
+    and is recomputed whole, exactly as without the cache, so both give the same tokens.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
@@ -56,8 +68,15 @@ def generate(
     ids = prompt
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     new_tokens = []
+    cache = None
     for _ in range(max_new_tokens):
-        logits = model(ids[:, -context_length:])[:, -1]  # (B, V)
+        if not use_cache:
+            logits = model(ids[:, -context_length:])[:, -1]  # (B, V)
+        elif cache is not None and cache.length < context_length:
+            logits = model(ids[:, -1:], kv_cache=cache)[:, -1]  # one new position
+        else:  # first step, or the window slid: (re)fill the cache with the whole window
+            cache = model.new_kv_cache()
+            logits = model(ids[:, -context_length:], kv_cache=cache)[:, -1]
         next_id = sample_next_token(logits, temperature, top_k, top_p, generator)
         if eos_token_id is not None:
             next_id = torch.where(done, eos_token_id, next_id)
@@ -78,3 +97,107 @@ def _check_sampling_args(temperature: float, top_k: int | None, top_p: float | N
         raise ValueError(f"top_k={top_k} must be a positive integer")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p} must be in (0, 1]")
+
+
+def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> TransformerLM:
+    """Rebuild a TransformerLM from a checkpoint's saved `config` and load its weights, in eval mode."""
+    payload = read_checkpoint(checkpoint)
+    if "config" not in payload:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} has no model config; it was not written by the trainer")
+    model = TransformerLM(ModelConfig(**payload["config"]), device=device)
+    model.load_state_dict(clean_state_dict(payload["model"]))
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLI
+
+EOS_TOKEN = "<|endoftext|>"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="sample text from a trained checkpoint",
+        description="Continue --prompt with a model rebuilt from a trainer checkpoint, sampling with temperature, "
+        "top-k and top-p, stopping at <|endoftext|>. Example: cs336-basics generate --checkpoint "
+        "runs/ts/ckpt_010000.pt --tokenizer tok/ts --prompt 'Once upon a time' --temperature 0.8 --top-p 0.95",
+    )
+    parser.add_argument("--checkpoint", required=True, help="trainer checkpoint (ckpt_*.pt)")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer directory (from train-bpe)")
+    parser.add_argument("--prompt", required=True, help="text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens to sample at most; default 256")
+    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (0 = greedy); default 1")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]; default off")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens; default off")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed; default 0")
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda[:N] or mps; default auto")
+    parser.add_argument("--no-cache", action="store_true", help="recompute the whole prefix per token (no KV cache)")
+    parser.set_defaults(func=run)
+
+
+def generate_text(
+    model: TransformerLM,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> str:
+    """The continuation of `prompt` (text only, without the prompt), stopping at <|endoftext|> when it is a
+    single token of `tokenizer` (any object with encode(str) -> list[int] and decode(list[int]) -> str)."""
+    _check_sampling_args(temperature, top_k, top_p)
+    device = next(model.parameters()).device
+    prompt_ids = tokenizer.encode(prompt)
+    if not prompt_ids:
+        raise ValueError("prompt='' is empty; give at least one character to continue")
+    eos = tokenizer.encode(EOS_TOKEN)
+    eos_id = eos[0] if len(eos) == 1 else None
+    generator = torch.Generator(device=device).manual_seed(seed)
+    new = generate(
+        model,
+        torch.tensor([prompt_ids], device=device),
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_token_id=eos_id,
+        generator=generator,
+        use_cache=use_cache,
+    )[0].tolist()
+    if eos_id is not None and eos_id in new:
+        new = new[: new.index(eos_id)]
+    return tokenizer.decode(new)
+
+
+def run(args) -> int:
+    from .train import resolve_device
+
+    _check_sampling_args(args.temperature, args.top_k, args.top_p)
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens={args.max_new_tokens} must be >= 0")
+    device = resolve_device(args.device)
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} does not exist")
+    if not Path(args.tokenizer).is_dir():
+        raise FileNotFoundError(f"--tokenizer {args.tokenizer!r} is not a directory (write one with train-bpe)")
+    from .tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_dir(args.tokenizer)
+    model = load_model(args.checkpoint, device)
+    text = generate_text(
+        model,
+        tokenizer,
+        args.prompt,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
+        use_cache=not args.no_cache,
+    )
+    print(args.prompt + text)
+    return 0

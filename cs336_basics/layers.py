@@ -320,11 +320,16 @@ class MultiHeadSelfAttention(nn.Module):
         self.rope = rope
 
     def forward(
-        self, x: Float[Tensor, " ... seq d_model"], token_positions: Int[Tensor, " ... seq"] | None = None
+        self,
+        x: Float[Tensor, " ... seq d_model"],
+        token_positions: Int[Tensor, " ... seq"] | None = None,
+        kv_cache: "LayerKVCache | None" = None,
     ) -> Float[Tensor, " ... seq d_model"]:
         q = rearrange(self.q_proj(x), "... t (h d) -> ... h t d", h=self.num_heads)
         k = rearrange(self.k_proj(x), "... t (h d) -> ... h t d", h=self.num_heads)
         v = rearrange(self.v_proj(x), "... t (h d) -> ... h t d", h=self.num_heads)
+        if kv_cache is not None:
+            return self._forward_cached(q, k, v, token_positions, kv_cache)
         if self.rope is not None:
             # The same rotation for every head: positions (..., T) broadcast over the head axis.
             positions = None if token_positions is None else token_positions.unsqueeze(-2)
@@ -335,6 +340,22 @@ class MultiHeadSelfAttention(nn.Module):
         else:
             causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=x.device).tril_()  # (T, T)
             out = scaled_dot_product_attention(q, k, v, causal)
+        return self.output_proj(rearrange(out, "... h t d -> ... t (h d)"))
+
+    def _forward_cached(self, q: Tensor, k: Tensor, v: Tensor, token_positions: Tensor | None, kv_cache) -> Tensor:
+        # Incremental decoding: the new positions continue after the cached ones, so RoPE rotates them by their
+        # absolute positions P .. P+T-1, and the T new queries attend to all P + T keys (causal within the new ones).
+        past, seq_len = kv_cache.length, q.shape[-2]
+        if token_positions is None:
+            token_positions = torch.arange(past, past + seq_len, device=q.device)
+        if self.rope is not None:
+            positions = token_positions.unsqueeze(-2)
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        k, v = kv_cache.append(k, v)  # (..., H, P+T, D)
+        causal = None
+        if seq_len > 1:
+            causal = torch.ones(seq_len, past + seq_len, dtype=torch.bool, device=q.device).tril_(diagonal=past)
+        out = scaled_dot_product_attention(q, k, v, causal)
         return self.output_proj(rearrange(out, "... h t d -> ... t (h d)"))
 
 
@@ -379,15 +400,18 @@ class TransformerBlock(nn.Module):
             self.ln2 = RMSNorm(d_model, eps=norm_eps, **kw)
 
     def forward(
-        self, x: Float[Tensor, " batch seq d_model"], token_positions: Int[Tensor, " batch seq"] | None = None
+        self,
+        x: Float[Tensor, " batch seq d_model"],
+        token_positions: Int[Tensor, " batch seq"] | None = None,
+        kv_cache: "LayerKVCache | None" = None,
     ) -> Float[Tensor, " batch seq d_model"]:
         if self.norm == "pre":
-            x = x + self.attn(self.ln1(x), token_positions)
+            x = x + self.attn(self.ln1(x), token_positions, kv_cache)
             return x + self.ffn(self.ln2(x))
         if self.norm == "post":
-            x = self.ln1(x + self.attn(x, token_positions))
+            x = self.ln1(x + self.attn(x, token_positions, kv_cache))
             return self.ln2(x + self.ffn(x))
-        x = x + self.attn(x, token_positions)
+        x = x + self.attn(x, token_positions, kv_cache)
         return x + self.ffn(x)
 
 
@@ -488,20 +512,31 @@ class TransformerLM(nn.Module):
             self.token_embeddings.weight = self.lm_head.weight
 
     def forward(
-        self, in_indices: Int[Tensor, " batch seq"], token_positions: Int[Tensor, " batch seq"] | None = None
+        self,
+        in_indices: Int[Tensor, " batch seq"],
+        token_positions: Int[Tensor, " batch seq"] | None = None,
+        kv_cache: "KVCache | None" = None,
     ) -> Float[Tensor, " batch seq vocab_size"]:
+        """With `kv_cache` (see `new_kv_cache`), `in_indices` are the tokens after the cached ones: only they are
+        computed, at positions cache.length .., and the cache grows by seq."""
         seq_len = in_indices.shape[-1]
-        if seq_len > self.config.context_length:
+        past = 0 if kv_cache is None else kv_cache.length
+        if past + seq_len > self.config.context_length:
             raise ValueError(
-                f"sequence length {seq_len} exceeds context_length={self.config.context_length}; "
+                f"sequence length {past + seq_len} (cached {past} + new {seq_len}) exceeds "
+                f"context_length={self.config.context_length}; "
                 "truncate the input or build the model with a longer context"
             )
         x = self.token_embeddings(in_indices)
-        for layer in self.layers:
-            x = layer(x, token_positions)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, token_positions, None if kv_cache is None else kv_cache.layers[i])
         if self.config.norm != "none":
             x = self.ln_final(x)
         return self.lm_head(x)
+
+    def new_kv_cache(self) -> "KVCache":
+        """An empty key/value cache for incremental decoding with `forward(..., kv_cache=cache)`."""
+        return KVCache(self.config.num_layers, self.config.context_length)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Parameter count (a tied matrix counted once); optionally without the input embedding table."""
@@ -509,6 +544,45 @@ class TransformerLM(nn.Module):
         if exclude_embeddings and not self.config.tie_embeddings:
             n -= self.token_embeddings.weight.numel()
         return n
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Key/value cache for generation
+
+
+class LayerKVCache:
+    """One layer's keys and values (..., H, P, D), in a buffer preallocated to `max_len` positions at first use."""
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.length = 0
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new (..., H, T, D) keys and values; return all of them so far, (..., H, P+T, D)."""
+        new_len = self.length + k.shape[-2]
+        if new_len > self.max_len:
+            raise ValueError(f"KV cache holds at most {self.max_len} positions; {new_len} requested")
+        if self.k is None:
+            shape = (*k.shape[:-2], self.max_len, k.shape[-1])
+            self.k = k.new_empty(shape)
+            self.v = v.new_empty((*v.shape[:-2], self.max_len, v.shape[-1]))
+        self.k[..., self.length : new_len, :] = k
+        self.v[..., self.length : new_len, :] = v
+        self.length = new_len
+        return self.k[..., :new_len, :], self.v[..., :new_len, :]
+
+
+class KVCache:
+    """Per-layer caches of a TransformerLM; `length` is the number of positions already processed."""
+
+    def __init__(self, num_layers: int, max_len: int):
+        self.layers = [LayerKVCache(max_len) for _ in range(num_layers)]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length if self.layers else 0
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,226 @@
+"""Model accounting as in the CS336 handout: parameters, matmul FLOPs per token, training memory for a batch.
+
+FLOPs count only matrix multiplies (2 FLOPs per multiply-add), as the handout does; per token and layer:
+    Q, K, V, output projections      4 · 2·d_model²
+    attention scores Q Kᵀ and A·V    2 · 2·T·d_model      (the full T×T matrix, as the handout counts it)
+    feed-forward                     3 · 2·d_model·d_ff (SwiGLU) or 2 · 2·d_model·d_ff (SiLU)
+plus the LM head 2·d_model·V. The backward pass costs twice the forward, so training costs 3× forward.
+
+Memory for AdamW training in float32 (4 bytes per value): parameters, gradients, optimizer state (m and v:
+2 values per parameter) and the activations the handout lists, for batch B and sequence T, per layer:
+RMSNorms 2·BTd; Q, K, V 3·BTd; scores QKᵀ and softmax 2·B·H·T²; weighted values BTd; output projection BTd;
+feed-forward W1 (and W3 for SwiGLU) B·T·d_ff each, SiLU B·T·d_ff, (the gate product B·T·d_ff), W2 BTd;
+and once: the embedding output BTd, final RMSNorm BTd, logits BTV and the cross-entropy's softmax BTV.
+
+    cs336-basics model-info --vocab-size 10000 --context-length 256 --d-model 512 --d-ff 1344 --num-layers 4 \\
+        --num-heads 16 --batch-size 128
+"""
+
+import argparse
+import json
+
+from .layers import ModelConfig
+
+BYTES_FP32 = 4
+
+# Dense (no sparsity) peak tensor-core throughput in FLOP/s, per the vendors' data sheets; matched against
+# torch.cuda.get_device_name() in order, so the more specific names come first.
+PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
+    ("H200", {"bfloat16": 989.5e12, "float32": 66.9e12}),
+    ("H100 PCIe", {"bfloat16": 756.0e12, "float32": 51.2e12}),
+    ("H100", {"bfloat16": 989.5e12, "float32": 66.9e12}),  # SXM / HBM3
+    ("A100", {"bfloat16": 312.0e12, "float32": 19.5e12}),
+]
+
+
+def peak_flops(device_name: str, dtype: str) -> float | None:
+    """Peak FLOP/s of a GPU named `device_name` for `dtype` ("bfloat16" | "float32"), or None when unknown."""
+    for key, peaks in PEAK_FLOPS:
+        if key.lower() in device_name.lower():
+            return peaks.get(dtype)
+    return None
+
+
+def count_parameters(config: ModelConfig) -> dict[str, int]:
+    """Parameter counts by part; `total` counts a tied embedding matrix once."""
+    d, d_ff, v, n_layers = config.d_model, config.resolved_d_ff, config.vocab_size, config.num_layers
+    ffn_mats = 3 if config.ffn == "swiglu" else 2
+    norms = 2 * d if config.norm != "none" else 0
+    per_layer = 4 * d * d + ffn_mats * d * d_ff + norms
+    embedding = v * d
+    lm_head = v * d
+    final_norm = d if config.norm != "none" else 0
+    total = per_layer * n_layers + final_norm + lm_head + (0 if config.tie_embeddings else embedding)
+    return {
+        "embedding": embedding,
+        "per_layer": per_layer,
+        "layers": per_layer * n_layers,
+        "final_norm": final_norm,
+        "lm_head": lm_head,
+        "total": total,
+        "non_embedding": total - (0 if config.tie_embeddings else embedding),
+    }
+
+
+def forward_flops_per_token(config: ModelConfig, seq_len: int | None = None) -> dict[str, int]:
+    """Matmul FLOPs per token of one forward pass over sequences of `seq_len` (default: the context length)."""
+    t = config.context_length if seq_len is None else seq_len
+    d, d_ff, v, n_layers = config.d_model, config.resolved_d_ff, config.vocab_size, config.num_layers
+    ffn_mats = 3 if config.ffn == "swiglu" else 2
+    projections = 4 * 2 * d * d
+    attention = 2 * 2 * t * d
+    ffn = ffn_mats * 2 * d * d_ff
+    lm_head = 2 * d * v
+    return {
+        "attention_projections": n_layers * projections,
+        "attention_scores_and_values": n_layers * attention,
+        "feed_forward": n_layers * ffn,
+        "lm_head": lm_head,
+        "total": n_layers * (projections + attention + ffn) + lm_head,
+    }
+
+
+def training_flops_per_token(config: ModelConfig, seq_len: int | None = None) -> int:
+    """Forward + backward matmul FLOPs per token: 3 × forward (the backward pass costs two forwards)."""
+    return 3 * forward_flops_per_token(config, seq_len)["total"]
+
+
+def memory_bytes(config: ModelConfig, batch_size: int, seq_len: int | None = None) -> dict[str, int]:
+    """Bytes of float32 AdamW training state and activations for one batch (the handout's accounting)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size={batch_size} must be positive")
+    t = config.context_length if seq_len is None else seq_len
+    b, d, d_ff, v, h = batch_size, config.d_model, config.resolved_d_ff, config.vocab_size, config.num_heads
+    n_params = count_parameters(config)["total"]
+    ffn_acts = (4 if config.ffn == "swiglu" else 2) * b * t * d_ff  # W1, (W3), SiLU, (gate product)
+    norms = 2 * b * t * d if config.norm != "none" else 0
+    per_layer = norms + 3 * b * t * d + 2 * b * h * t * t + b * t * d + b * t * d + ffn_acts + b * t * d
+    once = b * t * d + (b * t * d if config.norm != "none" else 0) + 2 * b * t * v
+    activations = (per_layer * config.num_layers + once) * BYTES_FP32
+    parameters = n_params * BYTES_FP32
+    out = {
+        "parameters": parameters,
+        "gradients": parameters,
+        "optimizer_state": 2 * parameters,
+        "activations": activations,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def model_report(config: ModelConfig, batch_size: int) -> dict:
+    """Everything `model-info` prints, as a JSON-able dict."""
+    fwd = forward_flops_per_token(config)
+    return {
+        "config": config.to_dict() | {"d_ff": config.resolved_d_ff},
+        "parameters": count_parameters(config),
+        "flops_per_token": {
+            "forward": fwd,
+            "backward": 2 * fwd["total"],
+            "training": training_flops_per_token(config),
+        },
+        "memory_bytes": memory_bytes(config, batch_size) | {"batch_size": batch_size},
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLI
+
+MODEL_FLAGS: dict[str, tuple[type, str]] = {
+    "vocab_size": (int, "vocabulary size (ids 0 .. V-1); default 10000"),
+    "context_length": (int, "context length in tokens; default 256"),
+    "d_model": (int, "model width; default 512"),
+    "d_ff": (int, "feed-forward hidden width; default 1344 (0 = 8/3·d_model rounded up to 64, or 4·d_model for silu)"),
+    "num_layers": (int, "number of Transformer blocks; default 4"),
+    "num_heads": (int, "attention heads (d_model must be divisible); default 16"),
+    "rope_theta": (float, "RoPE base θ; default 10000"),
+}
+MODEL_DEFAULTS = dict(
+    vocab_size=10_000,
+    context_length=256,
+    d_model=512,
+    d_ff=1344,
+    num_layers=4,
+    num_heads=16,
+    rope_theta=10_000.0,
+    norm="pre",
+    positions="rope",
+    ffn="swiglu",
+    tie_embeddings=False,
+    attention_backend="scratch",
+)
+MODEL_FIELDS = tuple(MODEL_DEFAULTS)
+
+
+def add_model_flags(parser: argparse.ArgumentParser, suppress_defaults: bool = False) -> None:
+    """The model flags shared by `train` and `model-info` (defaults: the CS336 TinyStories model)."""
+
+    def default(name):
+        return argparse.SUPPRESS if suppress_defaults else MODEL_DEFAULTS[name]
+
+    group = parser.add_argument_group("model")
+    for name, (kind, help_text) in MODEL_FLAGS.items():
+        group.add_argument("--" + name.replace("_", "-"), type=kind, default=default(name), help=help_text)
+    group.add_argument(
+        "--norm", choices=("pre", "post", "none"), default=default("norm"), help="RMSNorm placement; default pre"
+    )
+    group.add_argument(
+        "--positions", choices=("rope", "none"), default=default("positions"), help="position encoding; default rope"
+    )
+    group.add_argument(
+        "--ffn", choices=("swiglu", "silu"), default=default("ffn"), help="feed-forward kind; default swiglu"
+    )
+    group.add_argument(
+        "--tie-embeddings",
+        action="store_true",
+        default=default("tie_embeddings"),
+        help="share the input embedding and LM head matrix; default off",
+    )
+    group.add_argument(
+        "--attention-backend",
+        choices=("scratch", "sdpa"),
+        default=default("attention_backend"),
+        help="attention kernel: the from-scratch code or PyTorch's fused SDPA (faster on GPUs); default scratch",
+    )
+
+
+def model_config_from(values: dict) -> ModelConfig:
+    """A ModelConfig from a dict holding the model fields (d_ff 0 or None = the default width)."""
+    kwargs = {name: values[name] for name in MODEL_FIELDS if name in values}
+    if kwargs.get("d_ff") == 0:
+        kwargs["d_ff"] = None
+    return ModelConfig(**kwargs)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "model-info",
+        help="parameter count, FLOPs per token and training memory of a model configuration",
+        description="Print the CS336 handout's accounting for a model: parameters, matmul FLOPs per token for the "
+        "forward and backward passes, and float32 AdamW memory (parameters, gradients, optimizer state, "
+        "activations) for one batch.",
+    )
+    add_model_flags(parser)
+    parser.add_argument("--batch-size", type=int, default=128, help="sequences per batch for the memory estimate")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = model_config_from(vars(args))
+    report = model_report(config, args.batch_size)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    p, f, m = report["parameters"], report["flops_per_token"], report["memory_bytes"]
+    print(f"parameters: {p['total']:,} ({p['non_embedding']:,} without the input embedding)")
+    print(f"  per layer {p['per_layer']:,}; embedding {p['embedding']:,}; lm_head {p['lm_head']:,}")
+    print(f"FLOPs per token (seq {config.context_length}): forward {f['forward']['total'] / 1e6:.2f} M")
+    for part in ("attention_projections", "attention_scores_and_values", "feed_forward", "lm_head"):
+        share = f["forward"][part] / f["forward"]["total"]
+        print(f"  {part:28s} {f['forward'][part] / 1e6:10.2f} M  ({share:.1%})")
+    print(f"  backward {f['backward'] / 1e6:.2f} M; training (fwd + bwd) {f['training'] / 1e6:.2f} M")
+    print(f"memory for batch {args.batch_size} × {config.context_length} (float32 AdamW):")
+    for part in ("parameters", "gradients", "optimizer_state", "activations", "total"):
+        print(f"  {part:16s} {m[part] / 2**30:10.3f} GiB")
+    return 0

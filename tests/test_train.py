@@ -1,0 +1,409 @@
+"""The trainer: it learns, resumes to the bit, survives a crash mid-checkpoint, schedules the LR as specified,
+matches DDP with a single process, and rejects every bad setting before doing any work."""
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cs336_basics import cli
+from cs336_basics.evaluate import evaluate_tokens
+from cs336_basics.generation import load_model
+from cs336_basics.nn_utils import cross_entropy
+from cs336_basics.optimizer import get_lr_cosine_schedule
+from cs336_basics.train import NonFiniteLossError, TrainConfig, list_checkpoints, measure_throughput, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two OpenMP threads on a shared, oversubscribed CPU make these tiny models ~50x slower (spin-waiting).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_tokens(path: Path, ids, dtype="uint16") -> Path:
+    arr = np.asarray(ids, dtype=dtype)
+    arr.tofile(path)
+    path.with_name(path.name + ".json").write_text(json.dumps({"dtype": dtype, "num_tokens": int(arr.size)}))
+    return path
+
+
+@pytest.fixture
+def token_files(tmp_path):
+    """A learnable toy language: mostly-periodic ids with a little noise (vocab 40)."""
+    rng = np.random.default_rng(0)
+
+    def make(name, n):
+        ids = (np.arange(n) * 7 % 37 + rng.integers(0, 3, n)).astype(np.uint16)
+        return write_tokens(tmp_path / f"{name}.bin", ids)
+
+    return make("train", 6000), make("val", 1500)
+
+
+def tiny_config(tmp_path, token_files, **overrides) -> TrainConfig:
+    train_path, val_path = token_files
+    values = dict(
+        train=str(train_path),
+        val=str(val_path),
+        out=str(tmp_path / "run"),
+        vocab_size=40,
+        context_length=16,
+        d_model=32,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        batch_size=4,
+        steps=12,
+        lr=3e-3,
+        warmup_steps=3,
+        eval_interval=6,
+        eval_batches=2,
+        log_interval=1,
+        checkpoint_interval=4,
+        device="cpu",
+        plot=False,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def read_log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def train_losses(run_dir) -> list[tuple[int, float]]:
+    return [(r["step"], r["train_loss"]) for r in read_log(run_dir) if "train_loss" in r]
+
+
+def test_overfits_a_single_batch(tmp_path):
+    """With one possible window, every batch is the same: the loss falls near zero."""
+    ids = np.random.default_rng(1).integers(0, 40, 17)
+    train_file = write_tokens(tmp_path / "one.bin", ids)
+    config = tiny_config(
+        tmp_path, (train_file, train_file), steps=80, lr=1e-2, warmup_steps=5, log_interval=1, eval_interval=0
+    )
+    summary = train(config)
+    assert summary["train_loss"] < 0.05
+    assert summary["val_loss"] < 0.05
+    assert read_log(config.out)[0]["train_loss"] > 3.0  # it started near log(40) = 3.7
+
+
+def test_stop_and_resume_equals_uninterrupted_run_bitwise(tmp_path, token_files):
+    """Stopped at step 6 (between checkpoints) and resumed: the same losses, bit for bit, and the same weights."""
+    overrides = dict(grad_accum_steps=2, checkpoint_interval=4, keep_checkpoints=2)
+    full = train(tiny_config(tmp_path / "a", token_files, **overrides))
+    part = train(tiny_config(tmp_path / "b", token_files, stop_at_step=6, **overrides))
+    assert part["stopped_early"] and part["step"] == 6
+    # A fresh invocation that only knows the run directory, as after a preemption.
+    resumed = train(tiny_config(tmp_path / "b", token_files, resume=True, **overrides))
+    assert resumed["step"] == full["step"] == 12
+    assert train_losses(tmp_path / "b" / "run") == train_losses(tmp_path / "a" / "run")
+    vals = [[r.get("val_loss") for r in read_log(d / "run")] for d in (tmp_path / "a", tmp_path / "b")]
+    assert vals[0] == vals[1]
+    a = torch.load(full["checkpoint"], weights_only=True)
+    b = torch.load(resumed["checkpoint"], weights_only=True)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [s for s, _ in list_checkpoints(tmp_path / "b" / "run")] == [8, 12]  # keep_checkpoints=2
+
+
+def test_resume_from_cli_with_only_out(tmp_path, token_files, capsys):
+    """`train --out RUN --resume` takes every other setting from the run's config.json."""
+    config = tiny_config(tmp_path, token_files, stop_at_step=4)
+    assert train(config)["step"] == 4
+    assert cli.main(["train", "--out", config.out, "--resume", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 12
+    assert [s for s, _ in train_losses(config.out)] == list(range(1, 13))
+
+
+def test_checkpoint_killed_mid_write_leaves_previous_intact(tmp_path, token_files):
+    """A process SIGKILLed while writing ckpt 4 leaves ckpt 2 loadable and no ckpt 4; resume then works."""
+    config = tiny_config(tmp_path, token_files, checkpoint_interval=2, steps=6)
+    # A forked child (no re-import) trains and is SIGKILLed halfway through writing its second checkpoint.
+    child = multiprocessing.get_context("fork").Process(target=_train_and_die_in_second_save, args=(config,))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == -signal.SIGKILL
+    run_dir = Path(config.out)
+    assert [s for s, _ in list_checkpoints(run_dir)] == [2]
+    assert list(run_dir.glob(".ckpt_000004.pt.*.tmp"))  # the half-written temporary file, never renamed
+    payload = torch.load(run_dir / "ckpt_000002.pt", weights_only=True)
+    assert payload["iteration"] == 2
+    summary = train(tiny_config(tmp_path, token_files, checkpoint_interval=2, steps=6, resume=True))
+    assert summary["step"] == 6
+    assert not list(run_dir.glob(".ckpt_*.tmp"))
+
+
+def _train_and_die_in_second_save(config: TrainConfig) -> None:
+    import cs336_basics.serialization as serialization
+
+    real_save, calls = torch.save, [0]
+
+    def dying_save(obj, f, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            f.write(b"x" * 1000)  # part of a checkpoint ...
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)  # ... and the process is gone, as under a preemption
+        real_save(obj, f, *args, **kwargs)
+
+    serialization.torch.save = dying_save
+    train(config)
+
+
+def test_trainer_lr_is_the_cosine_schedule(tmp_path, token_files):
+    """The LR logged (and applied) at step s is get_lr_cosine_schedule(s, ...) for every step."""
+    config = tiny_config(tmp_path, token_files, steps=20, warmup_steps=4, cosine_steps=15, min_lr=1e-4)
+    train(config)
+    records = [r for r in read_log(config.out) if "lr" in r]
+    assert [r["step"] for r in records] == list(range(1, 21))
+    for r in records:
+        assert r["lr"] == get_lr_cosine_schedule(r["step"], 3e-3, 1e-4, 4, 15)
+    meta = json.loads((Path(config.out) / "config.json").read_text())
+    assert meta["schedule"] == dict(
+        max_learning_rate=3e-3, min_learning_rate=1e-4, warmup_iters=4, cosine_cycle_iters=15
+    )
+
+
+def test_run_directory_contents(tmp_path, token_files):
+    """config.json (+ git SHA, command line), log.jsonl fields, loss.png, and the final evaluation."""
+    config = tiny_config(tmp_path, token_files, plot=True, max_tokens=700, steps=None)
+    summary = train(config)
+    run_dir = Path(config.out)
+    assert summary["step"] == 11  # ceil(700 / (4 * 16))
+    meta = json.loads((run_dir / "config.json").read_text())
+    assert {"git_sha", "command_line", "train_config", "model_config", "torch_version"} <= set(meta)
+    log = read_log(run_dir)
+    assert {"step", "tokens", "lr", "train_loss", "grad_norm", "tokens_per_s", "wall_clock_s"} <= set(log[0])
+    assert log[-1]["step"] == 11 and "val_loss" in log[-1] and log[-1]["val_loss"] == summary["val_loss"]
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = load_model(summary["checkpoint"])
+    assert model.config.vocab_size == 40
+    assert not list(run_dir.glob("*.tmp"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, token_files, monkeypatch):
+    """A loss that turns NaN at step 6 raises a clear error; ckpt 4 (finite) is the newest checkpoint."""
+    import cs336_basics.train as train_module
+
+    calls = [0]
+
+    def poisoned(logits, targets):
+        calls[0] += 1
+        loss = cross_entropy(logits, targets)
+        return loss * float("nan") if calls[0] == 6 else loss
+
+    monkeypatch.setattr(train_module, "cross_entropy", poisoned)
+    config = tiny_config(tmp_path, token_files, log_interval=5, eval_interval=0)
+    with pytest.raises(NonFiniteLossError, match=r"NaN or inf at step 6.*ckpt_000004\.pt \(step 4\)"):
+        train(config)
+    assert [s for s, _ in list_checkpoints(config.out)] == [4]
+    weights = torch.load(Path(config.out) / "ckpt_000004.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_config_file_and_flag_precedence(tmp_path, token_files, capsys):
+    """--config TOML supplies settings; a flag given on the command line wins over it."""
+    config = tiny_config(tmp_path, token_files)
+    toml = tmp_path / "run.toml"
+    lines = [f"{k} = {json.dumps(v)}" for k, v in config.__dict__.items() if v is not None and k != "out"]
+    toml.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "cli_run"
+    assert cli.main(["train", "--config", str(toml), "--out", str(out), "--steps", "2", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text("d_modle = 3\n")
+    assert cli.main(["train", "--config", str(bad), "--out", str(out)]) == 2
+    assert "unknown key 'd_modle'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(device="tpu"), "device='tpu'"),
+        (dict(device="cuda:7"), "device='cuda:7'"),
+        (dict(vocab_size=30), "token id 3[6-9], which is >= vocab_size=30"),
+        (dict(context_length=7000, eval_batches=1), "needs 7001"),
+        (dict(steps=None), "exactly one of steps"),
+        (dict(dtype="float16"), "dtype='float16'"),
+        (dict(batch_size=0), "batch_size=0"),
+        (dict(beta2=1.0), "beta2=1.0"),
+        (dict(d_model=30), "divisible by num_heads"),
+    ],
+)
+def test_bad_settings_fail_before_any_work(tmp_path, token_files, overrides, match):
+    """Each bad setting raises ValueError naming it, and nothing is written."""
+    config = tiny_config(tmp_path, token_files, **overrides)
+    with pytest.raises(ValueError, match=match):
+        train(config)
+    assert not Path(config.out).exists()
+
+
+def test_missing_and_malformed_token_files(tmp_path, token_files):
+    config = tiny_config(tmp_path, token_files, train=str(tmp_path / "nope.bin"))
+    with pytest.raises(FileNotFoundError, match="nope.bin' does not exist"):
+        train(config)
+    bare = tmp_path / "bare.bin"
+    np.zeros(100, np.uint16).tofile(bare)
+    with pytest.raises(FileNotFoundError, match="no sidecar bare.bin.json"):
+        train(tiny_config(tmp_path, token_files, val=str(bare)))
+    stale = write_tokens(tmp_path / "stale.bin", np.zeros(100, np.uint16))
+    stale.with_name("stale.bin.json").write_text(json.dumps({"dtype": "uint16", "num_tokens": 99}))
+    with pytest.raises(ValueError, match="truncated or stale"):
+        train(tiny_config(tmp_path, token_files, val=str(stale)))
+    assert not Path(config.out).exists()
+
+
+def test_existing_run_needs_resume(tmp_path, token_files):
+    config = tiny_config(tmp_path, token_files, steps=2)
+    train(config)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train(config)
+
+
+def test_cli_bad_flags_are_one_line_errors(tmp_path, token_files, capsys):
+    train_path, val_path = token_files
+    base = ["train", "--train", str(train_path), "--val", str(val_path), "--out", str(tmp_path / "r")]
+    base += ["--vocab-size", "40", "--context-length", "16", "--d-model", "32", "--num-heads", "4", "--steps", "1"]
+    assert cli.main([*base, "--device", "quantum"]) == 2
+    assert "device='quantum'" in capsys.readouterr().err
+    assert cli.main([*base, "--vocab-size", "20"]) == 2
+    assert ">= vocab_size=20" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_wandb_missing_is_a_clear_error(tmp_path, token_files, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    with pytest.raises(ValueError, match="needs the wandb package"):
+        train(tiny_config(tmp_path, token_files, wandb=True))
+
+
+def test_eval_matches_windowed_reference(tmp_path, token_files, capsys):
+    """evaluate_tokens scores every id but the first exactly once, in context-length windows."""
+    config = tiny_config(tmp_path, token_files, steps=3)
+    summary = train(config)
+    model = load_model(summary["checkpoint"])
+    data = np.fromfile(token_files[1], dtype=np.uint16)[:100]
+    result = evaluate_tokens(model, data, context_length=16, batch_size=3)
+    assert result["tokens"] == 99
+    ids = torch.from_numpy(data.astype(np.int64))
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, 99, 16):
+            window = ids[s : min(s + 17, 100)][None]
+            total += float(cross_entropy(model(window[:, :-1]), window[:, 1:])) * (window.shape[1] - 1)
+    assert result["loss"] == pytest.approx(total / 99, rel=1e-6)
+    assert cli.main(["eval", "--checkpoint", summary["checkpoint"], "--data", str(token_files[1])]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["tokens"] == 1499 and printed["perplexity"] == pytest.approx(np.exp(printed["loss"]))
+    too_long = ["eval", "--checkpoint", summary["checkpoint"], "--data", str(token_files[1]), "--context-length", "17"]
+    assert cli.main(too_long) == 2
+    assert "--context-length=17 must be in [1, 16]" in capsys.readouterr().err
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data", str(token_files[1])]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_measure_throughput_runs(tmp_path, token_files):
+    result = measure_throughput(tiny_config(tmp_path, token_files), warmup_steps=1, seconds=0.2)
+    assert result["tokens_per_s"] > 0 and result["steps"] >= 5 and result["mfu"] is None
+    assert not Path(tmp_path / "run").exists()
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, config: TrainConfig) -> None:
+    # What torchrun sets for each process.
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+    )
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    try:
+        train(config)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ddp_gloo_two_ranks_equal_single_process_with_doubled_batch(tmp_path, token_files):
+    """2 forked ranks (gloo), batch 4 per rank, grad accumulation 2 == one process with batch 8: same losses."""
+    kw = dict(steps=5, eval_interval=5, grad_accum_steps=2, checkpoint_interval=0)
+    single = train(tiny_config(tmp_path / "single", token_files, batch_size=8, **kw))
+    ddp_config = tiny_config(tmp_path / "ddp", token_files, batch_size=4, **kw)
+    ctx = multiprocessing.get_context("fork")
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(rank, 2, port, ddp_config)) for rank in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    ddp_losses, single_losses = train_losses(ddp_config.out), train_losses(tmp_path / "single" / "run")
+    assert [s for s, _ in ddp_losses] == [s for s, _ in single_losses] == [1, 2, 3, 4, 5]
+    # Same batches; only the order of float additions differs (two half-batch gradients averaged).
+    np.testing.assert_allclose([v for _, v in ddp_losses], [v for _, v in single_losses], rtol=1e-5)
+    ddp_summary = json.loads((Path(ddp_config.out) / "summary.json").read_text())
+    assert ddp_summary["tokens"] == single["tokens"]
+    assert ddp_summary["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
+    a = torch.load(single["checkpoint"], weights_only=True)["model"]
+    b = torch.load(ddp_summary["checkpoint"], weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_single_process_with_doubled_batch(tmp_path, token_files):
+    """torchrun, 2 CPU processes (gloo), batch 4 per rank == one process with batch 8: same losses and weights."""
+    config = tiny_config(tmp_path / "single", token_files, batch_size=8, steps=6, eval_interval=3)
+    single = train(config)
+    train_path, val_path = token_files
+    out = tmp_path / "ddp" / "run"
+    flags = ["--train", str(train_path), "--val", str(val_path), "--out", str(out), "--vocab-size", "40"]
+    flags += ["--context-length", "16", "--d-model", "32", "--d-ff", "64", "--num-layers", "2", "--num-heads", "4"]
+    flags += ["--batch-size", "4", "--steps", "6", "--lr", "3e-3", "--warmup-steps", "3", "--eval-interval", "3"]
+    flags += ["--eval-batches", "2", "--log-interval", "1", "--checkpoint-interval", "4", "--device", "cpu"]
+    flags += ["--no-progress", "--no-plot"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "cs336_basics.cli", "train", *flags]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp_losses = train_losses(out)
+    single_losses = train_losses(config.out)
+    assert [s for s, _ in ddp_losses] == [s for s, _ in single_losses]
+    # Same batches; only the order of float additions differs (two half-batch gradients averaged).
+    np.testing.assert_allclose([v for _, v in ddp_losses], [v for _, v in single_losses], rtol=1e-5)
+    a = torch.load(single["checkpoint"], weights_only=True)["model"]
+    b = torch.load(out / "ckpt_000006.pt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["world_size"] == 2
