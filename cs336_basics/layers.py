@@ -294,8 +294,9 @@ class _Attention(torch.autograd.Function):
         acc = torch.promote_types(probs[0].dtype, torch.float32)
         delta = (d_out.to(acc) * out.to(acc)).sum(dim=-1, keepdim=True)  # rowsum(dO * O), (..., Tq, 1)
         dQ = Q.new_empty(*lead, *Q.shape[-2:])
-        dK = K.new_zeros(*lead, *K.shape[-2:])
-        dV = V.new_zeros(*lead, *V.shape[-2:])
+        # dK and dV sum one partial product per block: accumulate in at least float32, as one matmul would
+        dK = K.new_zeros(*lead, *K.shape[-2:], dtype=torch.promote_types(K.dtype, torch.float32))
+        dV = V.new_zeros(*lead, *V.shape[-2:], dtype=torch.promote_types(V.dtype, torch.float32))
         for r0, end, p in zip(range(0, Q.shape[-2], _BLOCK_ROWS), ctx.block_ends, probs, strict=True):
             r1 = r0 + _BLOCK_ROWS
             d_out_rows, v_keys, k_keys = d_out[..., r0:r1, :], V[..., :end, :], K[..., :end, :]
@@ -306,8 +307,8 @@ class _Attention(torch.autograd.Function):
         needs = ctx.needs_input_grad
         return (
             _sum_to(dQ.mul_(ctx.scale), Q.shape) if needs[0] else None,
-            _sum_to(dK.mul_(ctx.scale), K.shape) if needs[1] else None,
-            _sum_to(dV, V.shape) if needs[2] else None,
+            _sum_to(dK.mul_(ctx.scale), K.shape).to(K.dtype) if needs[1] else None,
+            _sum_to(dV, V.shape).to(V.dtype) if needs[2] else None,
             None,
         )
 

@@ -393,6 +393,24 @@ def test_sdpa_long_masked_sequences_match_torch_values_and_gradients(seq, kind):
         assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_sdpa_long_causal_under_bfloat16_autocast_matches_torch():
+    """Training under CPU bf16 autocast: the blocked path's values and gradients track the fused kernel's."""
+    seq = 192
+    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+    q, k, v = (torch.randn(2, 4, seq, 16, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    g = torch.randn(2, 4, seq, 16, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layers.scaled_dot_product_attention(q, k, v, causal)
+        expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert out.dtype == torch.bfloat16
+    assert_close(out.float(), expected.float(), rtol=2e-2, atol=2e-2)
+    grads = torch.autograd.grad((out.float() * g).sum(), (q, k, v))
+    expected_grads = torch.autograd.grad((expected.float() * g).sum(), (q, k, v))
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert got.dtype == torch.bfloat16
+        assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-2)
+
+
 def test_sdpa_long_causal_gradcheck_float64_with_broadcast():
     seq = 130  # three query blocks, the last one short
     q = torch.randn(2, seq, 2, dtype=torch.float64, requires_grad=True)
