@@ -211,6 +211,20 @@ def test_rmsnorm_upcasts_bfloat16_and_casts_back():
     ).abs().max()
 
 
+def test_rmsnorm_gradcheck_float64():
+    norm = layers.RMSNorm(6, eps=1e-5, dtype=torch.float64)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(6, dtype=torch.float64))
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(norm, (x,))
+    gain = norm.weight.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda g: torch.func.functional_call(norm, {"weight": g}, (x,)), (gain,))
+    x_ref = x.detach().clone().requires_grad_()
+    (norm(x) * torch.arange(36.0, dtype=torch.float64).view(2, 3, 6)).sum().backward()
+    (F.rms_norm(x_ref, (6,), norm.weight.detach(), 1e-5) * torch.arange(36.0).view(2, 3, 6)).sum().backward()
+    assert_close(x.grad, x_ref.grad)
+
+
 @pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 3, 17)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_silu_matches_f_silu(shape, dtype):
@@ -350,6 +364,73 @@ def test_sdpa_gradcheck_float64_with_mask_and_broadcast():
     mask[..., 0] = True
     assert torch.autograd.gradcheck(lambda a, b, c: layers.scaled_dot_product_attention(a, b, c, mask), (q, k, v))
     assert torch.autograd.gradcheck(lambda a, b, c: layers.scaled_dot_product_attention(a, b, c), (q, k, v))
+
+
+def _banded_causal(t: int, window: int) -> torch.Tensor:
+    i = torch.arange(t)
+    return (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
+
+
+@pytest.mark.parametrize("seq", [128, 200, 257])
+@pytest.mark.parametrize("kind", ["causal", "window", "random_prefix"])
+def test_sdpa_long_masked_sequences_match_torch_values_and_gradients(seq, kind):
+    """Long (Tq, Tk) masks take the blocked CPU path (query blocks skip keys they cannot see): same numbers."""
+    if kind == "causal":
+        mask = torch.ones(seq, seq, dtype=torch.bool).tril()
+    elif kind == "window":
+        mask = _banded_causal(seq, 50)
+    else:  # arbitrary pattern inside the causal triangle, every row keeps key 0
+        mask = torch.ones(seq, seq, dtype=torch.bool).tril() & (torch.rand(seq, seq) > 0.5)
+        mask[:, 0] = True
+    q, k, v = (torch.randn(2, 3, seq, 8, requires_grad=True) for _ in range(3))
+    out = layers.scaled_dot_product_attention(q, k, v, mask)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert_close(out, expected, **F32_TOL)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad((out * g).sum(), (q, k, v))
+    expected_grads = torch.autograd.grad((expected * g).sum(), (q, k, v))
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_sdpa_long_causal_under_bfloat16_autocast_matches_torch():
+    """Training under CPU bf16 autocast: the blocked path's values and gradients track the fused kernel's."""
+    seq = 192
+    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+    q, k, v = (torch.randn(2, 4, seq, 16, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    g = torch.randn(2, 4, seq, 16, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layers.scaled_dot_product_attention(q, k, v, causal)
+        expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert out.dtype == torch.bfloat16
+    assert_close(out.float(), expected.float(), rtol=2e-2, atol=2e-2)
+    grads = torch.autograd.grad((out.float() * g).sum(), (q, k, v))
+    expected_grads = torch.autograd.grad((expected.float() * g).sum(), (q, k, v))
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert got.dtype == torch.bfloat16
+        assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-2)
+
+
+def test_sdpa_long_causal_gradcheck_float64_with_broadcast():
+    seq = 130  # three query blocks, the last one short
+    q = torch.randn(2, seq, 2, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(seq, 2, dtype=torch.float64, requires_grad=True)  # broadcast over the leading dim
+    v = torch.randn(2, seq, 3, dtype=torch.float64, requires_grad=True)
+    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+    out = layers.scaled_dot_product_attention(q, k, v, causal)
+    assert_close(out, ref_attention(q, k, v, causal), rtol=1e-12, atol=1e-12)
+    check = torch.autograd.gradcheck  # fast_mode: random projections instead of the full 1560 x 780 Jacobian
+    assert check(lambda a, b, c: layers.scaled_dot_product_attention(a, b, c, causal), (q, k, v), fast_mode=True)
+
+
+def test_sdpa_long_mask_with_a_fully_masked_row_gives_nan_like_the_formula():
+    seq = 192
+    mask = torch.ones(seq, seq, dtype=torch.bool).tril()
+    mask[150] = False
+    q, k, v = (torch.randn(seq, 4) for _ in range(3))
+    out = layers.scaled_dot_product_attention(q, k, v, mask)
+    assert torch.isnan(out[150]).all()
+    assert torch.isfinite(out[:150]).all() and torch.isfinite(out[151:]).all()
 
 
 def test_sdpa_rejects_non_bool_mask():
@@ -577,7 +658,7 @@ def test_transformer_lm_token_positions_match_reference():
 
 def test_transformer_lm_rejects_bad_input():
     model = TransformerLM(ModelConfig(**SMALL))
-    with pytest.raises(ValueError, match="sequence length 13 exceeds context_length=12"):
+    with pytest.raises(ValueError, match=r"sequence length 13\b.*exceeds context_length=12"):
         model(torch.zeros(1, 13, dtype=torch.long))
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 37\), found 37"):
         model(torch.tensor([[1, 37]]))
