@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, required=True, help="vocabulary size (tokens)")
     parser.add_argument("--special-token", default="<|endoftext|>", help="the one special token (default %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="our worker processes (default: CPUs)")
+    parser.add_argument("--skip-hf", action="store_true", help="run only ours (e.g. for a memory check)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; each round runs every trainer once (default 1)")
     args = parser.parse_args()
 
@@ -109,6 +110,8 @@ def main() -> None:
             {"RAYON_NUM_THREADS": "2"},
         ),
     }
+    if args.skip_hf:
+        runs = dict(list(runs.items())[:1])
     best: dict[str, dict] = {}
     for _ in range(args.repeat):
         for name, (argv, extra_env) in runs.items():  # interleaved, so load changes hit every trainer alike

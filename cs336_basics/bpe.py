@@ -27,9 +27,15 @@ How it is fast:
   symbol is reused, exactly as a trainer keyed by bytes would count it.
 """
 
+import argparse
+import json
 import multiprocessing as mp
 import os
 import re
+import resource
+import shutil
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -384,8 +390,6 @@ def count_pretokens(
 
 
 def _progress_bar(enabled: bool, **kwargs):
-    import sys
-
     from tqdm import tqdm
 
     return tqdm(disable=not (enabled and sys.stderr.isatty()), leave=False, **kwargs)
@@ -474,6 +478,15 @@ def _ht_insert(keys, vals, key, val):
         h = (h + 1) & mask
     keys[h] = key
     vals[h] = val
+
+
+@njit(cache=True)
+def _ht_rebuild(pa, pb, n_slots, cap):
+    keys = np.full(cap, -1, np.int64)
+    vals = np.empty(cap, np.int32)
+    for q in range(n_slots):
+        _ht_insert(keys, vals, (np.int64(pa[q]) << 32) | pb[q], q)
+    return keys, vals
 
 
 @njit(cache=True)
@@ -589,19 +602,20 @@ def _tok_insert(tokht, tok_data, t, tok_off, tok_len):
 @njit(cache=True)
 def _init_state(syms, wstart, wlen, wcnt, num_merges):
     n_words = wlen.shape[0]
-    n_pairs_max = syms.shape[0]
-    # pair slots: (a, b), count, head of the list of words holding it
-    cap = 1024
-    while cap < 2 * n_pairs_max:
-        cap *= 2
-    ht_keys = np.full(cap, -1, np.int64)
-    ht_vals = np.empty(cap, np.int32)
-    pa = np.empty(n_pairs_max + 16, np.int32)
-    pb = np.empty(n_pairs_max + 16, np.int32)
-    pcnt = np.zeros(n_pairs_max + 16, np.int64)
-    phead = np.full(n_pairs_max + 16, -1, np.int64)
-    node_word = np.empty(n_pairs_max + 16, np.int32)
-    node_next = np.empty(n_pairs_max + 16, np.int64)
+    n_pair_occurrences = syms.shape[0]  # an upper bound on distinct pairs and on list nodes
+    # pair slots: (a, b), count, head of the list of words holding it; grown as distinct pairs appear, since
+    # there are far fewer of them than pair occurrences
+    cap0 = 1024
+    while cap0 < n_words:
+        cap0 *= 2  # the hash table's size must stay a power of two (it masks)
+    ht_keys = np.full(4 * cap0, -1, np.int64)
+    ht_vals = np.empty(4 * cap0, np.int32)
+    pa = np.empty(cap0, np.int32)
+    pb = np.empty(cap0, np.int32)
+    pcnt = np.zeros(cap0, np.int64)
+    phead = np.full(cap0, -1, np.int32)
+    node_word = np.empty(n_pair_occurrences + 16, np.int32)
+    node_next = np.empty(n_pair_occurrences + 16, np.int32)
     n_slots = 0
     n_nodes = 0
     for w in range(n_words):
@@ -613,8 +627,18 @@ def _init_state(syms, wstart, wlen, wcnt, num_merges):
             key = (np.int64(x) << 32) | y
             s = _ht_find(ht_keys, ht_vals, key)
             if s < 0:
+                if 2 * (n_slots + 1) > ht_keys.shape[0]:
+                    ht_keys, ht_vals = _ht_rebuild(pa, pb, n_slots, 2 * ht_keys.shape[0])
                 s = n_slots
                 n_slots += 1
+                if n_slots > pa.shape[0]:
+                    old = pa.shape[0]
+                    pa = _grow(pa, n_slots)
+                    pb = _grow(pb, n_slots)
+                    pcnt = _grow(pcnt, n_slots)
+                    pcnt[old:] = 0
+                    phead = _grow(phead, n_slots)
+                    phead[old:] = -1
                 pa[s] = x
                 pb[s] = y
                 _ht_insert(ht_keys, ht_vals, key, s)
@@ -742,11 +766,7 @@ def _merge_steps(state, step0, step1):
                 s = _ht_find(ht_keys, ht_vals, key)
                 if s < 0:
                     if 2 * (n_slots + 1) > ht_keys.shape[0]:  # keep the table at most half full
-                        new_cap = 2 * ht_keys.shape[0]
-                        ht_keys = np.full(new_cap, -1, np.int64)
-                        ht_vals = np.empty(new_cap, np.int32)
-                        for q in range(n_slots):
-                            _ht_insert(ht_keys, ht_vals, (np.int64(pa[q]) << 32) | pb[q], q)
+                        ht_keys, ht_vals = _ht_rebuild(pa, pb, n_slots, 2 * ht_keys.shape[0])
                     s = n_slots
                     n_slots += 1
                     pa = _grow(pa, n_slots)
@@ -795,3 +815,88 @@ def _merge_steps(state, step0, step1):
         ht_keys, ht_vals, pa, pb, pcnt, phead, node_word, node_next, hc, hs, wstamp, sstamp, touched, meta,
     )  # fmt: skip
     return state, step
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line: cs336-basics train-bpe
+
+CLI_EXAMPLE = """example (a few seconds on a laptop):
+  cs336-basics train-bpe ../shared/fixtures/corpus.en --vocab-size 500 --special-token '<|endoftext|>' --out tok500
+"""
+
+
+def add_parser(subparsers) -> None:
+    """The `train-bpe` subcommand: train on a text file and write a GPT-2-format tokenizer directory."""
+    p = subparsers.add_parser(
+        "train-bpe",
+        help="train a byte-level BPE tokenizer on a UTF-8 text file",
+        description="Train a byte-level BPE tokenizer (GPT-2 pre-tokenization, exact canonical merges) and write "
+        "OUT/vocab.json, OUT/merges.txt and OUT/special_tokens.json (GPT-2 format, readable by Hugging Face "
+        "tokenizers and tiktoken). OUT is written whole or not at all.",
+        epilog=CLI_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", metavar="INPUT", help="UTF-8 text file to train on")
+    p.add_argument(
+        "--vocab-size", type=int, required=True, help="tokens in the vocabulary: special tokens + 256 bytes + merges"
+    )
+    p.add_argument(
+        "--special-token",
+        action="append",
+        default=[],
+        metavar="TOK",
+        help="a special token (repeatable; none by default); it splits the text and is never merged",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory; must not exist or be empty")
+    p.add_argument(
+        "--workers", type=int, default=None, help="pre-tokenization processes (default: the CPU count; 1 = in-process)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they are off anyway when not a TTY)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .tokenizer_files import SPECIAL_TOKENS_FILE, save_tokenizer
+
+    out = Path(args.out)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise FileExistsError(f"--out {str(out)!r} already exists and is not an empty directory; choose a new path")
+    start = time.perf_counter()
+    stats = TrainStats()
+    vocab, merges = train_bpe(
+        args.input,
+        args.vocab_size,
+        args.special_token,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+        stats=stats,
+    )
+    # build the whole directory beside OUT, then rename it into place: OUT is complete or absent
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; OUT should look like any directory the user makes
+        save_tokenizer(vocab, merges, tmp, args.special_token)
+        (tmp / SPECIAL_TOKENS_FILE).write_text(json.dumps(args.special_token, ensure_ascii=False) + "\n", "utf-8")
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    wall = time.perf_counter() - start
+    self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    longest = sorted((a + b for a, b in merges), key=len, reverse=True)[:5]
+    print(f"wrote {out}/vocab.json, merges.txt, special_tokens.json: {len(vocab)} tokens, {len(merges)} merges")
+    print(
+        f"wall time {wall:.2f} s (pre-tokenize {stats.pretokenize_s:.2f} s with {stats.num_workers} process(es), "
+        f"merge {stats.merge_s:.2f} s)"
+    )
+    workers = f", largest worker {child_mb:.0f} MB" if stats.num_workers > 1 else ""
+    print(f"peak memory (max RSS): this process {self_mb:.0f} MB{workers}")
+    print(f"distinct pre-tokens: {stats.num_pretokens}")
+    print("longest tokens: " + ", ".join(f"{t!r} ({len(t)} bytes)" for t in longest))
+    return 0
