@@ -325,11 +325,25 @@ def _count_doc(doc: bytes, offset: int, counts: Counter, path) -> None:
     if doc.isascii():
         counts.update(_PAT_ASCII_RE.findall(doc))
         return
+    # a document with some non-ASCII text: cut it at newline cuts (exact, see _NEWLINE_CUT_RE) so that its ASCII
+    # lines still take the fast path
+    pos = 0
+    for m in _NEWLINE_CUT_RE.finditer(doc):
+        if m.end() - pos >= 256:  # not too small, or the per-call overhead wins
+            _count_segment(doc[pos : m.end()], offset + pos, counts, path)
+            pos = m.end()
+    _count_segment(doc[pos:] if pos else doc, offset + pos, counts, path)
+
+
+def _count_segment(segment: bytes, offset: int, counts: Counter, path) -> None:
+    if segment.isascii():
+        counts.update(_PAT_ASCII_RE.findall(segment))
+        return
     try:
-        text = doc.decode("utf-8")
+        text = segment.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(
-            f"input_path={str(path)!r} is not valid UTF-8: byte 0x{doc[e.start]:02x} at offset {offset + e.start} "
+            f"input_path={str(path)!r} is not valid UTF-8: byte 0x{segment[e.start]:02x} at offset {offset + e.start} "
             f"({e.reason})"
         ) from None
     counts.update(tok.encode("utf-8") for tok in _PAT_RE.findall(text))

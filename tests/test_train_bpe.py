@@ -274,6 +274,18 @@ def test_chunked_pretokens_equal_whole(pieces):
         assert total == naive_pretokens(text, ["<|s|>"])
 
 
+def test_long_non_ascii_document_is_cut_exactly(tmp_path):
+    """A long document with some non-ASCII lines is counted in pieces cut at newlines: same counts as naive."""
+    text = ("Ünïcode line one.\nASCII line two.\n  indented\nThe end 🙂.\n\n\nNext:\tx\n" * 60) + "<|s|>tail é"
+    path = write(tmp_path, text)
+    assert bpe.pretokenize_range(path, 0, len(text.encode()), ["<|s|>"]) == naive_pretokens(text, ["<|s|>"])
+    bad = text.encode() + b"\nmore \xe9 latin-1"
+    path.write_bytes(bad)
+    offset = bad.index(b"\xe9")
+    with pytest.raises(ValueError, match=f"byte 0xe9 at offset {offset}"):
+        bpe.pretokenize_range(path, 0, len(bad), [])
+
+
 def test_no_special_tokens_still_cuts_at_newlines(tmp_path):
     """Without special tokens a file is still cut (after "x\\n" before a letter), exactly."""
     text = "first line.\nSecond line\n  third\nFourth.\n" * 50
