@@ -204,6 +204,12 @@ def test_merge_pretokens_matches_naive(words, num_merges):
     assert merge_pretokens(words, num_merges) == naive_merges(words, num_merges)
 
 
+def test_batched_merging_equals_one_call():
+    """With progress on, merging runs in batches of 1% (state passed between numba calls): same merges."""
+    counts = naive_pretokens(HANDWRITTEN["scripts"] + HANDWRITTEN["punctuation"] + HANDWRITTEN["handout"], [])
+    assert merge_pretokens(counts, 250, progress=True) == merge_pretokens(counts, 250) == naive_merges(counts, 250)
+
+
 @given(text=st.text(st.characters(max_codepoint=127), max_size=80))
 def test_ascii_fast_pattern_equals_gpt2_pattern(text):
     """The stdlib-`re` bytes pattern used for ASCII text splits exactly as GPT-2's `regex` pattern does."""
