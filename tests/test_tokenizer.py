@@ -514,7 +514,7 @@ def test_batch_bpe_on_trained_vocab_and_without_merges(trained):
     text, vocab, merges = trained
     tok = Tokenizer(vocab, merges, [EOT])
     words = sorted(set(regex.findall(GPT2_PATTERN, text)))
-    assert len(words) > 300
+    assert len(words) > 250
     assert tok._bpe_batch(words) == [tok._bpe(w) for w in words]
     plain = Tokenizer({i: bytes([i]) for i in range(256)}, [])
     assert plain._bpe_batch(["ab", "c", "é"]) == [(97, 98), (99,), (195, 169)]
