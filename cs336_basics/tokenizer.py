@@ -288,11 +288,14 @@ class Tokenizer:
         """Pieces through the cache; on hits the whole path is C (map(dict.get), chain)."""
         found = list(map(self._cache.get, pieces))
         if None in found:
-            self._add_to_cache(pieces, found)
-            found = list(map(self._cache.__getitem__, pieces))
+            positions = list(compress(range(len(found)), map(not_, found)))
+            self._add_to_cache(pieces, set(map(pieces.__getitem__, positions)))
+            cache = self._cache
+            for i in positions:  # only the misses: a second full pass over the block would cost more
+                found[i] = cache[pieces[i]]
         return list(chain.from_iterable(found))
 
-    def _add_to_cache(self, pieces: list[str], found: list) -> None:
+    def _add_to_cache(self, pieces: list[str], missing: set[str]) -> None:
         """Encode the pieces missing from the cache, all in one batch.
 
         Batching matters: the `regex` module costs microseconds per call, so the missing pieces are joined and
@@ -301,7 +304,6 @@ class Tokenizer:
         non-space, and a non-space followed by whitespace is always a pre-token boundary.
         """
         cache = self._cache
-        missing = set(compress(pieces, map(not_, found)))
         if len(cache) + len(missing) > self._cache_size:
             cache.clear()  # bounded memory; the hot pieces come back within the next block
             cache.update(self._special_entries)
