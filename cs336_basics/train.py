@@ -200,8 +200,9 @@ def check_token_file(path: str | os.PathLike, vocab_size: int, context_length: i
     """Check a token file (flat uint16/uint32 ids + FILE.json sidecar) against the model; return its length.
 
     Raises FileNotFoundError when it or its sidecar is missing, ValueError when its size disagrees with the
-    sidecar, it is shorter than one window, or an id is >= vocab_size. The id scan reads the file in chunks
-    (uint16 files with vocab_size >= 65536 and sidecars recording a small enough `max_token_id` skip it).
+    sidecar, it is shorter than one window, or an id is >= vocab_size. The id scan reads the file in chunks; it is
+    skipped for uint16 files when vocab_size >= 65536, and when the sidecar records the tokenizer's `vocab_size`
+    (<= vocab_size, as `tokenize` writes it) or a `max_token_id`.
     """
     path = Path(path)
     if not path.is_file():
@@ -233,6 +234,8 @@ def check_token_file(path: str | os.PathLike, vocab_size: int, context_length: i
         )
     if data.dtype == np.uint16 and vocab_size >= 2**16:
         return len(data)
+    if isinstance(meta.get("vocab_size"), int) and meta["vocab_size"] <= vocab_size:
+        return len(data)  # written by `tokenize` with a tokenizer whose ids all fit
     max_id = meta.get("max_token_id")
     if max_id is None:
         chunk = 1 << 24

@@ -411,3 +411,17 @@ def test_torchrun_two_processes_equal_single_process_with_doubled_batch(tmp_path
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     meta = json.loads((out / "config.json").read_text())
     assert meta["world_size"] == 2
+
+
+def test_sidecar_vocab_size_is_checked_without_a_scan(tmp_path, token_files):
+    """A sidecar whose tokenizer vocab exceeds the model's still gets the id scan (and passes when ids fit)."""
+    from cs336_basics.train import check_token_file
+
+    path = write_tokens(tmp_path / "t.bin", np.arange(50) % 40)
+    meta = json.loads(path.with_name("t.bin.json").read_text())
+    path.with_name("t.bin.json").write_text(json.dumps(meta | {"vocab_size": 1000}))
+    assert check_token_file(path, 40, 16) == 50  # scanned: max id 39 < 40
+    with pytest.raises(ValueError, match="token id 39, which is >= vocab_size=39"):
+        check_token_file(path, 39, 16)
+    path.with_name("t.bin.json").write_text(json.dumps(meta | {"vocab_size": 30}))
+    assert check_token_file(path, 30, 16) == 50  # trusted: the tokenizer's ids are all < 30
