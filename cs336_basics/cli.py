@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: dict[str, str] = {
     "generate": "cs336_basics.generation",
     "eval": "cs336_basics.evaluate",
     "model-info": "cs336_basics.model_info",
+    "quickstart": "cs336_basics.quickstart",
 }
 
 

@@ -92,6 +92,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 elsewhere
     compile: bool = False
+    deterministic: bool = False  # deterministic CUDA kernels (slower): bitwise-reproducible GPU runs and resumes
     eval_interval: int = 500  # 0: only the final evaluation
     eval_batches: int = 20
     log_interval: int = 10
@@ -199,8 +200,9 @@ def check_token_file(path: str | os.PathLike, vocab_size: int, context_length: i
     """Check a token file (flat uint16/uint32 ids + FILE.json sidecar) against the model; return its length.
 
     Raises FileNotFoundError when it or its sidecar is missing, ValueError when its size disagrees with the
-    sidecar, it is shorter than one window, or an id is >= vocab_size. The id scan reads the file in chunks
-    (uint16 files with vocab_size >= 65536 and sidecars recording a small enough `max_token_id` skip it).
+    sidecar, it is shorter than one window, or an id is >= vocab_size. The id scan reads the file in chunks; it is
+    skipped for uint16 files when vocab_size >= 65536, and when the sidecar records the tokenizer's `vocab_size`
+    (<= vocab_size, as `tokenize` writes it) or a `max_token_id`.
     """
     path = Path(path)
     if not path.is_file():
@@ -232,6 +234,8 @@ def check_token_file(path: str | os.PathLike, vocab_size: int, context_length: i
         )
     if data.dtype == np.uint16 and vocab_size >= 2**16:
         return len(data)
+    if isinstance(meta.get("vocab_size"), int) and meta["vocab_size"] <= vocab_size:
+        return len(data)  # written by `tokenize` with a tokenizer whose ids all fit
     max_id = meta.get("max_token_id")
     if max_id is None:
         chunk = 1 << 24
@@ -379,6 +383,11 @@ class _Run:
         self.train_data = _load_data(config.train)
         self.val_data = _load_data(config.val)
 
+        if config.deterministic:
+            # cuBLAS needs a fixed workspace to be deterministic; the embedding backward (index_put with
+            # accumulate) otherwise uses atomics on CUDA, whose order changes from run to run.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.model = TransformerLM(self.model_config, device=self.device)
@@ -538,6 +547,15 @@ def train(config: TrainConfig) -> dict:
             f"out={str(out)!r} already has checkpoints (newest {existing[-1][1].name}); pass --resume to continue "
             "that run or choose a new --out"
         )
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(config, existing)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _train(config: TrainConfig, existing: list[tuple[int, Path]]) -> dict:
+    out = Path(config.out)
     run = _Run(config)
     main = run.dist.main
     log_path, plot_path = out / "log.jsonl", out / "loss.png"
@@ -819,6 +837,12 @@ def add_parser(subparsers) -> None:
         help="compute dtype: bfloat16 = autocast, weights stay float32; auto = bfloat16 on CUDA, else float32",
     )
     r.add_argument("--compile", action="store_true", default=s, help="torch.compile the model; default off")
+    r.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=s,
+        help="deterministic CUDA kernels, for bitwise-reproducible GPU runs (slower); CPU runs always are",
+    )
     r.add_argument("--eval-interval", type=int, default=s, help="validate every N steps (0 = only at the end); 500")
     r.add_argument("--eval-batches", type=int, default=s, help="fixed validation batches per evaluation; default 20")
     r.add_argument("--log-interval", type=int, default=s, help="log train loss every N steps; default 10")

@@ -203,3 +203,13 @@ def test_model_info_cli(capsys):
     assert '"total"' in capsys.readouterr().out
     assert cli.main(["model-info", "--d-model", "30", "--num-heads", "4"]) == 2
     assert "divisible by num_heads" in capsys.readouterr().err
+
+
+def test_peak_flops_table():
+    from cs336_basics.model_info import peak_flops
+
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.5e12
+    assert peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756.0e12
+    assert peak_flops("NVIDIA H200", "float32") == 66.9e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB", "bfloat16") == 312.0e12
+    assert peak_flops("NVIDIA GeForce RTX 4090", "bfloat16") is None

@@ -22,6 +22,8 @@ from cs336_basics.optimizer import get_lr_cosine_schedule
 from cs336_basics.train import NonFiniteLossError, TrainConfig, list_checkpoints, measure_throughput, train
 
 REPO = Path(__file__).resolve().parents[1]
+# benchmarks/gpu_check.sh sets CS336_TEST_DEVICE=cuda; the forked DDP and crash tests always use the CPU.
+DEVICE = os.environ.get("CS336_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +74,8 @@ def tiny_config(tmp_path, token_files, **overrides) -> TrainConfig:
         eval_batches=2,
         log_interval=1,
         checkpoint_interval=4,
-        device="cpu",
+        device=DEVICE,
+        deterministic=DEVICE != "cpu",
         plot=False,
     )
     values.update(overrides)
@@ -131,7 +134,7 @@ def test_resume_from_cli_with_only_out(tmp_path, token_files, capsys):
 
 def test_checkpoint_killed_mid_write_leaves_previous_intact(tmp_path, token_files):
     """A process SIGKILLed while writing ckpt 4 leaves ckpt 2 loadable and no ckpt 4; resume then works."""
-    config = tiny_config(tmp_path, token_files, checkpoint_interval=2, steps=6)
+    config = tiny_config(tmp_path, token_files, checkpoint_interval=2, steps=6, device="cpu")
     # A forked child (no re-import) trains and is SIGKILLed halfway through writing its second checkpoint.
     child = multiprocessing.get_context("fork").Process(target=_train_and_die_in_second_save, args=(config,))
     child.start()
@@ -142,7 +145,7 @@ def test_checkpoint_killed_mid_write_leaves_previous_intact(tmp_path, token_file
     assert list(run_dir.glob(".ckpt_000004.pt.*.tmp"))  # the half-written temporary file, never renamed
     payload = torch.load(run_dir / "ckpt_000002.pt", weights_only=True)
     assert payload["iteration"] == 2
-    summary = train(tiny_config(tmp_path, token_files, checkpoint_interval=2, steps=6, resume=True))
+    summary = train(tiny_config(tmp_path, token_files, checkpoint_interval=2, steps=6, resume=True, device="cpu"))
     assert summary["step"] == 6
     assert not list(run_dir.glob(".ckpt_*.tmp"))
 
@@ -318,7 +321,8 @@ def test_eval_matches_windowed_reference(tmp_path, token_files, capsys):
 
 def test_measure_throughput_runs(tmp_path, token_files):
     result = measure_throughput(tiny_config(tmp_path, token_files), warmup_steps=1, seconds=0.2)
-    assert result["tokens_per_s"] > 0 and result["steps"] >= 5 and result["mfu"] is None
+    assert result["tokens_per_s"] > 0 and result["steps"] >= 5
+    assert (result["mfu"] is None) == (DEVICE == "cpu")
     assert not Path(tmp_path / "run").exists()
 
 
@@ -356,7 +360,7 @@ def _free_port() -> int:
 
 def test_ddp_gloo_two_ranks_equal_single_process_with_doubled_batch(tmp_path, token_files):
     """2 forked ranks (gloo), batch 4 per rank, grad accumulation 2 == one process with batch 8: same losses."""
-    kw = dict(steps=5, eval_interval=5, grad_accum_steps=2, checkpoint_interval=0)
+    kw = dict(steps=5, eval_interval=5, grad_accum_steps=2, checkpoint_interval=0, device="cpu", deterministic=False)
     single = train(tiny_config(tmp_path / "single", token_files, batch_size=8, **kw))
     ddp_config = tiny_config(tmp_path / "ddp", token_files, batch_size=4, **kw)
     ctx = multiprocessing.get_context("fork")
@@ -383,7 +387,7 @@ def test_ddp_gloo_two_ranks_equal_single_process_with_doubled_batch(tmp_path, to
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_single_process_with_doubled_batch(tmp_path, token_files):
     """torchrun, 2 CPU processes (gloo), batch 4 per rank == one process with batch 8: same losses and weights."""
-    config = tiny_config(tmp_path / "single", token_files, batch_size=8, steps=6, eval_interval=3)
+    config = tiny_config(tmp_path / "single", token_files, batch_size=8, steps=6, eval_interval=3, device="cpu")
     single = train(config)
     train_path, val_path = token_files
     out = tmp_path / "ddp" / "run"
@@ -407,3 +411,17 @@ def test_torchrun_two_processes_equal_single_process_with_doubled_batch(tmp_path
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     meta = json.loads((out / "config.json").read_text())
     assert meta["world_size"] == 2
+
+
+def test_sidecar_vocab_size_is_checked_without_a_scan(tmp_path, token_files):
+    """A sidecar whose tokenizer vocab exceeds the model's still gets the id scan (and passes when ids fit)."""
+    from cs336_basics.train import check_token_file
+
+    path = write_tokens(tmp_path / "t.bin", np.arange(50) % 40)
+    meta = json.loads(path.with_name("t.bin.json").read_text())
+    path.with_name("t.bin.json").write_text(json.dumps(meta | {"vocab_size": 1000}))
+    assert check_token_file(path, 40, 16) == 50  # scanned: max id 39 < 40
+    with pytest.raises(ValueError, match="token id 39, which is >= vocab_size=39"):
+        check_token_file(path, 39, 16)
+    path.with_name("t.bin.json").write_text(json.dumps(meta | {"vocab_size": 30}))
+    assert check_token_file(path, 30, 16) == 50  # trusted: the tokenizer's ids are all < 30
