@@ -12,7 +12,9 @@ import importlib
 import sys
 
 # subcommand -> module that defines it (in the order `--help` lists them)
-SUBCOMMAND_MODULES: dict[str, str] = {}
+SUBCOMMAND_MODULES: dict[str, str] = {
+    "probe": "cs336_basics.probes",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
