@@ -778,7 +778,11 @@ def test_norm_placement_switch_matches_reference(norm):
         w = {k: v for k, v in w.items() if "ln" not in k}
     model.load_state_dict(w)
     ids = torch.randint(0, 37, (2, 9))
-    assert_close(model(ids).double(), ref_lm(ids, w, 2, 4, 10000.0, norm=norm), **LM_TOL)
+    expected = ref_lm(ids, w, 2, 4, 10000.0, norm=norm)
+    # Without norms the residual stream grows layer by layer (logits ~500 here), and float32 rounding grows with
+    # it: the absolute tolerance scales with the output's magnitude (the pre/post models' logits are ~5, so 1e-4).
+    tol = dict(rtol=LM_TOL["rtol"], atol=LM_TOL["atol"] * max(1.0, expected.abs().max().item() / 5))
+    assert_close(model(ids).double(), expected, **tol)
     if norm != "pre":  # the switch changes the function, not just the parameter list
         pre = ref_lm(ids, small_lm_weights(), 2, 4, 10000.0, norm="pre")
         assert not torch.allclose(model(ids).double(), pre, atol=1e-3)
