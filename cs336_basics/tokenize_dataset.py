@@ -261,9 +261,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("input", metavar="INPUT", help="UTF-8 text file to encode")
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory written by train-bpe")
     p.add_argument("--out", required=True, metavar="FILE", help="output token file; FILE.json gets the metadata")
-    p.add_argument("--workers", type=int, default=1, help="encoding processes (default 1: encode in this process)")
     p.add_argument(
-        "--range-mb", type=float, default=DEFAULT_RANGE_BYTES / 2**20, help="MiB of text per task (default 4)"
+        "--workers", type=int, default=1, metavar="N", help="encoding processes (default 1: encode in this process)"
+    )
+    p.add_argument(
+        "--range-mb",
+        type=float,
+        default=DEFAULT_RANGE_BYTES / 2**20,
+        metavar="MB",
+        help="MiB of text per task (default 4)",
     )
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar (default: shown)")
     p.set_defaults(func=run)
