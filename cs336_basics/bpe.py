@@ -17,7 +17,8 @@ How it is fast:
   a special token that no other special-token occurrence straddles, so each range tokenizes exactly as it would
   inside the whole file. Each worker reads its range in sub-chunks cut the same way (memory does not grow with the
   file) and returns only the counts of its distinct pre-tokens; the parent never holds the text.
-- Merging is incremental and compiled with numba (`cache=True`, so the compile is paid once per machine): an
+- Merging is incremental and compiled with numba (`_bpe_merge.py`, `cache=True`, so the compile is paid once per
+  checkout; numba is imported only when merging starts): an
   open-addressing table maps a pair to a slot with its count and an append-only list of the words that contain it;
   a lazy max-heap keyed by (count, pair bytes) finds the best pair. Counts of existing pairs only go down when a
   merge happens, except pairs holding the new token, which are (re)pushed after each step; a popped entry whose
@@ -27,9 +28,15 @@ How it is fast:
   symbol is reused, exactly as a trainer keyed by bytes would count it.
 """
 
+import argparse
+import json
 import multiprocessing as mp
 import os
 import re
+import resource
+import shutil
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -38,7 +45,6 @@ from pathlib import Path
 
 import numpy as np
 import regex
-from numba import njit
 
 # GPT-2's pre-tokenization pattern (the `regex` module: \p{L} letters, \p{N} numbers).
 PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -319,11 +325,25 @@ def _count_doc(doc: bytes, offset: int, counts: Counter, path) -> None:
     if doc.isascii():
         counts.update(_PAT_ASCII_RE.findall(doc))
         return
+    # a document with some non-ASCII text: cut it at newline cuts (exact, see _NEWLINE_CUT_RE) so that its ASCII
+    # lines still take the fast path
+    pos = 0
+    for m in _NEWLINE_CUT_RE.finditer(doc):
+        if m.end() - pos >= 256:  # not too small, or the per-call overhead wins
+            _count_segment(doc[pos : m.end()], offset + pos, counts, path)
+            pos = m.end()
+    _count_segment(doc[pos:] if pos else doc, offset + pos, counts, path)
+
+
+def _count_segment(segment: bytes, offset: int, counts: Counter, path) -> None:
+    if segment.isascii():
+        counts.update(_PAT_ASCII_RE.findall(segment))
+        return
     try:
-        text = doc.decode("utf-8")
+        text = segment.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(
-            f"input_path={str(path)!r} is not valid UTF-8: byte 0x{doc[e.start]:02x} at offset {offset + e.start} "
+            f"input_path={str(path)!r} is not valid UTF-8: byte 0x{segment[e.start]:02x} at offset {offset + e.start} "
             f"({e.reason})"
         ) from None
     counts.update(tok.encode("utf-8") for tok in _PAT_RE.findall(text))
@@ -384,8 +404,6 @@ def count_pretokens(
 
 
 def _progress_bar(enabled: bool, **kwargs):
-    import sys
-
     from tqdm import tqdm
 
     return tqdm(disable=not (enabled and sys.stderr.isatty()), leave=False, **kwargs)
@@ -415,14 +433,17 @@ def merge_pretokens(
     wcnt = np.fromiter((freq[w] for w in words), dtype=np.int64, count=len(words))
     del words
 
-    state = _init_state(syms, wstart, lengths.astype(np.int32), wcnt, num_merges)
+    # numba (~1.5 s to import, plus its compiled cache) is loaded only when merging is needed
+    from ._bpe_merge import init_state, merge_steps
+
+    state = init_state(syms, wstart, lengths.astype(np.int32), wcnt, num_merges)
     bar = _progress_bar(progress, total=num_merges, desc="merge", unit="merge")
     done = 0
     batch = max(1, num_merges // 100) if progress else num_merges
     try:
         while done < num_merges:
             step_end = min(num_merges, done + batch)
-            state, reached = _merge_steps(state, done, step_end)
+            state, reached = merge_steps(state, done, step_end)
             bar.update(reached - done)
             if reached < step_end:  # no pair left
                 done = reached
@@ -439,359 +460,86 @@ def merge_pretokens(
     return [(token(a), token(b)) for a, b in merges_out[:done].tolist()]
 
 
-@njit(cache=True)
-def _grow(a, need):
-    if need <= a.shape[0]:
-        return a
-    b = np.empty(max(need, 2 * a.shape[0]), a.dtype)
-    b[: a.shape[0]] = a
-    return b
+# --------------------------------------------------------------------------------------------------------------------
+# Command line: cs336-basics train-bpe
+
+CLI_EXAMPLE = """example (a few seconds on a laptop):
+  cs336-basics train-bpe ../shared/fixtures/corpus.en --vocab-size 500 --special-token '<|endoftext|>' --out tok500
+"""
 
 
-@njit(cache=True)
-def _pair_hash(key, mask):
-    return np.int64((np.uint64(key) * np.uint64(11400714819323198485)) >> np.uint64(28)) & mask
+def add_parser(subparsers) -> None:
+    """The `train-bpe` subcommand: train on a text file and write a GPT-2-format tokenizer directory."""
+    p = subparsers.add_parser(
+        "train-bpe",
+        help="train a byte-level BPE tokenizer on a UTF-8 text file",
+        description="Train a byte-level BPE tokenizer (GPT-2 pre-tokenization, exact canonical merges) and write "
+        "OUT/vocab.json, OUT/merges.txt and OUT/special_tokens.json (GPT-2 format, readable by Hugging Face "
+        "tokenizers and tiktoken). OUT is written whole or not at all.",
+        epilog=CLI_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", metavar="INPUT", help="UTF-8 text file to train on")
+    p.add_argument(
+        "--vocab-size", type=int, required=True, help="tokens in the vocabulary: special tokens + 256 bytes + merges"
+    )
+    p.add_argument(
+        "--special-token",
+        action="append",
+        default=[],
+        metavar="TOK",
+        help="a special token (repeatable; none by default); it splits the text and is never merged",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory; must not exist or be empty")
+    p.add_argument(
+        "--workers", type=int, default=None, help="pre-tokenization processes (default: the CPU count; 1 = in-process)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they are off anyway when not a TTY)")
+    p.set_defaults(func=run)
 
 
-@njit(cache=True)
-def _ht_find(keys, vals, key):
-    mask = keys.shape[0] - 1
-    h = _pair_hash(key, mask)
-    while True:
-        k = keys[h]
-        if k == key:
-            return vals[h]
-        if k == -1:
-            return -1
-        h = (h + 1) & mask
+def run(args) -> int:
+    from .tokenizer_files import SPECIAL_TOKENS_FILE, save_tokenizer
 
-
-@njit(cache=True)
-def _ht_insert(keys, vals, key, val):
-    mask = keys.shape[0] - 1
-    h = _pair_hash(key, mask)
-    while keys[h] != -1:
-        h = (h + 1) & mask
-    keys[h] = key
-    vals[h] = val
-
-
-@njit(cache=True)
-def _cmp_tok(x, y, tok_off, tok_len, tok_data):
-    """Compare the byte strings of tokens x and y: -1, 0, 1 (Python's bytes order)."""
-    if x == y:
-        return 0
-    ox = tok_off[x]
-    oy = tok_off[y]
-    lx = tok_len[x]
-    ly = tok_len[y]
-    for i in range(min(lx, ly)):
-        cx = tok_data[ox + i]
-        cy = tok_data[oy + i]
-        if cx != cy:
-            return 1 if cx > cy else -1
-    if lx == ly:
-        return 0
-    return 1 if lx > ly else -1
-
-
-@njit(cache=True)
-def _better(c1, s1, c2, s2, pa, pb, tok_off, tok_len, tok_data):
-    """Heap order: higher count first, then the lexicographically greater pair (bytes_a, bytes_b)."""
-    if c1 != c2:
-        return c1 > c2
-    r = _cmp_tok(pa[s1], pa[s2], tok_off, tok_len, tok_data)
-    if r == 0:
-        r = _cmp_tok(pb[s1], pb[s2], tok_off, tok_len, tok_data)
-    return r > 0
-
-
-@njit(cache=True)
-def _heap_push(hc, hs, n, c, s, pa, pb, tok_off, tok_len, tok_data):
-    i = n
-    while i > 0:
-        parent = (i - 1) >> 1
-        if _better(c, s, hc[parent], hs[parent], pa, pb, tok_off, tok_len, tok_data):
-            hc[i] = hc[parent]
-            hs[i] = hs[parent]
-            i = parent
-        else:
-            break
-    hc[i] = c
-    hs[i] = s
-    return n + 1
-
-
-@njit(cache=True)
-def _heap_pop(hc, hs, n, pa, pb, tok_off, tok_len, tok_data):
-    """Remove the root (the caller read it first); returns the new size."""
-    n -= 1
-    c = hc[n]
-    s = hs[n]
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= n:
-            break
-        right = child + 1
-        if right < n and _better(hc[right], hs[right], hc[child], hs[child], pa, pb, tok_off, tok_len, tok_data):
-            child = right
-        if _better(hc[child], hs[child], c, s, pa, pb, tok_off, tok_len, tok_data):
-            hc[i] = hc[child]
-            hs[i] = hs[child]
-            i = child
-        else:
-            break
-    if n > 0:
-        hc[i] = c
-        hs[i] = s
-    return n
-
-
-@njit(cache=True)
-def _tok_hash(tok_data, off, length, mask):
-    h = np.uint64(14695981039346656037)
-    for i in range(length):
-        h = (h ^ np.uint64(tok_data[off + i])) * np.uint64(1099511628211)
-    return np.int64(h >> np.uint64(20)) & mask
-
-
-@njit(cache=True)
-def _tok_find(tokht, tok_data, off, length, tok_off, tok_len):
-    """Id of the existing token with bytes tok_data[off:off+length], or -1."""
-    mask = tokht.shape[0] - 1
-    h = _tok_hash(tok_data, off, length, mask)
-    while True:
-        t = tokht[h]
-        if t == -1:
-            return -1
-        if tok_len[t] == length:
-            o = tok_off[t]
-            same = True
-            for i in range(length):
-                if tok_data[o + i] != tok_data[off + i]:
-                    same = False
-                    break
-            if same:
-                return t
-        h = (h + 1) & mask
-
-
-@njit(cache=True)
-def _tok_insert(tokht, tok_data, t, tok_off, tok_len):
-    mask = tokht.shape[0] - 1
-    h = _tok_hash(tok_data, tok_off[t], tok_len[t], mask)
-    while tokht[h] != -1:
-        h = (h + 1) & mask
-    tokht[h] = t
-
-
-@njit(cache=True)
-def _init_state(syms, wstart, wlen, wcnt, num_merges):
-    n_words = wlen.shape[0]
-    n_pairs_max = syms.shape[0]
-    # pair slots: (a, b), count, head of the list of words holding it
-    cap = 1024
-    while cap < 2 * n_pairs_max:
-        cap *= 2
-    ht_keys = np.full(cap, -1, np.int64)
-    ht_vals = np.empty(cap, np.int32)
-    pa = np.empty(n_pairs_max + 16, np.int32)
-    pb = np.empty(n_pairs_max + 16, np.int32)
-    pcnt = np.zeros(n_pairs_max + 16, np.int64)
-    phead = np.full(n_pairs_max + 16, -1, np.int64)
-    node_word = np.empty(n_pairs_max + 16, np.int32)
-    node_next = np.empty(n_pairs_max + 16, np.int64)
-    n_slots = 0
-    n_nodes = 0
-    for w in range(n_words):
-        st = wstart[w]
-        c = wcnt[w]
-        for i in range(wlen[w] - 1):
-            x = syms[st + i]
-            y = syms[st + i + 1]
-            key = (np.int64(x) << 32) | y
-            s = _ht_find(ht_keys, ht_vals, key)
-            if s < 0:
-                s = n_slots
-                n_slots += 1
-                pa[s] = x
-                pb[s] = y
-                _ht_insert(ht_keys, ht_vals, key, s)
-            pcnt[s] += c
-            if phead[s] < 0 or node_word[phead[s]] != w:
-                node_word[n_nodes] = w
-                node_next[n_nodes] = phead[s]
-                phead[s] = n_nodes
-                n_nodes += 1
-    # tokens: the 256 bytes, then room for one per merge
-    n_tok_max = 256 + num_merges
-    tok_off = np.zeros(n_tok_max, np.int64)
-    tok_len = np.zeros(n_tok_max, np.int64)
-    tok_data = np.empty(4096, np.uint8)
-    tcap = 1024
-    while tcap < 2 * n_tok_max:
-        tcap *= 2
-    tokht = np.full(tcap, -1, np.int64)
-    for t in range(256):
-        tok_data[t] = t
-        tok_off[t] = t
-        tok_len[t] = 1
-        _tok_insert(tokht, tok_data, t, tok_off, tok_len)
-    hc = np.empty(n_slots + 16, np.int64)
-    hs = np.empty(n_slots + 16, np.int32)
-    heap_n = 0
-    for s in range(n_slots):
-        heap_n = _heap_push(hc, hs, heap_n, pcnt[s], s, pa, pb, tok_off, tok_len, tok_data)
-    wstamp = np.zeros(n_words, np.int64)
-    sstamp = np.zeros(pa.shape[0], np.int64)
-    touched = np.empty(1024, np.int32)
-    merges_out = np.empty((num_merges, 2), np.int64)
-    meta = np.array([n_slots, n_nodes, heap_n, 256, 256], np.int64)  # slots, nodes, heap, tokens, tok_data used
-    return (
-        merges_out, tok_off, tok_len, tok_data, tokht, syms, wstart, wlen, wcnt,
-        ht_keys, ht_vals, pa, pb, pcnt, phead, node_word, node_next, hc, hs, wstamp, sstamp, touched, meta,
-    )  # fmt: skip
-
-
-@njit(cache=True)
-def _merge_steps(state, step0, step1):
-    """Merges step0..step1-1; returns (state, steps reached), fewer than step1 when no pair is left."""
-    (
-        merges_out, tok_off, tok_len, tok_data, tokht, syms, wstart, wlen, wcnt,
-        ht_keys, ht_vals, pa, pb, pcnt, phead, node_word, node_next, hc, hs, wstamp, sstamp, touched, meta,
-    ) = state  # fmt: skip
-    n_slots, n_nodes, heap_n, n_tok, tok_used = meta[0], meta[1], meta[2], meta[3], meta[4]
-    step = step0
-    while step < step1:
-        # 1) the best pair: pop until the top entry's stored count is current
-        best = -1
-        while heap_n > 0:
-            c = hc[0]
-            s = hs[0]
-            heap_n = _heap_pop(hc, hs, heap_n, pa, pb, tok_off, tok_len, tok_data)
-            cur = pcnt[s]
-            if cur <= 0:
-                continue
-            if cur != c:
-                heap_n = _heap_push(hc, hs, heap_n, cur, s, pa, pb, tok_off, tok_len, tok_data)
-                continue
-            best = s
-            break
-        if best < 0:
-            break
-        a = pa[best]
-        b = pb[best]
-        merges_out[step, 0] = a
-        merges_out[step, 1] = b
-        # 2) the merged token, reusing an existing symbol with the same bytes
-        la = tok_len[a]
-        lb = tok_len[b]
-        tok_data = _grow(tok_data, tok_used + la + lb)
-        for i in range(la):
-            tok_data[tok_used + i] = tok_data[tok_off[a] + i]
-        for i in range(lb):
-            tok_data[tok_used + la + i] = tok_data[tok_off[b] + i]
-        t = _tok_find(tokht, tok_data, tok_used, la + lb, tok_off, tok_len)
-        if t < 0:
-            t = n_tok
-            n_tok += 1
-            tok_off[t] = tok_used
-            tok_len[t] = la + lb
-            tok_used += la + lb
-            _tok_insert(tokht, tok_data, t, tok_off, tok_len)
-        # 3) rewrite every word that holds (a, b): remove its old pairs, merge, add its new pairs
-        stamp = step + 1
-        n_touched = 0
-        node = phead[best]
-        while node >= 0:
-            w = node_word[node]
-            node = node_next[node]
-            if wstamp[w] == stamp:
-                continue
-            wstamp[w] = stamp
-            st = wstart[w]
-            L = wlen[w]
-            found = False
-            for i in range(L - 1):
-                if syms[st + i] == a and syms[st + i + 1] == b:
-                    found = True
-                    break
-            if not found:  # a stale entry: the word lost this pair in an earlier merge
-                continue
-            c = wcnt[w]
-            for i in range(L - 1):
-                key = (np.int64(syms[st + i]) << 32) | syms[st + i + 1]
-                pcnt[_ht_find(ht_keys, ht_vals, key)] -= c
-            j = 0
-            i = 0
-            while i < L:
-                if i < L - 1 and syms[st + i] == a and syms[st + i + 1] == b:
-                    syms[st + j] = t
-                    i += 2
-                else:
-                    syms[st + j] = syms[st + i]
-                    i += 1
-                j += 1
-            L = j
-            wlen[w] = L
-            for i in range(L - 1):
-                x = syms[st + i]
-                y = syms[st + i + 1]
-                key = (np.int64(x) << 32) | y
-                s = _ht_find(ht_keys, ht_vals, key)
-                if s < 0:
-                    if 2 * (n_slots + 1) > ht_keys.shape[0]:  # keep the table at most half full
-                        new_cap = 2 * ht_keys.shape[0]
-                        ht_keys = np.full(new_cap, -1, np.int64)
-                        ht_vals = np.empty(new_cap, np.int32)
-                        for q in range(n_slots):
-                            _ht_insert(ht_keys, ht_vals, (np.int64(pa[q]) << 32) | pb[q], q)
-                    s = n_slots
-                    n_slots += 1
-                    pa = _grow(pa, n_slots)
-                    pb = _grow(pb, n_slots)
-                    if n_slots > pcnt.shape[0]:
-                        old = pcnt.shape[0]
-                        pcnt = _grow(pcnt, n_slots)
-                        pcnt[old:] = 0
-                        phead = _grow(phead, n_slots)
-                        phead[old:] = -1
-                        sstamp = _grow(sstamp, n_slots)
-                        sstamp[old:] = 0
-                    pa[s] = x
-                    pb[s] = y
-                    _ht_insert(ht_keys, ht_vals, key, s)
-                pcnt[s] += c
-                if x == t or y == t:
-                    if phead[s] < 0 or node_word[phead[s]] != w:
-                        n_nodes += 1
-                        node_word = _grow(node_word, n_nodes)
-                        node_next = _grow(node_next, n_nodes)
-                        node_word[n_nodes - 1] = w
-                        node_next[n_nodes - 1] = phead[s]
-                        phead[s] = n_nodes - 1
-                    if sstamp[s] != stamp:
-                        sstamp[s] = stamp
-                        n_touched += 1
-                        touched = _grow(touched, n_touched)
-                        touched[n_touched - 1] = s
-        pcnt[best] = 0
-        # 4) pairs with the new token are the only ones whose counts went up: (re)push them
-        for k in range(n_touched):
-            s = touched[k]
-            if pcnt[s] > 0:
-                hc = _grow(hc, heap_n + 1)
-                hs = _grow(hs, heap_n + 1)
-                heap_n = _heap_push(hc, hs, heap_n, pcnt[s], s, pa, pb, tok_off, tok_len, tok_data)
-        step += 1
-    meta[0] = n_slots
-    meta[1] = n_nodes
-    meta[2] = heap_n
-    meta[3] = n_tok
-    meta[4] = tok_used
-    state = (
-        merges_out, tok_off, tok_len, tok_data, tokht, syms, wstart, wlen, wcnt,
-        ht_keys, ht_vals, pa, pb, pcnt, phead, node_word, node_next, hc, hs, wstamp, sstamp, touched, meta,
-    )  # fmt: skip
-    return state, step
+    out = Path(args.out)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise FileExistsError(f"--out {str(out)!r} already exists and is not an empty directory; choose a new path")
+    start = time.perf_counter()
+    stats = TrainStats()
+    vocab, merges = train_bpe(
+        args.input,
+        args.vocab_size,
+        args.special_token,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+        stats=stats,
+    )
+    # build the whole directory beside OUT, then rename it into place: OUT is complete or absent
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; OUT should look like any directory the user makes
+        save_tokenizer(vocab, merges, tmp, args.special_token)
+        (tmp / SPECIAL_TOKENS_FILE).write_text(json.dumps(args.special_token, ensure_ascii=False) + "\n", "utf-8")
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    wall = time.perf_counter() - start
+    self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    longest = sorted((a + b for a, b in merges), key=len, reverse=True)[:5]
+    print(f"wrote {out}/vocab.json, merges.txt, special_tokens.json: {len(vocab)} tokens, {len(merges)} merges")
+    print(
+        f"wall time {wall:.2f} s (pre-tokenize {stats.pretokenize_s:.2f} s with {stats.num_workers} process(es), "
+        f"merge {stats.merge_s:.2f} s)"
+    )
+    workers = f", largest worker {child_mb:.0f} MB" if stats.num_workers > 1 else ""
+    print(f"peak memory (max RSS): this process {self_mb:.0f} MB{workers}")
+    print(f"distinct pre-tokens: {stats.num_pretokens}")
+    print("longest tokens: " + ", ".join(f"{t!r} ({len(t)} bytes)" for t in longest))
+    return 0

@@ -13,6 +13,7 @@ import sys
 
 # subcommand -> module that defines it (in the order `--help` lists them)
 SUBCOMMAND_MODULES: dict[str, str] = {
+    "train-bpe": "cs336_basics.bpe",
     "tokenize": "cs336_basics.tokenize_dataset",
     "train": "cs336_basics.train",
     "generate": "cs336_basics.generation",

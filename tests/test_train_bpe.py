@@ -204,6 +204,12 @@ def test_merge_pretokens_matches_naive(words, num_merges):
     assert merge_pretokens(words, num_merges) == naive_merges(words, num_merges)
 
 
+def test_batched_merging_equals_one_call():
+    """With progress on, merging runs in batches of 1% (state passed between numba calls): same merges."""
+    counts = naive_pretokens(HANDWRITTEN["scripts"] + HANDWRITTEN["punctuation"] + HANDWRITTEN["handout"], [])
+    assert merge_pretokens(counts, 250, progress=True) == merge_pretokens(counts, 250) == naive_merges(counts, 250)
+
+
 @given(text=st.text(st.characters(max_codepoint=127), max_size=80))
 def test_ascii_fast_pattern_equals_gpt2_pattern(text):
     """The stdlib-`re` bytes pattern used for ASCII text splits exactly as GPT-2's `regex` pattern does."""
@@ -272,6 +278,18 @@ def test_chunked_pretokens_equal_whole(pieces):
         finally:
             bpe.SUBCHUNK_BYTES = old
         assert total == naive_pretokens(text, ["<|s|>"])
+
+
+def test_long_non_ascii_document_is_cut_exactly(tmp_path):
+    """A long document with some non-ASCII lines is counted in pieces cut at newlines: same counts as naive."""
+    text = ("Ünïcode line one.\nASCII line two.\n  indented\nThe end 🙂.\n\n\nNext:\tx\n" * 60) + "<|s|>tail é"
+    path = write(tmp_path, text)
+    assert bpe.pretokenize_range(path, 0, len(text.encode()), ["<|s|>"]) == naive_pretokens(text, ["<|s|>"])
+    bad = text.encode() + b"\nmore \xe9 latin-1"
+    path.write_bytes(bad)
+    offset = bad.index(b"\xe9")
+    with pytest.raises(ValueError, match=f"byte 0xe9 at offset {offset}"):
+        bpe.pretokenize_range(path, 0, len(bad), [])
 
 
 def test_no_special_tokens_still_cuts_at_newlines(tmp_path):
@@ -466,3 +484,70 @@ def test_tiktoken_loads_saved_files(tmp_path):
         ids = enc.encode(text)
         assert ids == _bpe_encode(text, vocab, merges)
         assert enc.decode(ids) == text
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_cli_writes_tokenizer_dir(tmp_path, capsys):
+    """`cs336-basics train-bpe` writes a loadable directory equal to train_bpe's result and reports its numbers."""
+    from cs336_basics.cli import main
+
+    corpus = write(tmp_path, MIXED * 5)
+    out = tmp_path / "tok"
+    argv = [str(corpus), "--vocab-size", "300", "--special-token", "<|endoftext|>", "--out", str(out)]
+    assert main(["train-bpe", *argv, "--workers", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for needle in ("wall time", "peak memory", "distinct pre-tokens", "longest tokens"):
+        assert needle in printed
+    vocab, merges, special = load_tokenizer_dir(out)
+    assert (vocab, merges) == train_bpe(corpus, 300, ["<|endoftext|>"])
+    assert special == ["<|endoftext|>"]
+    assert sorted(p.name for p in out.iterdir()) == ["merges.txt", "special_tokens.json", "vocab.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hello.txt", "tok"]  # no temp dir left beside it
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--vocab-size", "100"], "vocab_size=100 must be at least"),
+        (["--vocab-size", "300", "--special-token", ""], "empty string"),
+        (["--vocab-size", "300", "--special-token", "<a>", "--special-token", "<a>"], "twice"),
+        (["--vocab-size", "300", "--workers", "0"], "num_workers=0 must be a positive int"),
+    ],
+)
+def test_cli_bad_input_leaves_no_output(tmp_path, capsys, args, message):
+    """Bad arguments: exit status 2, a one-line error naming the rule, and no output directory at all."""
+    from cs336_basics.cli import main
+
+    corpus = write(tmp_path, "some text")
+    out = tmp_path / "tok"
+    assert main(["train-bpe", str(corpus), "--out", str(out), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hello.txt"]
+
+
+def test_cli_bad_corpus_leaves_no_output(tmp_path, capsys):
+    """A missing file and a file that is not UTF-8: exit status 2 and nothing written."""
+    from cs336_basics.cli import main
+
+    (tmp_path / "bad.txt").write_bytes(b"abc \xc3\x28 def")
+    for name, message in [("missing.txt", "does not exist"), ("bad.txt", "not valid UTF-8: byte 0xc3 at offset 4")]:
+        out = tmp_path / "tok"
+        assert main(["train-bpe", str(tmp_path / name), "--vocab-size", "300", "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt"]
+
+
+def test_cli_refuses_non_empty_out(tmp_path, capsys):
+    """An existing non-empty --out is never overwritten."""
+    from cs336_basics.cli import main
+
+    corpus = write(tmp_path, "some text")
+    out = tmp_path / "tok"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["train-bpe", str(corpus), "--vocab-size", "300", "--out", str(out)]) == 2
+    assert "already exists and is not an empty directory" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
