@@ -31,6 +31,7 @@ from cs336_basics.tokenizer import Tokenizer
 from cs336_basics.tokenizer_files import load_tokenizer_dir
 
 DEFAULT_RANGE_BYTES = 4 << 20  # 4 MiB of text per task: ~0.5 s of work, small next to the IPC and bookkeeping
+_WARMUP_BYTES = 1 << 20  # text the parent encodes to warm the cache that forked workers inherit
 _SEARCH_WINDOW = 1 << 16  # bytes scanned past a target offset for a cut before giving up on that window
 _ASCII_WS_CUT = re.compile(rb"[\x21-\x7e](?=[ \n])")  # printable ASCII (never Unicode whitespace) then " " / "\n"
 
@@ -117,7 +118,8 @@ _worker_tokenizer: Tokenizer | None = None
 
 def _init_worker(tokenizer_dir: str) -> None:
     global _worker_tokenizer
-    _worker_tokenizer = Tokenizer.from_dir(tokenizer_dir)
+    if _worker_tokenizer is None:  # "spawn" start method (macOS, Windows): load it; "fork" inherits the parent's
+        _worker_tokenizer = Tokenizer.from_dir(tokenizer_dir)
 
 
 def _encode_range(path: str, start: int, end: int, dtype: str, tokenizer: Tokenizer | None = None) -> np.ndarray:
@@ -215,6 +217,19 @@ def _encoded_ranges(path, ranges, dtype, tokenizer, tokenizer_dir, num_workers):
         for start, end in ranges:
             yield _encode_range(path, start, end, dtype, tokenizer)
         return
+    global _worker_tokenizer
+    # Warm the cache on the first MB here, before the pool forks: the workers inherit the tokenizer with the
+    # frequent words already encoded instead of each loading the files and missing on the same words.
+    with open(path, "rb") as f:
+        tokenizer.encode(f.read(_WARMUP_BYTES).decode("utf-8", errors="ignore"))  # result unused: cache only
+    _worker_tokenizer = tokenizer
+    try:
+        yield from _pooled(path, ranges, dtype, tokenizer_dir, num_workers)
+    finally:
+        _worker_tokenizer = None
+
+
+def _pooled(path, ranges, dtype, tokenizer_dir, num_workers):
     with ProcessPoolExecutor(num_workers, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
         in_flight = deque()
         todo = iter(ranges)
@@ -246,9 +261,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("input", metavar="INPUT", help="UTF-8 text file to encode")
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory written by train-bpe")
     p.add_argument("--out", required=True, metavar="FILE", help="output token file; FILE.json gets the metadata")
-    p.add_argument("--workers", type=int, default=1, help="encoding processes (default 1: encode in this process)")
     p.add_argument(
-        "--range-mb", type=float, default=DEFAULT_RANGE_BYTES / 2**20, help="MiB of text per task (default 4)"
+        "--workers", type=int, default=1, metavar="N", help="encoding processes (default 1: encode in this process)"
+    )
+    p.add_argument(
+        "--range-mb",
+        type=float,
+        default=DEFAULT_RANGE_BYTES / 2**20,
+        metavar="MB",
+        help="MiB of text per task (default 4)",
     )
     p.add_argument("--no-progress", action="store_true", help="do not show the progress bar (default: shown)")
     p.set_defaults(func=run)

@@ -499,4 +499,22 @@ def test_bounded_cache_clears_and_stays_exact(gpt2_oracle):
     tok = Tokenizer(vocab, merges, cache_size=3)
     text = PARITY_CASES[7] * 3 + PARITY_CASES[9]
     assert tok.encode(text) == gpt2_oracle.encode_ordinary(text)
-    assert len(tok._piece_cache) <= 3
+    assert len(tok._cache) <= 60  # cleared: at most one block's pieces and pre-tokens (42 here)
+
+
+@given(st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=40))
+def test_batch_bpe_equals_per_word_bpe(words):
+    """The numpy batch BPE (used for many new pre-tokens at once) equals the per-word loop, word by word."""
+    tok, _ = _cached_gpt2_pair()
+    assert tok._bpe_batch(words) == [tok._bpe(w) for w in words]
+
+
+def test_batch_bpe_on_trained_vocab_and_without_merges(trained):
+    """Batch BPE on a small trained vocabulary (many words end early) and on a merge-free byte vocabulary."""
+    text, vocab, merges = trained
+    tok = Tokenizer(vocab, merges, [EOT])
+    words = sorted(set(regex.findall(GPT2_PATTERN, text)))
+    assert len(words) > 250
+    assert tok._bpe_batch(words) == [tok._bpe(w) for w in words]
+    plain = Tokenizer({i: bytes([i]) for i in range(256)}, [])
+    assert plain._bpe_batch(["ab", "c", "é"]) == [(97, 98), (99,), (195, 169)]

