@@ -126,7 +126,7 @@ def run_quickstart(
     out: str | Path,
     text_path: str | Path | None = None,
     vocab_size: int = 1024,
-    steps: int = 400,
+    steps: int = 200,
     batch_size: int = 32,
     context_length: int = 128,
     d_model: int = 128,
@@ -135,7 +135,7 @@ def run_quickstart(
     d_ff: int = 384,
     lr: float = 3e-3,
     val_fraction: float = 0.1,
-    eval_interval: int = 100,
+    eval_interval: int = 50,
     prompt: str = "once upon a time",
     max_new_tokens: int = 120,
     temperature: float = 0.8,
@@ -291,7 +291,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", default="quickstart-run", help="output directory (new or empty); quickstart-run")
     parser.add_argument("--text", default=None, help="UTF-8 corpus, documents split by <|endoftext|>; default built-in")
     parser.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size; default 1024")
-    parser.add_argument("--steps", type=int, default=400, help="training steps; default 400")
+    parser.add_argument("--steps", type=int, default=200, help="training steps; default 200")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per step; default 32")
     parser.add_argument("--context-length", type=int, default=128, help="tokens per sequence; default 128")
     parser.add_argument("--d-model", type=int, default=128, help="model width; default 128")
@@ -299,7 +299,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--num-heads", type=int, default=4, help="attention heads; default 4")
     parser.add_argument("--d-ff", type=int, default=384, help="feed-forward width; default 384")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate; default 3e-3")
-    parser.add_argument("--eval-interval", type=int, default=100, help="validate and checkpoint every N steps; 100")
+    parser.add_argument("--eval-interval", type=int, default=50, help="validate and checkpoint every N steps; 50")
     parser.add_argument("--prompt", default="once upon a time", help="prompt of the final sample")
     parser.add_argument("--max-new-tokens", type=int, default=120, help="sample length in tokens; default 120")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; default 0.8")
