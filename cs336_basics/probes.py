@@ -325,7 +325,7 @@ class ProbeResult:
 
     config: dict
     train_exact_match: float
-    val_exact_match: float
+    val_exact_match: float | None  # None without a validation split
     test_exact_match: float
     train_per_position: list[float]
     test_per_position: list[float]
@@ -422,7 +422,7 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
 
     model.eval()
     train_acc = greedy_accuracy(model, data, train)
-    val_acc = greedy_accuracy(model, data, val) if val.shape[0] else {"exact_match": float("nan")}
+    val_acc = greedy_accuracy(model, data, val) if val.shape[0] else {"exact_match": None}
     test_acc = greedy_accuracy(model, data, test)
     return ProbeResult(
         config=config.to_dict(),
@@ -494,12 +494,16 @@ def format_result(result: ProbeResult) -> str:
         f"probe {c['task']}: L={c['length']} V={c['vocab']} seed={c['seed']} "
         f"(train {result.split_sizes['train']}, val {result.split_sizes['val']}, test {result.split_sizes['test']}; "
         f"{result.num_parameters:,} parameters)\n"
-        f"  train exact match {result.train_exact_match:.3f}   val {result.val_exact_match:.3f}   "
+        f"  train exact match {result.train_exact_match:.3f}   val {_fmt(result.val_exact_match)}   "
         f"test {result.test_exact_match:.3f}\n"
         f"  test per-position accuracy: {per_position}\n"
         f"  {result.steps} steps{' (stopped early: train and val solved)' if result.stopped_early else ''}, "
         f"final loss {result.final_loss:.4f}, training {result.train_seconds:.1f} s, wall {result.wall_seconds:.1f} s"
     )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def write_json_atomic(path: str | Path, payload) -> None:

@@ -336,3 +336,11 @@ def test_make_task_refuses_held_out_inputs_that_occur_in_training(monkeypatch):
     monkeypatch.setattr(probes, "_sample_distinct", lambda rng, n, width, vocab: np.zeros((n, width), dtype=np.int64))
     with pytest.raises(RuntimeError, match="of the 3 test inputs also occur in the training split"):
         make_task("copy", 4, 8, train_size=5, test_size=3)
+
+
+def test_cli_without_validation_split_reports_no_val_accuracy(tmp_path, capsys, one_thread):
+    """--val-size 0: early stopping looks at train only, and the JSON says null (valid JSON), not NaN."""
+    out = tmp_path / "r.json"
+    assert main(["probe", "reversal", *TINY_CLI, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["val_exact_match"] is None and "NaN" not in out.read_text()
+    assert "val -" in capsys.readouterr().out
