@@ -182,13 +182,15 @@ def test_answer_loss_depends_only_on_y_targets():
 # --------------------------------------------------------------------------------------------------------------------
 # Training runs
 
+# Reversal at L=6 over 4 symbols (4**6 = 4096 inputs): small enough to learn in seconds, and with so many repeated
+# symbols that copying by content fails: the model has to learn positions.
 FAST_REVERSAL = dict(
     task="reversal",
-    length=5,
-    vocab=8,
-    train_size=1000,
-    val_size=200,
-    test_size=300,
+    length=6,
+    vocab=4,
+    train_size=1200,
+    val_size=300,
+    test_size=500,
     steps=1500,
     batch_size=64,
     lr=3e-3,
@@ -200,15 +202,15 @@ FAST_REVERSAL = dict(
 
 
 def test_short_reversal_run_reaches_full_held_out_accuracy(one_thread):
-    """Reversal at L=5, V=8 on the CPU: greedy exact match 1.000 on training data and on 300 never-seen inputs."""
+    """Reversal at L=6, V=4 on the CPU: greedy exact match 1.000 on training data and on 500 never-seen inputs."""
     result = run_probe(ProbeConfig(**FAST_REVERSAL))
     assert result.train_exact_match == 1.0
     assert result.val_exact_match == 1.0
     assert result.test_exact_match == 1.0
-    assert result.test_per_position == [1.0] * 5
+    assert result.test_per_position == [1.0] * 6
     assert result.stopped_early and result.steps < FAST_REVERSAL["steps"]
     assert result.final_loss < 0.05
-    assert result.split_sizes == {"train": 1000, "val": 200, "test": 300}
+    assert result.split_sizes == {"train": 1200, "val": 300, "test": 500}
 
 
 def test_untrained_probe_reports_low_accuracy_and_is_deterministic(one_thread):
@@ -221,7 +223,7 @@ def test_untrained_probe_reports_low_accuracy_and_is_deterministic(one_thread):
 
 def test_probe_rejects_a_context_too_short_for_the_task():
     config = ProbeConfig(**(FAST_REVERSAL | dict(context_length=8)))
-    with pytest.raises(ValueError, match="context_length=8 is too short for task='reversal' at length=5"):
+    with pytest.raises(ValueError, match="context_length=8 is too short for task='reversal' at length=6"):
         run_probe(config)
 
 
@@ -241,7 +243,7 @@ def test_probe_rejects_bad_config(override, match):
 
 
 def test_format_table_has_one_row_per_result(one_thread):
-    config = ProbeConfig(**(FAST_REVERSAL | dict(steps=2, train_size=50, val_size=0, test_size=20)))
+    config = ProbeConfig(**(FAST_REVERSAL | dict(steps=2, train_size=40, val_size=0, test_size=20)))
     results = [run_probe(c) for c in probes.sweep_configs(config, lengths=[3, 4])[:3]]
     table = format_table(results).splitlines()
     assert len(table) == 2 + 3 and table[0].split()[:4] == ["task", "L", "positions", "norm"]
@@ -334,3 +336,11 @@ def test_make_task_refuses_held_out_inputs_that_occur_in_training(monkeypatch):
     monkeypatch.setattr(probes, "_sample_distinct", lambda rng, n, width, vocab: np.zeros((n, width), dtype=np.int64))
     with pytest.raises(RuntimeError, match="of the 3 test inputs also occur in the training split"):
         make_task("copy", 4, 8, train_size=5, test_size=3)
+
+
+def test_cli_without_validation_split_reports_no_val_accuracy(tmp_path, capsys, one_thread):
+    """--val-size 0: early stopping looks at train only, and the JSON says null (valid JSON), not NaN."""
+    out = tmp_path / "r.json"
+    assert main(["probe", "reversal", *TINY_CLI, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["val_exact_match"] is None and "NaN" not in out.read_text()
+    assert "val -" in capsys.readouterr().out
