@@ -21,20 +21,6 @@ SUBCOMMAND_MODULES: dict[str, str] = {
     "eval": "cs336_basics.evaluate",
     "model-info": "cs336_basics.model_info",
     "probe": "cs336_basics.probes",
-    "train-bpe": "cs336_basics.bpe",
-    "tokenize": "cs336_basics.tokenize_dataset",
-    "train": "cs336_basics.train",
-    "generate": "cs336_basics.generation",
-    "eval": "cs336_basics.evaluate",
-    "model-info": "cs336_basics.model_info",
-    "quickstart": "cs336_basics.quickstart",
-    "train-bpe": "cs336_basics.bpe",
-    "tokenize": "cs336_basics.tokenize_dataset",
-    "train": "cs336_basics.train",
-    "generate": "cs336_basics.generation",
-    "eval": "cs336_basics.evaluate",
-    "model-info": "cs336_basics.model_info",
-    "probe": "cs336_basics.probes",
 }
 
 
