@@ -346,7 +346,7 @@ def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
 def _fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     # Opt-in fast path (ModelConfig.attention_backend="sdpa"): PyTorch's fused kernel (flash / memory-efficient
     # attention on GPUs). The default is the from-scratch code above; tests/test_model.py checks their parity.
-    import torch.nn.functional as F  # noqa: N812 - the only torch.nn.functional use in the package
+    import torch.nn.functional as F  # the only torch.nn.functional use in the package
 
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 

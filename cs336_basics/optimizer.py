@@ -7,7 +7,7 @@ import torch
 
 
 class AdamW(torch.optim.Optimizer):
-    """Adam with decoupled weight decay (Loshchilov & Hutter), step for step the update of torch.optim.AdamW:
+    """Adam with decoupled weight decay (Loshchilov & Hutter), step for step the update of PyTorch's built-in AdamW:
 
         theta <- theta * (1 - lr * weight_decay)
         m <- beta1 m + (1 - beta1) g ;  v <- beta2 v + (1 - beta2) g^2
