@@ -492,6 +492,7 @@ def format_result(result: ProbeResult) -> str:
     per_position = " ".join(f"{a:.3f}" for a in result.test_per_position)
     return (
         f"probe {c['task']}: L={c['length']} V={c['vocab']} seed={c['seed']} "
+        f"[positions={c['positions']} norm={c['norm']} ffn={c['ffn']}] "
         f"(train {result.split_sizes['train']}, val {result.split_sizes['val']}, test {result.split_sizes['test']}; "
         f"{result.num_parameters:,} parameters)\n"
         f"  train exact match {result.train_exact_match:.3f}   val {_fmt(result.val_exact_match)}   "
