@@ -136,7 +136,7 @@ def test_checkpoint_killed_mid_write_leaves_previous_intact(tmp_path, token_file
     """A process SIGKILLed while writing ckpt 4 leaves ckpt 2 loadable and no ckpt 4; resume then works."""
     config = tiny_config(tmp_path, token_files, checkpoint_interval=2, steps=6, device="cpu")
     # A forked child (no re-import) trains and is SIGKILLed halfway through writing its second checkpoint.
-    child = multiprocessing.get_context("fork").Process(target=_train_and_die_in_second_save, args=(config,))
+    child = _mp_context().Process(target=_train_and_die_in_second_save, args=(config,))
     child.start()
     child.join(timeout=120)
     assert child.exitcode == -signal.SIGKILL
@@ -352,6 +352,13 @@ def _ddp_worker(rank: int, world_size: int, port: int, config: TrainConfig) -> N
             dist.destroy_process_group()
 
 
+def _mp_context():
+    """fork (fast: no re-import) unless this process has used CUDA: autograd's device threads cannot survive a fork
+    (as after CS336_TEST_DEVICE=cuda tests on a GPU box), so then spawn. CS336_TEST_MP_START forces a method."""
+    method = os.environ.get("CS336_TEST_MP_START") or ("spawn" if torch.cuda.is_initialized() else "fork")
+    return multiprocessing.get_context(method)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -363,7 +370,7 @@ def test_ddp_gloo_two_ranks_equal_single_process_with_doubled_batch(tmp_path, to
     kw = dict(steps=5, eval_interval=5, grad_accum_steps=2, checkpoint_interval=0, device="cpu", deterministic=False)
     single = train(tiny_config(tmp_path / "single", token_files, batch_size=8, **kw))
     ddp_config = tiny_config(tmp_path / "ddp", token_files, batch_size=4, **kw)
-    ctx = multiprocessing.get_context("fork")
+    ctx = _mp_context()
     port = _free_port()
     procs = [ctx.Process(target=_ddp_worker, args=(rank, 2, port, ddp_config)) for rank in range(2)]
     for proc in procs:
