@@ -17,8 +17,10 @@ How it is fast:
   a special token that no other special-token occurrence straddles, so each range tokenizes exactly as it would
   inside the whole file. Each worker reads its range in sub-chunks cut the same way (memory does not grow with the
   file) and returns only the counts of its distinct pre-tokens; the parent never holds the text.
-- Merging is incremental and compiled with numba (`_bpe_merge.py`, `cache=True`, so the compile is paid once per
-  checkout; numba is imported only when merging starts): an
+- Merging is incremental. Large problems use numba (`_bpe_merge.py`, `cache=True`, so the compile is paid once per
+  checkout; numba is imported only when it merges); small ones (corpus.en at vocab 500) use the same algorithm in
+  pure Python (`_bpe_merge_py.py`), because importing numba and loading its cache alone costs ~1.5 s in a fresh
+  process (`merge_pretokens` says how "auto" chooses). In the numba kernels an
   open-addressing table maps a pair to a slot with its count and an append-only list of the words that contain it;
   a lazy max-heap keyed by (count, pair bytes) finds the best pair. Counts of existing pairs only go down when a
   merge happens, except pairs holding the new token, which are (re)pushed after each step; a popped entry whose
@@ -80,14 +82,16 @@ def train_bpe(
     special_tokens: list[str],
     num_workers: int | None = None,
     progress: bool = False,
+    merge_backend: str = "auto",
     **kwargs,
 ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
     """Train a byte-level BPE tokenizer on the UTF-8 text file `input_path`.
 
     Returns `(vocab, merges)`: `vocab` maps ids 0..N-1 to bytes (special tokens first, then the 256 bytes, then one
     token per merge), `merges` lists the merged pairs in order. `num_workers` processes pre-tokenize (default: the
-    CPU count; 1 keeps everything in this process). `progress` shows tqdm bars on a terminal. Pass `stats=TrainStats()`
-    to get the timings back.
+    CPU count; 1 keeps everything in this process). `progress` shows tqdm bars on a terminal. `merge_backend` is
+    "auto" (pure Python for small problems, numba for large ones), "python" or "numba" (see `merge_pretokens`); all
+    give the same result. Pass `stats=TrainStats()` to get the timings back.
 
     Example: a file holding "low low lower" with vocab_size=258 and no special tokens has the pre-tokens "low",
     " low", " lower"; (l, o) and (o, w) tie at 3 and (b"o", b"w") is the greater pair, so
@@ -105,6 +109,8 @@ def train_bpe(
             "(the 256 single bytes and every special token)"
         )
     path = _check_input_path(input_path)
+    if merge_backend not in MERGE_BACKENDS:
+        raise ValueError(f"merge_backend={merge_backend!r} must be one of {MERGE_BACKENDS}")
     if num_workers is None:
         num_workers = os.cpu_count() or 1
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
@@ -114,7 +120,7 @@ def train_bpe(
     counts = count_pretokens(path, special_tokens, num_workers=num_workers, progress=progress)
     t1 = time.perf_counter()
     num_merges = vocab_size - 256 - len(special_tokens)
-    merges = merge_pretokens(counts, num_merges, progress=progress)
+    merges = merge_pretokens(counts, num_merges, progress=progress, backend=merge_backend)
     t2 = time.perf_counter()
 
     vocab = {i: tok.encode("utf-8") for i, tok in enumerate(special_tokens)}
@@ -413,19 +419,50 @@ def _progress_bar(enabled: bool, **kwargs):
 # Merging
 
 
+MERGE_BACKENDS = ("auto", "python", "numba")
+# "auto" merges in pure Python while that is expected to take under ~1 s: a fresh process pays ~1.5-2 s to import
+# numba and load its compiled cache (10-30 s more to compile on a fresh checkout), which only large problems win back.
+# Measured here, the Python merger takes ~4 us per byte of distinct pre-tokens times (1 + num_merges / 3000):
+# corpus.en at vocab 500 (35 kB, 243 merges) 0.11 s; 205 kB x 243 merges 0.78 s; 205 kB x 9743 merges 2.4 s
+# (numba 0.33 s + import). The rule below is bytes x (1 + num_merges / 3000) <= 250_000 (notes/bpe-worklog.md).
+PYTHON_MERGE_MAX_WORK = 250_000
+PYTHON_MERGE_MERGES_SCALE = 3000
+
+
 def merge_pretokens(
-    counts: dict[bytes, int] | Iterable[tuple[bytes, int]], num_merges: int, progress: bool = False
+    counts: dict[bytes, int] | Iterable[tuple[bytes, int]],
+    num_merges: int,
+    progress: bool = False,
+    backend: str = "auto",
 ) -> list[tuple[bytes, bytes]]:
     """Up to `num_merges` merges (fewer when no pair is left) on pre-token counts, in order.
+
+    `backend` is "python" (pure Python, no compile or import cost), "numba" (compiled, for large problems) or "auto"
+    (Python when bytes of the distinct pre-tokens x (1 + num_merges / PYTHON_MERGE_MERGES_SCALE) <=
+    PYTHON_MERGE_MAX_WORK, i.e. about 1 s of Python); all give the same merges.
 
     Example: merge_pretokens({b"low": 5, b"lower": 2, b"widest": 3, b"newest": 6}, 6) ==
     [(b"s", b"t"), (b"e", b"st"), (b"o", b"w"), (b"l", b"ow"), (b"w", b"est"), (b"n", b"e")]  (the handout's example).
     """
+    if backend not in MERGE_BACKENDS:
+        raise ValueError(f"merge_backend={backend!r} must be one of {MERGE_BACKENDS}")
     items = counts.items() if isinstance(counts, dict) else counts
     words = [w for w, c in items if len(w) > 1 and c > 0]
     if num_merges <= 0 or not words:
         return []
     freq = counts if isinstance(counts, dict) else dict(counts)
+    if backend == "auto":
+        work = sum(map(len, words)) * (1 + num_merges / PYTHON_MERGE_MERGES_SCALE)
+        backend = "python" if work <= PYTHON_MERGE_MAX_WORK else "numba"
+    if backend == "python":
+        from ._bpe_merge_py import merge_python
+
+        bar = _progress_bar(progress, total=num_merges, desc="merge", unit="merge") if progress else None
+        try:
+            return merge_python(words, [freq[w] for w in words], num_merges, None if bar is None else bar.update)
+        finally:
+            if bar is not None:
+                bar.close()
     lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
     wstart = np.zeros(len(words) + 1, dtype=np.int64)
     np.cumsum(lengths, out=wstart[1:])
