@@ -72,20 +72,25 @@ DEFAULT_CACHE_SIZE = 1 << 20  # entries (pieces + pre-tokens); ~150 bytes each, 
 
 
 class _Cache(dict):
-    """text -> ids, where looking up a missing key returns that key's slot: a list, the same for every lookup of
-    the key until `pending` is taken, that is later filled with the key's ids. So one C pass over a block's pieces
-    (`map(cache.__getitem__, pieces)`) both collects the misses and leaves a place for their ids, with no second
-    pass to find or refill the missing positions."""
+    """text -> ids, where looking up a missing key returns that key's slot: an empty list, which is also stored
+    under the key (so later lookups of it in the same block are plain C hits, not calls) and in `pending`, and is
+    later filled with the key's ids. So one C pass over a block's pieces (`map(cache.__getitem__, pieces)`) both
+    collects the misses and leaves a place for their ids, with no second pass to find or refill the missing
+    positions. The slots are taken out of the cache (`take_pending`) before the misses are encoded."""
 
     def __init__(self, *args):
         super().__init__(*args)
         self.pending: dict[str, list[int]] = {}
 
     def __missing__(self, key: str) -> list[int]:
-        slot = self.pending.get(key)
-        if slot is None:
-            slot = self.pending[key] = []
+        self[key] = self.pending[key] = slot = []
         return slot
+
+    def take_pending(self) -> dict[str, list[int]]:
+        """The slots of the keys that missed since the last call, removed from the cache."""
+        pending, self.pending = self.pending, {}
+        deque(map(self.__delitem__, pending), maxlen=0)
+        return pending
 
 
 class Tokenizer:
@@ -194,6 +199,8 @@ class Tokenizer:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         # The cyclic garbage collector would rescan the large cache again and again while millions of lists and
         # tuples are made; nothing here forms a reference cycle, so it is paused (20-25% of a cold run).
+        if self._cache.pending:  # slots left in the cache by an interrupted call (KeyboardInterrupt): drop them
+            self._cache.take_pending()
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
@@ -315,8 +322,7 @@ class Tokenizer:
         cache = self._cache
         found = list(map(cache.__getitem__, pieces))  # a miss gives its piece's (empty) slot list: see _Cache
         if cache.pending:
-            pending, cache.pending = cache.pending, {}
-            self._add_to_cache(pending)
+            self._add_to_cache(cache.take_pending())
         return list(chain.from_iterable(found))
 
     def _add_to_cache(self, pending: dict[str, list[int]]) -> None:

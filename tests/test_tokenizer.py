@@ -597,3 +597,12 @@ def test_cache_stays_consistent_after_an_encode_error():
     assert not tok._cache.pending
     assert all(isinstance(v, tuple) for v in tok._cache.values())
     assert tok.encode("ok fine more") == list(b"ok fine more")
+
+
+def test_slots_left_by_an_interrupted_encode_are_dropped(gpt2_oracle):
+    """A lookup pass stopped midway (KeyboardInterrupt) leaves empty slots in the cache; the next encode drops them."""
+    vocab, merges = _gpt2_vocab_merges()
+    tok = Tokenizer(vocab, merges)
+    assert tok._cache[" hello"] == []  # what a missed lookup leaves until its batch is encoded
+    assert tok.encode("say hello hello") == gpt2_oracle.encode_ordinary("say hello hello")
+    assert not tok._cache.pending and tok._cache[" hello"] == (23748,)
