@@ -11,11 +11,13 @@ Design (why it is fast without a compiler):
    gives exactly the pre-tokens of the whole text. The split is done by the stdlib `re` module with an explicit
    character class equal to `regex`'s `\\s` (Unicode White_Space), about 3x faster than the GPT-2 pattern itself.
 3. A cache maps piece -> token ids. English text has few distinct pieces (" the", " world.", "\\n\\nThe"), so
-   after warm-up the whole hot path is C: `re.findall`, `map(dict.get)` and `chain.from_iterable`. The pieces that
-   miss are encoded in one batch per block of text (one `regex` call for all of them, not one per piece).
-4. Missing pieces are pre-tokenized with the GPT-2 pattern (the `regex` module) and each pre-token is looked up
-   in the same cache; a pre-token miss runs rank-based BPE: repeatedly merge the adjacent pair with the
-   lowest merge rank (the order of `merges`).
+   after warm-up the whole hot path is C: `re.findall`, `map(cache.__getitem__)` and `chain.from_iterable`. A miss
+   returns an empty slot list that stays in place in the output and is filled later (see `_Cache`), and all
+   misses of a block of text are encoded in one batch (one pre-tokenizer call for all of them, not one per piece).
+4. Missing pieces are pre-tokenized with the GPT-2 pattern (the stdlib `re` with an equivalent ASCII-only pattern
+   for ASCII pieces, the `regex` module for the rest) and each pre-token is looked up in the same cache; new
+   pre-tokens run rank-based BPE (repeatedly merge the adjacent pair with the lowest merge rank, the order of
+   `merges`), vectorized over all the new pre-tokens of the block with numpy.
 
 The cache is bounded (cleared when full), so encoding an arbitrarily large stream holds bounded memory.
 
