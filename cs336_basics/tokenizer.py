@@ -11,11 +11,13 @@ Design (why it is fast without a compiler):
    gives exactly the pre-tokens of the whole text. The split is done by the stdlib `re` module with an explicit
    character class equal to `regex`'s `\\s` (Unicode White_Space), about 3x faster than the GPT-2 pattern itself.
 3. A cache maps piece -> token ids. English text has few distinct pieces (" the", " world.", "\\n\\nThe"), so
-   after warm-up the whole hot path is C: `re.findall`, `map(dict.get)` and `chain.from_iterable`. The pieces that
-   miss are encoded in one batch per block of text (one `regex` call for all of them, not one per piece).
-4. Missing pieces are pre-tokenized with the GPT-2 pattern (the `regex` module) and each pre-token is looked up
-   in the same cache; a pre-token miss runs rank-based BPE: repeatedly merge the adjacent pair with the
-   lowest merge rank (the order of `merges`).
+   after warm-up the whole hot path is C: `re.findall`, `map(cache.__getitem__)` and `chain.from_iterable`. A miss
+   returns an empty slot list that stays in place in the output and is filled later (see `_Cache`), and all
+   misses of a block of text are encoded in one batch (one pre-tokenizer call for all of them, not one per piece).
+4. Missing pieces are pre-tokenized with the GPT-2 pattern (the stdlib `re` with an equivalent ASCII-only pattern
+   for ASCII pieces, the `regex` module for the rest) and each pre-token is looked up in the same cache; new
+   pre-tokens run rank-based BPE (repeatedly merge the adjacent pair with the lowest merge rank, the order of
+   `merges`), vectorized over all the new pre-tokens of the block with numpy.
 
 The cache is bounded (cleared when full), so encoding an arbitrarily large stream holds bounded memory.
 
@@ -27,9 +29,9 @@ The cache is bounded (cleared when full), so encoding an arbitrarily large strea
 import gc
 import os
 import re
+from collections import deque
 from collections.abc import Iterable, Iterator
-from itertools import chain, compress, filterfalse
-from operator import not_
+from itertools import chain, filterfalse
 
 import numpy as np
 import regex
@@ -49,7 +51,16 @@ _NON_WS = "[^" + re.escape(WHITESPACE_CHARS) + "]"
 _PIECE_RE = re.compile(f"{_WS}*{_NON_WS}+|{_WS}+")
 _WHITESPACE_SET = frozenset(WHITESPACE_CHARS)
 _GPT2_RE = regex.compile(GPT2_PATTERN)
+# GPT2_PATTERN for ASCII-only text, in the stdlib `re` (2-3x faster than `regex`): in ASCII, \p{L} is [A-Za-z],
+# \p{N} is [0-9] and White_Space is [\t\n\x0b\x0c\r ] (not \x1c-\x1f, which `re`'s \s would add). A test checks
+# it against _GPT2_RE on ASCII text.
+_ASCII_GPT2_RE = re.compile(
+    r"'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^\t\n\x0b\x0c\r A-Za-z0-9]+"
+    r"|[\t\n\x0b\x0c\r ]+(?![^\t\n\x0b\x0c\r ])|[\t\n\x0b\x0c\r ]+"
+)
+_GROUP_ROUNDS = 8  # pieces with up to this many pre-tokens get their ids by vectorized concatenation
 _BATCH_BPE_MIN = 256  # new pre-tokens in one block from which numpy batch BPE beats the per-word loop
+_BATCH_BPE_TAIL = 64  # words left in a batch below which the rest finish in the per-word loop
 _BLOCK_CHARS = 1 << 20  # encode long texts in blocks of about this many chars: bounded lists, a meaningful cache bound
 _WS_CUT_FORWARD_RE = regex.compile(r"\S(?=\s)")
 # Safe streaming cut: a non-whitespace character followed by whitespace (searched from the right).
@@ -60,6 +71,28 @@ _CLASS_CUT_RE = regex.compile(r"\p{L}(?=[^\s\p{L}])|\p{N}(?=[^\s\p{N}])|[^\s\p{L
 
 _NO_RANK = 1 << 100  # larger than any (rank << shift) | id
 DEFAULT_CACHE_SIZE = 1 << 20  # entries (pieces + pre-tokens); ~150 bytes each, so at most ~200 MB
+
+
+class _Cache(dict):
+    """text -> ids, where looking up a missing key returns that key's slot: an empty list, which is also stored
+    under the key (so later lookups of it in the same block are plain C hits, not calls) and in `pending`, and is
+    later filled with the key's ids. So one C pass over a block's pieces (`map(cache.__getitem__, pieces)`) both
+    collects the misses and leaves a place for their ids, with no second pass to find or refill the missing
+    positions. The slots are taken out of the cache (`take_pending`) before the misses are encoded."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.pending: dict[str, list[int]] = {}
+
+    def __missing__(self, key: str) -> list[int]:
+        self[key] = self.pending[key] = slot = []
+        return slot
+
+    def take_pending(self) -> dict[str, list[int]]:
+        """The slots of the keys that missed since the last call, removed from the cache."""
+        pending, self.pending = self.pending, {}
+        deque(map(self.__delitem__, pending), maxlen=0)
+        return pending
 
 
 class Tokenizer:
@@ -138,7 +171,7 @@ class Tokenizer:
         # One cache for pieces and pre-tokens alike: text -> ids of encoding that text on its own (a pre-token on
         # its own is still one pre-token, so both kinds of key mean the same thing).
         self._special_entries = {special: (token_id,) for special, token_id in self._special_ids.items()}
-        self._cache: dict[str, tuple[int, ...]] = dict(self._special_entries)
+        self._cache = _Cache(self._special_entries)
         self._cache_size = cache_size
 
     # ----------------------------------------------------------------------------------------------- construction
@@ -168,6 +201,8 @@ class Tokenizer:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         # The cyclic garbage collector would rescan the large cache again and again while millions of lists and
         # tuples are made; nothing here forms a reference cycle, so it is paused (20-25% of a cold run).
+        if self._cache.pending:  # slots left in the cache by an interrupted call (KeyboardInterrupt): drop them
+            self._cache.take_pending()
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
@@ -285,32 +320,37 @@ class Tokenizer:
         return self._encode_pieces(_PIECE_RE.findall(text))
 
     def _encode_pieces(self, pieces: list[str]) -> list[int]:
-        """Pieces through the cache; on hits the whole path is C (map(dict.get), chain)."""
-        found = list(map(self._cache.get, pieces))
-        if None in found:
-            positions = list(compress(range(len(found)), map(not_, found)))
-            self._add_to_cache(pieces, set(map(pieces.__getitem__, positions)))
-            cache = self._cache
-            for i in positions:  # only the misses: a second full pass over the block would cost more
-                found[i] = cache[pieces[i]]
+        """Pieces through the cache in one C pass (map(cache[...]), chain); misses are filled in afterwards."""
+        cache = self._cache
+        found = list(map(cache.__getitem__, pieces))  # a miss gives its piece's (empty) slot list: see _Cache
+        if cache.pending:
+            self._add_to_cache(cache.take_pending())
         return list(chain.from_iterable(found))
 
-    def _add_to_cache(self, pieces: list[str], missing: set[str]) -> None:
-        """Encode the pieces missing from the cache, all in one batch.
+    def _add_to_cache(self, pending: dict[str, list[int]]) -> None:
+        """Encode the pieces that missed the cache, all in one batch; cache them and fill their slot lists.
 
-        Batching matters: the `regex` module costs microseconds per call, so the missing pieces are joined and
-        pre-tokenized by one findall. Joining is exact because every piece but the text's first (which may lack
-        leading whitespace) and last (which may be whitespace only) starts with whitespace and ends with a
-        non-space, and a non-space followed by whitespace is always a pre-token boundary.
+        Batching matters: a `regex` call costs microseconds, so the missing pieces are joined and pre-tokenized by
+        one findall (by the stdlib `re` with an ASCII-only pattern for the ASCII pieces, which is 2-3x faster).
+        Joining is exact because every piece but the text's first (which may lack leading whitespace) and last
+        (which may be whitespace only) starts with whitespace and ends with a non-space, and a non-space followed
+        by whitespace is always a pre-token boundary.
         """
         cache = self._cache
-        if len(cache) + len(missing) > self._cache_size:
+        if len(cache) + len(pending) > self._cache_size:
             cache.clear()  # bounded memory; the hot pieces come back within the next block
             cache.update(self._special_entries)
-            missing = set(pieces).difference(self._special_entries)
-        joinable = [p for p in missing if p[0] in _WHITESPACE_SET and p[-1] not in _WHITESPACE_SET]
-        others = missing.difference(joinable)
-        pretokens = _GPT2_RE.findall("".join(joinable))
+        ascii_joinable, other_joinable, others = [], [], []
+        for piece in pending:
+            if piece[0] not in _WHITESPACE_SET or piece[-1] in _WHITESPACE_SET:
+                others.append(piece)
+            elif piece.isascii():
+                ascii_joinable.append(piece)
+            else:
+                other_joinable.append(piece)
+        # pre-tokens of the joined pieces, in order: ASCII pieces first, then the others (both tile their text)
+        joinable = ascii_joinable + other_joinable
+        pretokens = _ASCII_GPT2_RE.findall("".join(ascii_joinable)) + _GPT2_RE.findall("".join(other_joinable))
         other_pretokens = [_GPT2_RE.findall(piece) for piece in others]
         new_pretokens = list(set(filterfalse(cache.__contains__, chain(pretokens, *other_pretokens))))
         if len(new_pretokens) >= _BATCH_BPE_MIN:
@@ -318,19 +358,40 @@ class Tokenizer:
         else:
             for pretoken in new_pretokens:
                 cache[pretoken] = self._bpe(pretoken)
-        # A piece that is one pre-token is now in the cache under the same key. For the others (" world.",
-        # "\n\nThe"), find their pre-tokens by position: pre-tokens tile the joined pieces in order.
-        get = cache.__getitem__
+        get = dict.__getitem__.__get__(cache)  # plain lookups: every pre-token is cached by now
+        piece_ids: list[tuple[int, ...]] = []
         if joinable:
-            token_ends = np.cumsum(np.fromiter(map(len, pretokens), dtype=np.int64, count=len(pretokens)))
-            piece_ends = np.cumsum(np.fromiter(map(len, joinable), dtype=np.int64, count=len(joinable)))
-            hi = np.searchsorted(token_ends, piece_ends) + 1  # token_ends[hi - 1] == piece end
-            lo = np.concatenate(([0], hi[:-1]))
-            multi = np.flatnonzero(hi - lo > 1)
-            for i, a, b in zip(multi.tolist(), lo[multi].tolist(), hi[multi].tolist(), strict=True):
-                cache[joinable[i]] = tuple(chain.from_iterable(map(get, pretokens[a:b])))
-        for piece, piece_pretokens in zip(others, other_pretokens, strict=True):
-            cache[piece] = tuple(chain.from_iterable(map(get, piece_pretokens)))
+            piece_ids = self._group_pretoken_ids(list(map(get, pretokens)), list(map(len, pretokens)), joinable)
+        for piece_pretokens in other_pretokens:
+            piece_ids.append(tuple(chain.from_iterable(map(get, piece_pretokens))))
+        keys = joinable + others
+        cache.update(zip(keys, piece_ids, strict=True))
+        deque(map(list.extend, map(pending.__getitem__, keys), piece_ids), maxlen=0)
+
+    @staticmethod
+    def _group_pretoken_ids(
+        pretoken_ids: list[tuple[int, ...]], pretoken_lengths: list[int], pieces: list[str]
+    ) -> list[tuple[int, ...]]:
+        """Ids of each piece, given the ids of the pre-tokens that tile the joined pieces in order.
+
+        Vectorized: the pre-tokens of each piece are found by position (cumsum, searchsorted), and the m-th
+        pre-token of every piece with more than m is appended by one object-array addition (tuple concatenation
+        in C). Most pieces have one or two pre-tokens (" the", " word."); the rare long ones are joined one by one.
+        """
+        token_ends = np.cumsum(np.array(pretoken_lengths, dtype=np.int64))
+        piece_ends = np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)))
+        hi = np.searchsorted(token_ends, piece_ends) + 1  # token_ends[hi - 1] == piece end
+        lo = np.concatenate(([0], hi[:-1]))
+        counts = hi - lo
+        ids = np.fromiter(pretoken_ids, dtype=object, count=len(pretoken_ids))
+        grouped = ids[lo]
+        for m in range(1, min(int(counts.max()), _GROUP_ROUNDS)):
+            sel = np.flatnonzero(counts > m)
+            grouped[sel] = grouped[sel] + ids[lo[sel] + m]
+        result = grouped.tolist()
+        for i in np.flatnonzero(counts > _GROUP_ROUNDS).tolist():
+            result[i] = tuple(chain.from_iterable(pretoken_ids[lo[i] : hi[i]]))
+        return result
 
     def _bpe_batch(self, pretokens: list[str]) -> list[tuple[int, ...]]:
         """`_bpe` of many pre-tokens at once with numpy: every round, each word merges its lowest-rank pair.
@@ -372,6 +433,11 @@ class Tokenizer:
                     break
                 word_min = word_min[~done]
                 starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
+            if starts.size <= _BATCH_BPE_TAIL:  # a few long words are left: a numpy round per merge costs more
+                merge = self._merge
+                for w, part in zip(word[starts].tolist(), np.split(ids, starts[1:]), strict=True):
+                    results[w] = merge(part.tolist())
+                break
             candidates = np.flatnonzero(values == np.repeat(word_min, np.diff(np.append(starts, ids.size))))
             cand_word = word[candidates]
             first = candidates[np.concatenate(([True], cand_word[1:] != cand_word[:-1]))]  # leftmost per word
@@ -414,8 +480,10 @@ class Tokenizer:
                 f"cannot encode {pretoken!r}: byte {bytes((missing,))!r} is not in the vocabulary "
                 "(a byte-level vocab needs all 256 single bytes)"
             )
-        if len(parts) == 1:
-            return (parts[0],)
+        return self._merge(parts)
+
+    def _merge(self, parts: list[int]) -> tuple[int, ...]:
+        """BPE of a list of token ids (`_bpe` after the bytes are mapped to ids); `parts` is modified in place."""
         get = self._pair_table.get
         shift = self._shift
         mask = (1 << shift) - 1

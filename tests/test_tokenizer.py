@@ -13,6 +13,7 @@ import regex
 from hypothesis import given
 from hypothesis import strategies as st
 
+import cs336_basics.tokenizer as tokenizer_module
 from cs336_basics.tokenizer import GPT2_PATTERN, WHITESPACE_CHARS, Tokenizer
 from cs336_basics.tokenizer_files import save_tokenizer
 
@@ -518,3 +519,90 @@ def test_batch_bpe_on_trained_vocab_and_without_merges(trained):
     assert tok._bpe_batch(words) == [tok._bpe(w) for w in words]
     plain = Tokenizer({i: bytes([i]) for i in range(256)}, [])
     assert plain._bpe_batch(["ab", "c", "é"]) == [(97, 98), (99,), (195, 169)]
+
+
+ASCII_REPRESENTATIVES = "aZs'ldvmtre0 \t\n\x0b\x0c\r\x1c\x1f.-_~\x00\x7f"
+
+
+def test_ascii_pretokenizer_equals_gpt2_pattern_exhaustively():
+    """The stdlib-`re` ASCII pattern splits like GPT2_PATTERN on every string of up to 4 representative ASCII chars
+    (letters of the contractions, digits, every class of whitespace, \\x1c-\\x1f, punctuation, controls)."""
+    ascii_re, gpt2_re = tokenizer_module._ASCII_GPT2_RE, regex.compile(GPT2_PATTERN)
+    strings = [""]
+    for _ in range(4):
+        strings = [s + c for s in strings for c in ASCII_REPRESENTATIVES]
+        joined = "|".join(strings)  # one call over all of them, then the same on each alone for a sample
+        assert ascii_re.findall(joined) == gpt2_re.findall(joined)
+    for s in strings[::37]:
+        assert ascii_re.findall(s) == gpt2_re.findall(s), repr(s)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=60))
+def test_ascii_pretokenizer_equals_gpt2_pattern_random(text):
+    assert tokenizer_module._ASCII_GPT2_RE.findall(text) == regex.findall(GPT2_PATTERN, text)
+
+
+@given(st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=300), st.sampled_from([0, 4, 64]))
+def test_batch_bpe_numpy_rounds_and_tail_equal_per_word_bpe(words, tail):
+    """Batch BPE with the numpy rounds only (tail 0), or handing the last few words to the per-word loop."""
+    tok, _ = _cached_gpt2_pair()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tokenizer_module, "_BATCH_BPE_TAIL", tail)
+        assert tok._bpe_batch(words) == [tok._bpe(w) for w in words]
+
+
+def test_group_pretoken_ids_for_pieces_with_many_pretokens():
+    """Pieces of 1 to 40 pre-tokens (more than the vectorized rounds) get their pre-tokens' ids in order."""
+    rng = random.Random(0)
+    pieces, pretokens = [], []
+    for _ in range(300):
+        count = rng.choice([1, 1, 2, 3, 7, 8, 9, 40])
+        parts = [f" w{rng.randrange(10**6)}" for _ in range(count)]
+        pieces.append("".join(parts))
+        pretokens += parts
+    ids = [tuple(range(len(p))) + (hash(p) % 100,) for p in pretokens]
+    grouped = Tokenizer._group_pretoken_ids(ids, list(map(len, pretokens)), pieces)
+    expected, at = [], 0
+    for piece in pieces:
+        n = 0
+        group: tuple[int, ...] = ()
+        while n < len(piece):
+            n += len(pretokens[at])
+            group += ids[at]
+            at += 1
+        expected.append(group)
+    assert grouped == expected
+    assert max(len(regex.findall(GPT2_PATTERN, p)) for p in pieces) > tokenizer_module._GROUP_ROUNDS
+
+
+def test_cold_cache_paths_match_tiktoken(gpt2_oracle):
+    """A fresh tokenizer on text whose pieces repeat inside one block, have many pre-tokens, mix ASCII and not,
+    or lack a leading space: all misses of one block share one batch and each repeated piece one slot."""
+    vocab, merges = _gpt2_vocab_merges()
+    words = ["alpha", "beta.", "(gamma)", "d.e.f.g.h.i.j.k.l.m.n", "café,", "naïve!", "x" * 40, "1,234.5", "don't"]
+    rng = random.Random(1)
+    text = "start" + "".join(rng.choice([" ", "  ", "\n", " \t "]) + rng.choice(words) for _ in range(2000)) + "  "
+    tok = Tokenizer(vocab, merges)
+    assert tok.encode(text) == gpt2_oracle.encode_ordinary(text)
+    assert tok.encode(text) == gpt2_oracle.encode_ordinary(text)  # warm
+    assert all(isinstance(v, tuple) for v in tok._cache.values()) and not tok._cache.pending
+
+
+def test_cache_stays_consistent_after_an_encode_error():
+    """A byte missing from the vocabulary raises; the pieces pending in that batch are dropped, not half-cached."""
+    vocab = {i: bytes([i]) for i in range(128)}  # no byte >= 0x80
+    tok = Tokenizer(vocab, [])
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        tok.encode("ok fine é more")
+    assert not tok._cache.pending
+    assert all(isinstance(v, tuple) for v in tok._cache.values())
+    assert tok.encode("ok fine more") == list(b"ok fine more")
+
+
+def test_slots_left_by_an_interrupted_encode_are_dropped(gpt2_oracle):
+    """A lookup pass stopped midway (KeyboardInterrupt) leaves empty slots in the cache; the next encode drops them."""
+    vocab, merges = _gpt2_vocab_merges()
+    tok = Tokenizer(vocab, merges)
+    assert tok._cache[" hello"] == []  # what a missed lookup leaves until its batch is encoded
+    assert tok.encode("say hello hello") == gpt2_oracle.encode_ordinary("say hello hello")
+    assert not tok._cache.pending and tok._cache[" hello"] == (23748,)
