@@ -1,97 +1,109 @@
 """Pure-Python incremental BPE merging: the same algorithm and tie-break as the numba kernels of _bpe_merge.py, for
 small problems, where importing numba and loading its compiled cache (~1.5 s) costs more than the merges themselves.
 
-Symbols are bytes objects, so a merge that yields an existing byte string reuses it, as a trainer keyed by bytes does.
-State: each word is a list of symbols; `pair_counts` maps (a, b) to its count over words times their counts; `where`
-maps a pair to the indices of the words that contained it when it was last counted (a superset: a word is checked
-before it is rewritten). A lazy max-heap of (count, pair) finds the best pair: counts only go down, except those of
-pairs holding the new symbol, which are pushed after each merge; a popped entry whose count is stale is pushed back
-with its current count.
+Symbols are ids, one per distinct byte string (a merge that yields an existing byte string reuses its id, as a trainer
+keyed by bytes does), and each word is a str holding one character chr(id) per symbol: bytes 0..255 are ids 0..255, so
+a word starts as `w.decode("latin-1")`, a pair is a 2-character str, `str.find` locates a pair and `str.replace`
+performs a merge in C (left to right, non-overlapping: exactly BPE's rule). `pair_counts` maps a pair to its count over
+words times their counts; `where` maps a pair to the indices of words that held it when it was counted (a superset,
+duplicates allowed: a word is checked with `find` before it is rewritten). A merge updates only the pairs around each
+occurrence: (x, a), (a, b), (b, y) lose the word's count and (x, new), (new, y) gain it, where x is the symbol left of
+the occurrence after the merges before it (new itself when the previous occurrence ends there: a b a b -> new new).
+A lazy max-heap of (-count, key, pair) finds the best pair: counts only go down, except those of pairs holding the new
+symbol, which are pushed after each merge; a popped entry whose count is stale is pushed back with its current count.
+Ties break on the lexicographically greatest (bytes, bytes) pair through `key`, a bytes string ordered opposite to it.
 """
 
 import heapq
+from collections import defaultdict
 from collections.abc import Callable
-from itertools import pairwise
+from operator import add
 
-_BYTES = [bytes([b]) for b in range(256)]
+# byte x -> the 2-byte unit 255 - x; a symbol's key is its units then the unit 256 (b"\x01\x00"), so keys are
+# prefix-free and a prefix gets the greater key: key(s) < key(t) iff s > t, and key(a) + key(b) orders pairs the same
+_UNITS = [bytes([0, 255 - x]) for x in range(256)]
 
 
-class _Desc:
-    """A pair that sorts in descending order, so heapq's min-heap pops the lexicographically greatest pair first."""
-
-    __slots__ = ("pair",)
-
-    def __init__(self, pair: tuple[bytes, bytes]):
-        self.pair = pair
-
-    def __lt__(self, other: "_Desc") -> bool:
-        return self.pair > other.pair
+def _desc_key(s: bytes) -> bytes:
+    """A bytes key ordered opposite to `s`: _desc_key(s) < _desc_key(t) iff s > t (e.g. b"ab" > b"a" > b"")."""
+    return b"".join(map(_UNITS.__getitem__, s)) + b"\x01\x00"
 
 
 def merge_python(
     words: list[bytes], wcnt: list[int], num_merges: int, on_merge: Callable[[], None] | None = None
 ) -> list[tuple[bytes, bytes]]:
     """Up to `num_merges` merges of the distinct pre-tokens `words` (each of length >= 2) counted `wcnt` times."""
-    syms = [list(map(_BYTES.__getitem__, w)) for w in words]
-    pair_counts: dict[tuple[bytes, bytes], int] = {}
-    where: dict[tuple[bytes, bytes], set[int]] = {}
-    for i, (s, c) in enumerate(zip(syms, wcnt, strict=True)):
-        for p in pairwise(s):
-            pair_counts[p] = pair_counts.get(p, 0) + c
-            ws = where.get(p)
-            if ws is None:
-                where[p] = {i}
-            else:
-                ws.add(i)
-    heap = [(-c, _Desc(p)) for p, c in pair_counts.items()]
+    syms = [w.decode("latin-1") for w in words]
+    tok = [bytes([x]) for x in range(256)]
+    desc = [_desc_key(t) for t in tok]
+    ids = {t: chr(x) for x, t in enumerate(tok)}
+    # counts summed from `where`, whose lists repeat a word once per occurrence of the pair in it
+    where: defaultdict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(syms):
+        for p in map(add, s, s[1:]):
+            where[p].append(i)
+    wc = wcnt.__getitem__
+    pair_counts = {p: sum(map(wc, idx)) for p, idx in where.items()}
+    get = pair_counts.get
+    heap = [(-c, desc[ord(p[0])] + desc[ord(p[1])], p) for p, c in pair_counts.items()]
     heapq.heapify(heap)
+    heappop = heapq.heappop
+    heappush = heapq.heappush
     merges: list[tuple[bytes, bytes]] = []
     while len(merges) < num_merges and heap:
-        neg, key = heapq.heappop(heap)
-        pair = key.pair
-        current = pair_counts.get(pair, 0)
-        if current != -neg:  # stale: the count went down since this entry was pushed
+        neg, key, pair = heappop(heap)
+        current = pair_counts[pair]
+        if current != -neg:
             if current > 0:
-                heapq.heappush(heap, (-current, key))
+                heappush(heap, (-current, key, pair))
             continue
-        merges.append(pair)
         a, b = pair
-        new = a + b
-        pushed = set()
-        for i in sorted(where.pop(pair)):
+        ta = tok[ord(a)]
+        tb = tok[ord(b)]
+        merges.append((ta, tb))
+        nb = ta + tb
+        new = ids.get(nb)
+        if new is None:
+            new = chr(len(tok))
+            ids[nb] = new
+            tok.append(nb)
+            desc.append(_desc_key(nb))
+        delta: dict[str, int] = {}  # count changes of the pairs holding `new`, pushed once all words are done
+        dget = delta.get
+        for i in where.pop(pair):
             s = syms[i]
-            n = len(s)
-            # find the first occurrence; the word may no longer hold the pair (`where` is a superset)
-            j = 0
-            while j < n - 1 and not (s[j] == a and s[j + 1] == b):
-                j += 1
-            if j >= n - 1:
+            j = s.find(pair)
+            if j < 0:
                 continue
             c = wcnt[i]
-            for p in pairwise(s):
-                pair_counts[p] -= c
-            out = s[:j]
-            while j < n:
-                if j < n - 1 and s[j] == a and s[j + 1] == b:
-                    out.append(new)
-                    j += 2
-                else:
-                    out.append(s[j])
-                    j += 1
-            syms[i] = out
-            for p in pairwise(out):
-                pair_counts[p] = pair_counts.get(p, 0) + c
-                if p[0] == new or p[1] == new:
-                    pushed.add(p)
-                    ws = where.get(p)
-                    if ws is None:
-                        where[p] = {i}
+            last = len(s) - 2
+            end = -1
+            while j >= 0:
+                pair_counts[pair] -= c
+                if j:
+                    if j == end:  # the previous occurrence ends here: undo its (new, a), count (new, new)
+                        delta[new + a] -= c
+                        p = new + new
                     else:
-                        ws.add(i)
-        for p in pushed:
-            c = pair_counts[p]
+                        x = s[j - 1]
+                        pair_counts[x + a] -= c
+                        p = x + new
+                    delta[p] = dget(p, 0) + c
+                    where[p].append(i)
+                if j < last:
+                    y = s[j + 2]
+                    pair_counts[b + y] -= c
+                    p = new + y
+                    delta[p] = dget(p, 0) + c
+                    where[p].append(i)
+                end = j + 2
+                j = s.find(pair, end)
+            syms[i] = s.replace(pair, new)
+        for p, d in delta.items():
+            c = get(p, 0) + d
+            pair_counts[p] = c
             if c > 0:
-                heapq.heappush(heap, (-c, _Desc(p)))
+                heappush(heap, (-c, desc[ord(p[0])] + desc[ord(p[1])], p))
         if on_merge is not None:
             on_merge()
     return merges
