@@ -217,6 +217,26 @@ def test_merge_pretokens_matches_naive(words, num_merges, backend):
     assert merge_pretokens(words, num_merges, backend=backend) == naive_merges(words, num_merges)
 
 
+@given(
+    pair1=st.tuples(st.binary(max_size=4), st.binary(max_size=4)),
+    pair2=st.tuples(st.binary(max_size=4), st.binary(max_size=4)),
+)
+def test_python_merger_tie_break_key_is_descending(pair1, pair2):
+    """The pure-Python merger's heap key (key(a) + key(b)) orders (bytes, bytes) pairs exactly opposite to Python,
+    prefixes and the bytes 0x00 / 0xff included, so equal counts pop the lexicographically greatest pair first."""
+    k1 = bpe_py._desc_key(pair1[0]) + bpe_py._desc_key(pair1[1])
+    k2 = bpe_py._desc_key(pair2[0]) + bpe_py._desc_key(pair2[1])
+    assert (k1 < k2) == (pair1 > pair2)
+    assert (k1 == k2) == (pair1 == pair2)
+
+
+@pytest.mark.parametrize("words", [{b"abab": 3, b"ab": 1}, {b"aaaa": 2, b"aaa": 5, b"aaaaa": 1}, {b"abcabab": 2}])
+def test_python_merger_overlapping_occurrences(words):
+    """Adjacent and overlapping occurrences (a b a b -> new new, runs of a) update the neighbouring pair counts
+    exactly: every merge, down to the last pair, equals the naive trainer's."""
+    assert merge_pretokens(words, 20, backend="python") == naive_merges(words, 20)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batched_merging_equals_one_call(backend):
     """With progress on, merging runs in batches of 1% (state passed between numba calls): same merges."""
