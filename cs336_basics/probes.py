@@ -34,8 +34,6 @@ Shape letters: N sequences, B batch, T sequence, V vocabulary.
 import argparse
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -45,6 +43,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .files import atomic_write_text
 from .generation import generate
 from .layers import ModelConfig, TransformerLM
 from .nn_utils import cross_entropy, gradient_clipping
@@ -512,15 +511,7 @@ def write_json_atomic(path: str | Path, payload) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"--json {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_write_text
+
 EOT = "<|endoftext|>"
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -273,7 +275,7 @@ def run_quickstart(
         "sample": sample,
         "timings": timings,
     }
-    (out / "quickstart.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "quickstart.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

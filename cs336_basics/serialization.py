@@ -1,11 +1,12 @@
 """Checkpoints: {"format_version", "model", "optimizer", "iteration", "config", ...extra}, written atomically."""
 
 import os
-import tempfile
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 import torch
+
+from .files import atomic_write_bytes
 
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("model", "optimizer", "iteration")
@@ -91,38 +92,8 @@ def read_checkpoint(src: PathOrFile) -> dict[str, Any]:
     return payload
 
 
-def atomic_write_bytes(path: str | os.PathLike, write) -> None:
-    """Call write(f) on a temporary file beside `path`, fsync it, then rename it to `path` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _name(src: PathOrFile) -> str:
     return repr(str(src)) if isinstance(src, str | os.PathLike) else f"<{type(src).__name__}>"
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "atomic_write_bytes", "unwrap_model"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "unwrap_model"]

@@ -11,6 +11,8 @@ import os
 from functools import cache
 from pathlib import Path
 
+from .files import atomic_write_text
+
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
 SPECIAL_TOKENS_FILE = "special_tokens.json"
@@ -69,11 +71,11 @@ def save_tokenizer(
             )
         encoded[key] = token_id
     directory.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(directory / VOCAB_FILE, json.dumps(encoded, ensure_ascii=False, indent=0) + "\n")
+    atomic_write_text(directory / VOCAB_FILE, json.dumps(encoded, ensure_ascii=False, indent=0) + "\n")
     lines = ["#version: 0.2"] + [f"{encode_token(a)} {encode_token(b)}" for a, b in merges]
-    _write_text_atomic(directory / MERGES_FILE, "\n".join(lines) + "\n")
+    atomic_write_text(directory / MERGES_FILE, "\n".join(lines) + "\n")
     if special_tokens:
-        _write_text_atomic(directory / SPECIAL_TOKENS_FILE, json.dumps(list(special_tokens), ensure_ascii=False) + "\n")
+        atomic_write_text(directory / SPECIAL_TOKENS_FILE, json.dumps(list(special_tokens), ensure_ascii=False) + "\n")
 
 
 def load_vocab_and_merges(
@@ -107,9 +109,3 @@ def load_tokenizer_dir(directory: str | os.PathLike) -> tuple[dict[int, bytes], 
     special_path = directory / SPECIAL_TOKENS_FILE
     special_tokens = json.loads(special_path.read_text(encoding="utf-8")) if special_path.is_file() else []
     return vocab, merges, special_tokens
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

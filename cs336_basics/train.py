@@ -41,12 +41,13 @@ import torch.distributed as dist
 from torch import nn
 
 from .data import _resolve_device
+from .files import atomic_write_bytes
 from .layers import ModelConfig, TransformerLM
 from .model_info import MODEL_DEFAULTS, add_model_flags, model_config_from, peak_flops
 from .model_info import training_flops_per_token as _training_flops_per_token
 from .nn_utils import cross_entropy, gradient_clipping
 from .optimizer import AdamW, get_lr_cosine_schedule
-from .serialization import atomic_write_bytes, read_checkpoint, save_checkpoint
+from .serialization import read_checkpoint, save_checkpoint
 
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d{6,})\.pt$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -45,6 +45,16 @@ def _deterministic_torch():
     yield
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread. The trainer, generation and quickstart tests use tiny models, which two
+    OpenMP threads on a shared, oversubscribed CPU make ~50x slower (spin-waiting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_fixture(name: str) -> Path:
     """Path to a public CS336 fixture file in ../shared/fixtures, or skip the test with the reason."""
     path = SHARED_DIR / "fixtures" / name

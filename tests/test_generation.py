@@ -10,13 +10,7 @@ from cs336_basics.generation import generate, generate_text, sample_next_token
 from cs336_basics.layers import ModelConfig, TransformerLM
 from cs336_basics.model_info import count_parameters, forward_flops_per_token, memory_bytes, model_report
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_model(**overrides) -> TransformerLM:

@@ -4,18 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from cs336_basics import cli
 from cs336_basics.quickstart import EOT, builtin_corpus, run_quickstart, split_documents
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_builtin_corpus_is_deterministic_simple_english():

@@ -26,13 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEVICE = os.environ.get("CS336_TEST_DEVICE", "cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on a shared, oversubscribed CPU make these tiny models ~50x slower (spin-waiting).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_tokens(path: Path, ids, dtype="uint16") -> Path:
