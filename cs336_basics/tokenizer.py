@@ -36,6 +36,7 @@ from itertools import chain, filterfalse
 import numpy as np
 import regex
 
+from cs336_basics._piece_table import PieceTable, PieceWords, WhitespaceMask, cached_ids, ragged_arange
 from cs336_basics.tokenizer_files import load_tokenizer_dir, load_vocab_and_merges
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -50,6 +51,7 @@ _WS = "[" + re.escape(WHITESPACE_CHARS) + "]"
 _NON_WS = "[^" + re.escape(WHITESPACE_CHARS) + "]"
 _PIECE_RE = re.compile(f"{_WS}*{_NON_WS}+|{_WS}+")
 _WHITESPACE_SET = frozenset(WHITESPACE_CHARS)
+_WHITESPACE_MASK = WhitespaceMask(WHITESPACE_CHARS)
 _GPT2_RE = regex.compile(GPT2_PATTERN)
 # GPT2_PATTERN for ASCII-only text, in the stdlib `re` (2-3x faster than `regex`): in ASCII, \p{L} is [A-Za-z],
 # \p{N} is [0-9] and White_Space is [\t\n\x0b\x0c\r ] (not \x1c-\x1f, which `re`'s \s would add). A test checks
@@ -61,6 +63,7 @@ _ASCII_GPT2_RE = re.compile(
 _GROUP_ROUNDS = 8  # pieces with up to this many pre-tokens get their ids by vectorized concatenation
 _BATCH_BPE_MIN = 256  # new pre-tokens in one block from which numpy batch BPE beats the per-word loop
 _BATCH_BPE_TAIL = 64  # words left in a batch below which the rest finish in the per-word loop
+_TABLE_MIN_CHARS = 4096  # texts at least this long go through the numpy piece table (see _piece_table)
 _BLOCK_CHARS = 1 << 20  # encode long texts in blocks of about this many chars: bounded lists, a meaningful cache bound
 _WS_CUT_FORWARD_RE = regex.compile(r"\S(?=\s)")
 # Safe streaming cut: a non-whitespace character followed by whitespace (searched from the right).
@@ -71,6 +74,11 @@ _CLASS_CUT_RE = regex.compile(r"\p{L}(?=[^\s\p{L}])|\p{N}(?=[^\s\p{N}])|[^\s\p{L
 
 _NO_RANK = 1 << 100  # larger than any (rank << shift) | id
 DEFAULT_CACHE_SIZE = 1 << 20  # entries (pieces + pre-tokens); ~150 bytes each, so at most ~200 MB
+
+
+def raw_bytes_of(raw: bytes, starts: np.ndarray, lengths: np.ndarray) -> bytes:
+    """raw[starts[0] : starts[0] + lengths[0]] + raw[starts[1] : ...] + ..., by one numpy gather."""
+    return np.frombuffer(raw, dtype=np.uint8)[ragged_arange(starts, lengths)].tobytes()
 
 
 class _Cache(dict):
@@ -166,6 +174,10 @@ class Tokenizer:
             self.special_tokens.append(special)
         by_length = sorted(self.special_tokens, key=len, reverse=True)  # longest first: the alternation tries in order
         self._special_re = re.compile("(" + "|".join(map(re.escape, by_length)) + ")") if by_length else None
+        # The same alternation on UTF-8 bytes (it matches at the same places: UTF-8 is self-synchronizing).
+        self._special_bytes_re = (
+            re.compile(b"|".join(re.escape(s.encode("utf-8")) for s in by_length)) if by_length else None
+        )
         self._max_special_len = max(map(len, by_length), default=0)
 
         # One cache for pieces and pre-tokens alike: text -> ids of encoding that text on its own (a pre-token on
@@ -173,6 +185,9 @@ class Tokenizer:
         self._special_entries = {special: (token_id,) for special, token_id in self._special_ids.items()}
         self._cache = _Cache(self._special_entries)
         self._cache_size = cache_size
+        # Long texts: pieces are looked up a block at a time in a numpy hash table (special tokens are entries).
+        self._table = PieceTable(cache_size, [(s.encode("utf-8"), ids) for s, ids in self._special_entries.items()])
+        self._pretoken_table = PieceTable(cache_size)
 
     # ----------------------------------------------------------------------------------------------- construction
 
@@ -206,7 +221,7 @@ class Tokenizer:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._encode(text)
+            return self._encode_array(text).tolist() if len(text) >= _TABLE_MIN_CHARS else self._encode(text)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -237,6 +252,113 @@ class Tokenizer:
                     pieces, chars = [], 0
         ids += self._encode_pieces(pieces)
         return ids
+
+    def encode_to_array(self, text: str) -> np.ndarray:
+        """`encode` as a numpy int64 array (what the dataset CLI writes; no list of Python ints is made)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if len(text) < _TABLE_MIN_CHARS:
+            return np.array(self.encode(text), dtype=np.int64)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._encode_array(text)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _encode_array(self, text: str) -> np.ndarray:
+        """The numpy path: blocks of about _BLOCK_CHARS cut where encoding splits exactly (`find_safe_cut`)."""
+        blocks = []
+        start, n = 0, len(text)
+        while n - start > _BLOCK_CHARS:
+            end = start + _BLOCK_CHARS
+            cut = self.find_safe_cut(text[start:end])
+            while not cut and end < n:  # no safe cut in the window (a huge run without spaces): widen it
+                end = min(n, start + 2 * (end - start))
+                cut = self.find_safe_cut(text[start:end]) if end < n else n - start
+            blocks.append(self._encode_block_array(text[start : start + cut]))
+            start += cut
+        blocks.append(self._encode_block_array(text[start:]))
+        return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+
+    def _encode_block_array(self, text: str) -> np.ndarray:
+        """Ids of a block: its pieces found, hashed and looked up in the piece table with numpy; the pieces that
+        miss are encoded by `_pieces_ids` (once per distinct piece) and added to the table."""
+        raw = text.encode("utf-8")
+        data = np.frombuffer(raw, dtype=np.uint8)
+        n = data.size
+        if not n:
+            return np.zeros(0, dtype=np.int64)
+        # Pieces start at byte 0 and where whitespace follows non-whitespace, and special tokens are pieces.
+        ws = _WHITESPACE_MASK(data)
+        flags = np.empty(n, dtype=bool)
+        flags[0] = True
+        np.greater(ws[1:], ws[:-1], out=flags[1:])
+        if self._special_bytes_re is not None:
+            spans = [m.span() for m in self._special_bytes_re.finditer(raw)]
+            if spans:
+                s, e = np.array(spans, dtype=np.int64).T
+                inside = np.cumsum(np.bincount(s + 1, minlength=n + 1) - np.bincount(e, minlength=n + 1))[:n]
+                flags &= inside == 0
+                flags[s] = True
+                flags[e[e < n]] = True
+        starts = np.flatnonzero(flags)
+        pieces = PieceWords(raw, starts, np.diff(np.append(starts, n)))
+        ids, _ = cached_ids(self._table, pieces, lambda reps: self._encode_new_pieces(raw, ws, pieces, reps))
+        return ids
+
+    def _encode_new_pieces(
+        self, raw: bytes, ws: np.ndarray, pieces: PieceWords, reps: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, counts) of the pieces `reps` (indices into `pieces`, each encoded on its own), in that order.
+
+        The pieces are pre-tokenized in three groups (ASCII pieces that start with whitespace and end with a
+        non-space, joined and split by one stdlib-`re` findall; the same for non-ASCII ones with `regex`; the rest
+        one by one), and the pre-tokens are looked up in the pre-token table (`cached_ids` again), with BPE
+        (`_bpe_batch`) for the new ones. Joining is exact because a non-space followed by whitespace is always a
+        pre-token boundary.
+        """
+        starts, lengths = pieces.starts[reps], pieces.lengths[reps]
+        joinable = ws[starts] & ~ws[starts + lengths - 1]
+        ascii_ = pieces.is_ascii(reps)
+        groups = [np.flatnonzero(joinable & ascii_), np.flatnonzero(joinable & ~ascii_), np.flatnonzero(~joinable)]
+        order = np.concatenate(groups)  # positions in reps, in the order their pre-tokens are listed
+        group_bytes = [raw_bytes_of(raw, starts[g], lengths[g]) for g in groups]
+        pretokens = _ASCII_GPT2_RE.findall(group_bytes[0].decode("ascii"))
+        byte_lengths = list(map(len, pretokens))
+        more = _GPT2_RE.findall(group_bytes[1].decode("utf-8"))
+        for a, m in zip(starts[groups[2]].tolist(), lengths[groups[2]].tolist(), strict=True):
+            more += _GPT2_RE.findall(raw[a : a + m].decode("utf-8"))
+        pretokens += more
+        byte_lengths += [len(t.encode("utf-8")) for t in more]
+        plen = np.array(byte_lengths, dtype=np.int64)
+        pw = PieceWords(b"".join(group_bytes), np.cumsum(plen) - plen, plen)
+        ids, counts = cached_ids(self._pretoken_table, pw, lambda new: self._bpe_pieces(pw, new))
+        # pre-token counts -> piece counts (the pre-tokens tile the pieces in `order`), then back to reps order
+        last = np.searchsorted(np.cumsum(plen), np.cumsum(lengths[order]))  # index of each piece's last pre-token
+        ends = np.cumsum(counts)[last]
+        piece_counts = np.diff(np.concatenate(([0], ends)))
+        rep_counts = np.empty(reps.size, dtype=np.int64)
+        rep_counts[order] = piece_counts
+        rep_start = np.empty(reps.size, dtype=np.int64)
+        rep_start[order] = ends - piece_counts
+        return ids[ragged_arange(rep_start, rep_counts)], rep_counts
+
+    def _bpe_pieces(self, pw: PieceWords, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, counts): BPE of the pre-tokens `which` of `pw` (read from its bytes), in that order."""
+        data = np.frombuffer(pw.raw, dtype=np.uint8)[ragged_arange(pw.starts[which], pw.lengths[which])]
+        missing = self._byte_ids_np[data] < 0
+        if missing.any():  # the error names the pre-token and the byte
+            at = int(np.flatnonzero(missing)[0])
+            word = int(np.searchsorted(np.cumsum(pw.lengths[which]), at, side="right"))
+            start = int(pw.starts[which[word]])
+            self._bpe(pw.raw[start : start + int(pw.lengths[which[word]])].decode("utf-8"))
+        if which.size < _BATCH_BPE_MIN:
+            results = [self._bpe_from_bytes(pw.raw[a : a + m]) for a, m in zip(pw.starts[which].tolist(), pw.lengths[which].tolist())]
+            counts = np.fromiter(map(len, results), dtype=np.int64, count=len(results))
+            return np.fromiter(chain.from_iterable(results), dtype=np.int64, count=int(counts.sum())), counts
+        return self._bpe_bytes(data, pw.lengths[which])
 
     def encode_iterable(self, iterable: Iterable[str], buffer_size: int = 1 << 16) -> Iterator[int]:
         """Lazily yield the ids of "".join(iterable), equal to `encode` of it for any chunking.
@@ -328,30 +450,39 @@ class Tokenizer:
         return list(chain.from_iterable(found))
 
     def _add_to_cache(self, pending: dict[str, list[int]]) -> None:
-        """Encode the pieces that missed the cache, all in one batch; cache them and fill their slot lists.
+        """Encode the pieces that missed the cache (`_pieces_ids`), cache them and fill their slot lists."""
+        keys = list(pending)
+        piece_ids = self._pieces_ids(keys)
+        self._cache.update(zip(keys, piece_ids, strict=True))
+        deque(map(list.extend, map(pending.__getitem__, keys), piece_ids), maxlen=0)
 
-        Batching matters: a `regex` call costs microseconds, so the missing pieces are joined and pre-tokenized by
-        one findall (by the stdlib `re` with an ASCII-only pattern for the ASCII pieces, which is 2-3x faster).
-        Joining is exact because every piece but the text's first (which may lack leading whitespace) and last
-        (which may be whitespace only) starts with whitespace and ends with a non-space, and a non-space followed
-        by whitespace is always a pre-token boundary.
+    def _pieces_ids(self, pieces: list[str]) -> list[tuple[int, ...]]:
+        """The ids of each piece encoded on its own, in order, all in one batch; new pre-tokens are cached.
+
+        Batching matters: a `regex` call costs microseconds, so the pieces are joined and pre-tokenized by one
+        findall (by the stdlib `re` with an ASCII-only pattern for the ASCII pieces, which is 2-3x faster).
+        Joining is exact for pieces that start with whitespace and end with a non-space (all but a text's first
+        and last piece, and pieces next to a special token): a non-space followed by whitespace is always a
+        pre-token boundary. The other pieces are pre-tokenized one by one.
         """
         cache = self._cache
-        if len(cache) + len(pending) > self._cache_size:
+        if len(cache) + len(pieces) > self._cache_size:
             cache.clear()  # bounded memory; the hot pieces come back within the next block
             cache.update(self._special_entries)
         ascii_joinable, other_joinable, others = [], [], []
-        for piece in pending:
+        for i, piece in enumerate(pieces):
             if piece[0] not in _WHITESPACE_SET or piece[-1] in _WHITESPACE_SET:
-                others.append(piece)
+                others.append(i)
             elif piece.isascii():
-                ascii_joinable.append(piece)
+                ascii_joinable.append(i)
             else:
-                other_joinable.append(piece)
+                other_joinable.append(i)
         # pre-tokens of the joined pieces, in order: ASCII pieces first, then the others (both tile their text)
         joinable = ascii_joinable + other_joinable
-        pretokens = _ASCII_GPT2_RE.findall("".join(ascii_joinable)) + _GPT2_RE.findall("".join(other_joinable))
-        other_pretokens = [_GPT2_RE.findall(piece) for piece in others]
+        joinable_pieces = [pieces[i] for i in joinable]
+        pretokens = _ASCII_GPT2_RE.findall("".join(joinable_pieces[: len(ascii_joinable)]))
+        pretokens += _GPT2_RE.findall("".join(joinable_pieces[len(ascii_joinable) :]))
+        other_pretokens = [_GPT2_RE.findall(pieces[i]) for i in others]
         new_pretokens = list(set(filterfalse(cache.__contains__, chain(pretokens, *other_pretokens))))
         if len(new_pretokens) >= _BATCH_BPE_MIN:
             cache.update(zip(new_pretokens, self._bpe_batch(new_pretokens), strict=True))
@@ -359,14 +490,13 @@ class Tokenizer:
             for pretoken in new_pretokens:
                 cache[pretoken] = self._bpe(pretoken)
         get = dict.__getitem__.__get__(cache)  # plain lookups: every pre-token is cached by now
-        piece_ids: list[tuple[int, ...]] = []
+        result: list = [None] * len(pieces)
         if joinable:
-            piece_ids = self._group_pretoken_ids(list(map(get, pretokens)), list(map(len, pretokens)), joinable)
-        for piece_pretokens in other_pretokens:
-            piece_ids.append(tuple(chain.from_iterable(map(get, piece_pretokens))))
-        keys = joinable + others
-        cache.update(zip(keys, piece_ids, strict=True))
-        deque(map(list.extend, map(pending.__getitem__, keys), piece_ids), maxlen=0)
+            grouped = self._group_pretoken_ids(list(map(get, pretokens)), list(map(len, pretokens)), joinable_pieces)
+            deque(map(result.__setitem__, joinable, grouped), maxlen=0)
+        for i, piece_pretokens in zip(others, other_pretokens, strict=True):
+            result[i] = tuple(chain.from_iterable(map(get, piece_pretokens)))
+        return result
 
     @staticmethod
     def _group_pretoken_ids(
@@ -394,57 +524,64 @@ class Tokenizer:
         return result
 
     def _bpe_batch(self, pretokens: list[str]) -> list[tuple[int, ...]]:
-        """`_bpe` of many pre-tokens at once with numpy: every round, each word merges its lowest-rank pair.
-
-        Same result as `_bpe` word by word (one merge per word per round, the leftmost of the lowest value), but
-        the per-merge work is vectorized over all words: for thousands of new words this is several times
-        faster than the Python loop. Finished words leave the arrays.
-        """
+        """`_bpe` of each pre-token, computed together by `_bpe_bytes` (numpy)."""
         encoded = [p.encode("utf-8") for p in pretokens]
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        flat_bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.int64)
-        ids = self._byte_ids_np[flat_bytes]
-        if (ids < 0).any():
+        data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        if (self._byte_ids_np[data] < 0).any():
             return [self._bpe(p) for p in pretokens]  # raises the error naming the missing byte
-        word = np.repeat(np.arange(len(encoded), dtype=np.int64), lengths)
-        shift = self._shift
-        mask = (1 << shift) - 1
+        ids, counts = self._bpe_bytes(data, lengths)
+        ends = np.cumsum(counts).tolist()
+        flat = ids.tolist()
+        return [tuple(flat[e - c : e]) for e, c in zip(ends, counts.tolist(), strict=True)]
+
+    def _bpe_bytes(self, data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, counts): BPE of the words data[...] of the given byte lengths (> 0), ids concatenated in order.
+
+        Same result as `_bpe` word by word (one merge per word per round, the leftmost of the lowest value), but
+        each round is vectorized over all unfinished words: for thousands of new words this is several times
+        faster than the Python loop. Words leave the arrays as they finish; the last few finish in `_merge`.
+        Every byte must have an id (checked by the caller).
+        """
+        num_words = lengths.size
+        flat_bytes = data.astype(np.int64)
+        ids = self._byte_ids_np[flat_bytes]
+        word = np.repeat(np.arange(num_words, dtype=np.int64), lengths)
+        mask = (1 << self._shift) - 1
         inf = np.iinfo(np.int64).max
         # values[i]: value of the pair (ids[i], ids[i + 1]); inf across words, for non-merges and at the end.
         values = np.full(ids.size, inf, dtype=np.int64)
         values[:-1] = self._byte_pair_values[(flat_bytes[:-1] << 8) | flat_bytes[1:]]
         values[np.flatnonzero(word[:-1] != word[1:])] = inf
-        results: list = [None] * len(encoded)
+        done_words, done_ids = [], []  # (word label per id, ids) of the words finished in each round
         while ids.size:
             starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
+            sizes = np.diff(np.append(starts, ids.size))
             word_min = np.minimum.reduceat(values, starts)
             done = word_min == inf
             if done.any():  # finished words leave the arrays
-                finished = np.repeat(done, np.diff(np.append(starts, ids.size)))
-                done_words, counts = np.unique(word[finished], return_counts=True)
-                flat = ids[finished].tolist()
-                pos = 0
-                for w, c in zip(done_words.tolist(), counts.tolist(), strict=True):
-                    results[w] = tuple(flat[pos : pos + c])
-                    pos += c
+                finished = np.repeat(done, sizes)
+                done_words.append(word[finished])
+                done_ids.append(ids[finished])
                 keep = ~finished
                 ids, word, values = ids[keep], word[keep], values[keep]
                 if not ids.size:
                     break
-                word_min = word_min[~done]
-                starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
+                word_min, starts, sizes = word_min[~done], None, sizes[~done]
+                starts = np.cumsum(sizes) - sizes
             if starts.size <= _BATCH_BPE_TAIL:  # a few long words are left: a numpy round per merge costs more
-                merge = self._merge
                 for w, part in zip(word[starts].tolist(), np.split(ids, starts[1:]), strict=True):
-                    results[w] = merge(part.tolist())
+                    merged = self._merge(part.tolist())
+                    done_words.append(np.full(len(merged), w, dtype=np.int64))
+                    done_ids.append(np.array(merged, dtype=np.int64))
                 break
-            candidates = np.flatnonzero(values == np.repeat(word_min, np.diff(np.append(starts, ids.size))))
+            candidates = np.flatnonzero(values == np.repeat(word_min, sizes))
             cand_word = word[candidates]
             first = candidates[np.concatenate(([True], cand_word[1:] != cand_word[:-1]))]  # leftmost per word
             ids[first] = values[first] & mask
-            ids = np.delete(ids, first + 1)
-            word = np.delete(word, first + 1)
-            values = np.delete(values, first + 1)
+            keep = np.ones(ids.size, dtype=bool)
+            keep[first + 1] = False
+            ids, word, values = ids[keep], word[keep], values[keep]
             merged = first - np.arange(first.size)  # positions of the merged tokens after the deletions
             # Only the pairs next to a merged token change: (merged, right neighbour) and (left neighbour, merged).
             right = merged + 1
@@ -456,7 +593,10 @@ class Tokenizer:
             has_left = left >= 0
             has_left[has_left] = word[left[has_left]] == word[merged[has_left]]
             values[left[has_left]] = self._pair_values_of(ids[left[has_left]], ids[merged[has_left]])
-        return results
+        labels = np.concatenate(done_words) if done_words else np.zeros(0, dtype=np.int64)
+        order = np.argsort(labels, kind="stable")  # each word's ids stay in order
+        out = np.concatenate(done_ids)[order] if done_ids else np.zeros(0, dtype=np.int64)
+        return out, np.bincount(labels, minlength=num_words)
 
     def _pair_values_of(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Vectorized `_pair_table.get((left << shift) | right, inf)` via binary search in the sorted keys."""
@@ -473,9 +613,13 @@ class Tokenizer:
         This equals merging every occurrence of the pair at once because a pair that contains the merged token can
         only have a later rank than the merge that made it (it is learned after the token exists).
         """
-        parts = list(map(self._byte_ids.__getitem__, pretoken.encode("utf-8")))
+        return self._bpe_from_bytes(pretoken.encode("utf-8"))
+
+    def _bpe_from_bytes(self, pretoken_bytes: bytes) -> tuple[int, ...]:
+        parts = list(map(self._byte_ids.__getitem__, pretoken_bytes))
         if None in parts:
-            missing = pretoken.encode("utf-8")[parts.index(None)]
+            pretoken = pretoken_bytes.decode("utf-8", errors="replace")
+            missing = pretoken_bytes[parts.index(None)]
             raise ValueError(
                 f"cannot encode {pretoken!r}: byte {bytes((missing,))!r} is not in the vocabulary "
                 "(a byte-level vocab needs all 256 single bytes)"

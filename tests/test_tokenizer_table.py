@@ -1,0 +1,146 @@
+"""The tokenizer's numpy path for long texts (pieces looked up a block at a time in `_piece_table.PieceTable`):
+exact against tiktoken and against the per-piece dict path, with forced hash collisions, tiny tables, pieces of
+every length around the 8-byte word size, and multi-byte whitespace."""
+
+import random
+
+import numpy as np
+import pytest
+import regex
+from hypothesis import given
+from hypothesis import strategies as st
+
+import cs336_basics._piece_table as piece_table
+import cs336_basics.tokenizer as tokenizer_module
+from cs336_basics.tokenizer import WHITESPACE_CHARS, Tokenizer
+
+from .test_tokenizer import EOT, PARITY_CASES, SPECIAL_CASES, STREAM_TEXT, _cached_gpt2_pair, _gpt2_vocab_merges
+
+tiktoken = pytest.importorskip("tiktoken")
+_ORACLE = []
+
+
+def _oracle_with_eot():
+    """tiktoken's GPT-2 with <|endoftext|> special (the shared pair's oracle has no special tokens)."""
+    if not _ORACLE:
+        plain = _cached_gpt2_pair()[1]
+        _ORACLE.append(
+            tiktoken.Encoding(
+                name="gpt2-eot",
+                pat_str=plain._pat_str,
+                mergeable_ranks=plain._mergeable_ranks,
+                special_tokens={EOT: 50256},
+            )
+        )
+    return _ORACLE[0]
+
+# Texts whose pieces straddle the 8-byte head/tail split, differ only after byte 8, repeat (so the second
+# occurrence is a verified hit), and mix ASCII, multi-byte letters and multi-byte whitespace.
+WORDS = ["a" * k for k in range(1, 26)] + ["é" * k for k in range(1, 13)] + ["abcdefghX", "abcdefghY", "abcdefgh"]
+LONG_MIX = " ".join(WORDS * 2) + "\u3000x\u00a0y\u2028z\x85w \u2003 " + " ".join(reversed(WORDS))
+TEXTS = [*PARITY_CASES, *SPECIAL_CASES, STREAM_TEXT, LONG_MIX, EOT.join(PARITY_CASES), (LONG_MIX + EOT) * 3]
+
+
+@pytest.fixture
+def oracle():
+    return _oracle_with_eot()
+
+
+def _expected(oracle, text):
+    return oracle.encode(text, allowed_special="all")
+
+
+def _fresh(**kwargs):
+    vocab, merges = _gpt2_vocab_merges()
+    return Tokenizer(vocab, merges, [EOT], **kwargs)
+
+
+@pytest.mark.parametrize("text", TEXTS, ids=range(len(TEXTS)))
+def test_table_path_parity(oracle, text):
+    """The numpy path on every hand-picked case (each text cold, then warm) equals tiktoken and the dict path."""
+    tok = _fresh()
+    expected = _expected(oracle, text)
+    assert tok._encode_array(text).tolist() == expected  # cold: every piece misses
+    assert tok._encode_array(text).tolist() == expected  # warm: every piece hits
+    assert tok._encode(text) == expected
+
+
+@given(st.text(max_size=300))
+def test_table_path_random_text(text):
+    tok, oracle = _cached_gpt2_pair()
+    assert tok._encode_array(text).tolist() == oracle.encode_ordinary(text)
+
+
+@given(st.lists(st.sampled_from(["a", "ab", " ", "  ", "\n", "\u3000", "\xa0", "'s", "1", "!", "é", "🙂", EOT, "<|end"])))
+def test_table_path_random_pieces_with_specials(parts):
+    tok = _cached_gpt2_pair()[0]
+    text = "".join(parts)
+    assert tok._encode_array(text).tolist() == _oracle_with_eot().encode(text, allowed_special="all")
+
+
+def test_forced_hash_collisions_stay_exact(oracle, monkeypatch):
+    """With only 4 distinct hash values, nearly every piece collides in the table and among the misses: the
+    byte-for-byte checks must turn each collision into a miss (or a representative of its own), never wrong ids."""
+    init = piece_table.PieceWords.__init__
+
+    def coarse(self, *args):
+        init(self, *args)
+        self.hashes = self.hashes & np.uint64(3)
+
+    monkeypatch.setattr(piece_table.PieceWords, "__init__", coarse)
+    tok = _fresh()
+    for text in (LONG_MIX, EOT.join(PARITY_CASES), LONG_MIX):
+        assert tok._encode_array(text).tolist() == _expected(oracle, text)
+
+
+def test_tiny_tables_clear_and_stay_exact(oracle):
+    """Tables bounded to a few entries are cleared again and again (also mid-block): same ids, bounded size."""
+    tok = _fresh(cache_size=3)
+    text = EOT.join(TEXTS)
+    assert tok._encode_array(text).tolist() == _expected(oracle, text)
+    assert tok._table.size <= tok._table.max_entries and tok._pretoken_table.size <= 3
+
+
+def test_blocks_are_cut_exactly(oracle, monkeypatch):
+    """Long texts are encoded in blocks cut at safe places, also when a run without spaces outgrows the window."""
+    monkeypatch.setattr(tokenizer_module, "_BLOCK_CHARS", 64)
+    rng = random.Random(0)
+    text = "".join(rng.choice([*WORDS, " ", "\n", EOT, "x" * 200, "🙂" * 30]) for _ in range(400))
+    assert _fresh()._encode_array(text).tolist() == _expected(oracle, text)
+
+
+def test_encode_dispatch_and_encode_to_array(oracle):
+    """encode takes the numpy path from _TABLE_MIN_CHARS on; encode_to_array gives the same ids as int64."""
+    tok = _fresh()
+    text = (LONG_MIX + EOT) * 200
+    assert len(text) >= tokenizer_module._TABLE_MIN_CHARS
+    expected = _expected(oracle, text)
+    assert tok.encode(text) == expected
+    assert tok._table.size > 1  # the table was used (it holds more than the special token)
+    array = tok.encode_to_array(text)
+    assert array.dtype == np.int64 and array.tolist() == expected
+    assert tok.encode_to_array("hi").tolist() == [5303]
+    with pytest.raises(TypeError, match="text must be a str"):
+        tok.encode_to_array(b"hi")
+
+
+@given(st.text(alphabet=st.sampled_from(list(WHITESPACE_CHARS + "a\x1c\x1fé日🙂\u2000\u200b")), max_size=50))
+def test_whitespace_mask_matches_regex(text):
+    """Per byte: inside a character that `regex` matches with \\s (the GPT-2 pattern's whitespace)."""
+    expected = [bool(regex.fullmatch(r"\s", ch)) for ch in text for _ in ch.encode("utf-8")]
+    mask = tokenizer_module._WHITESPACE_MASK(np.frombuffer(text.encode("utf-8"), dtype=np.uint8))
+    assert mask.tolist() == expected
+
+
+@given(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=30))
+def test_piece_words_equal_iff_bytes_equal(pieces):
+    """PieceWords.equal and distinct agree with bytes equality, heads and tails included."""
+    raw = b"".join(pieces)
+    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+    words = piece_table.PieceWords(raw, np.cumsum(lengths) - lengths, lengths)
+    a, b = np.meshgrid(np.arange(len(pieces)), np.arange(len(pieces)))
+    got = words.equal(a.ravel(), b.ravel()).reshape(a.shape)
+    assert got.tolist() == [[pieces[i] == pieces[j] for i in range(len(pieces))] for j in range(len(pieces))]
+    reps, index, _ = words.distinct(np.arange(len(pieces)))
+    assert [pieces[reps[i]] for i in index] == pieces
+    assert len({pieces[r] for r in reps}) == len(reps)
