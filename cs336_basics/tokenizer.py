@@ -355,7 +355,8 @@ class Tokenizer:
             start = int(pw.starts[which[word]])
             self._bpe(pw.raw[start : start + int(pw.lengths[which[word]])].decode("utf-8"))
         if which.size < _BATCH_BPE_MIN:
-            results = [self._bpe_from_bytes(pw.raw[a : a + m]) for a, m in zip(pw.starts[which].tolist(), pw.lengths[which].tolist())]
+            spans = zip(pw.starts[which].tolist(), pw.lengths[which].tolist(), strict=True)
+            results = [self._bpe_from_bytes(pw.raw[a : a + m]) for a, m in spans]
             counts = np.fromiter(map(len, results), dtype=np.int64, count=len(results))
             return np.fromiter(chain.from_iterable(results), dtype=np.int64, count=int(counts.sum())), counts
         return self._bpe_bytes(data, pw.lengths[which])

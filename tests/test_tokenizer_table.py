@@ -34,6 +34,7 @@ def _oracle_with_eot():
         )
     return _ORACLE[0]
 
+
 # Texts whose pieces straddle the 8-byte head/tail split, differ only after byte 8, repeat (so the second
 # occurrence is a verified hit), and mix ASCII, multi-byte letters and multi-byte whitespace.
 WORDS = ["a" * k for k in range(1, 26)] + ["é" * k for k in range(1, 13)] + ["abcdefghX", "abcdefghY", "abcdefgh"]
@@ -71,7 +72,10 @@ def test_table_path_random_text(text):
     assert tok._encode_array(text).tolist() == oracle.encode_ordinary(text)
 
 
-@given(st.lists(st.sampled_from(["a", "ab", " ", "  ", "\n", "\u3000", "\xa0", "'s", "1", "!", "é", "🙂", EOT, "<|end"])))
+_PARTS = ["a", "ab", " ", "  ", "\n", "\u3000", "\xa0", "'s", "1", "!", "é", "🙂", EOT, "<|end"]
+
+
+@given(st.lists(st.sampled_from(_PARTS)))
 def test_table_path_random_pieces_with_specials(parts):
     tok = _cached_gpt2_pair()[0]
     text = "".join(parts)
