@@ -45,13 +45,20 @@ def encode_token(token: bytes) -> str:
     return "".join(table[b] for b in token)
 
 
+@cache
+def _decode_tables() -> tuple[frozenset[str], dict[int, int]]:
+    """(the 256 characters of GPT-2's table, a str.translate table from each to the code point of its byte)."""
+    table = unicode_to_bytes()
+    return frozenset(table), {ord(c): b for c, b in table.items()}
+
+
 def decode_token(text: str) -> bytes:
     """GPT-2 printable string -> bytes. Example: "Ġhi" -> b" hi"."""
-    table = unicode_to_bytes()
-    try:
-        return bytes(table[c] for c in text)
-    except KeyError as e:
-        raise ValueError(f"token {text!r} has character {e.args[0]!r}, which is not in GPT-2's byte table") from e
+    characters, to_latin1 = _decode_tables()
+    if not characters.issuperset(text):
+        bad = next(c for c in text if c not in characters)
+        raise ValueError(f"token {text!r} has character {bad!r}, which is not in GPT-2's byte table")
+    return text.translate(to_latin1).encode("latin-1")  # each character is now the code point of its byte
 
 
 def save_tokenizer(
