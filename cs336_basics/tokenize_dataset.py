@@ -38,20 +38,19 @@ _ASCII_WS_CUT = re.compile(rb"[\x21-\x7e](?=[ \n])")  # printable ASCII (never U
 
 def tokenizer_fingerprint(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str]) -> str:
     """sha256 over (id, token) pairs, merges and special tokens: equal fingerprints encode text identically."""
-    h = hashlib.sha256()
-    for token_id in sorted(vocab):
-        token = vocab[token_id]
-        h.update(b"v%d:%d:" % (token_id, len(token)) + token)
-    for a, b in merges:
-        h.update(b"m%d:%d:" % (len(a), len(b)) + a + b)
-    for special in special_tokens:
-        encoded = special.encode("utf-8")
-        h.update(b"s%d:" % len(encoded) + encoded)
-    return h.hexdigest()
+    parts = [b"v%d:%d:%s" % (token_id, len(vocab[token_id]), vocab[token_id]) for token_id in sorted(vocab)]
+    parts += [b"m%d:%d:%s%s" % (len(a), len(b), a, b) for a, b in merges]
+    parts += [b"s%d:%s" % (len(s), s) for s in (special.encode("utf-8") for special in special_tokens)]
+    return hashlib.sha256(b"".join(parts)).hexdigest()  # the same digest as updating part by part
 
 
-def find_cuts(path: str | os.PathLike, special_tokens: list[str], range_bytes: int = DEFAULT_RANGE_BYTES) -> list[int]:
+def find_cuts(
+    path: str | os.PathLike, special_tokens: list[str], range_bytes: int = DEFAULT_RANGE_BYTES, workers: int = 1
+) -> list[int]:
     """Byte offsets [0, c1, ..., size] splitting the file into ranges that encode independently (exactly).
+
+    Ranges are about `range_bytes` long; with several workers they shrink towards the end of the file (to the
+    remaining size / (2 * workers), but not below range_bytes / 8), so that the workers finish together.
 
     A cut c is valid when no occurrence of a special token spans it (starts before c and ends after c), and c is
     either the start of a special-token occurrence (then that occurrence is a match: matching restarts there) or
@@ -64,7 +63,7 @@ def find_cuts(path: str | os.PathLike, special_tokens: list[str], range_bytes: i
     max_len = max(map(len, specials), default=1)
     cuts = [0]
     with open(path, "rb") as f:
-        target = range_bytes
+        target = _next_range(size, range_bytes, workers)
         while target < size:
             f.seek(max(0, target - max_len))
             window = f.read(_SEARCH_WINDOW + 2 * max_len)
@@ -76,9 +75,15 @@ def find_cuts(path: str | os.PathLike, special_tokens: list[str], range_bytes: i
             if cut >= size:
                 break
             cuts.append(cut)
-            target = cut + range_bytes
+            target = cut + _next_range(size - cut, range_bytes, workers)
     cuts.append(size)
     return cuts
+
+
+def _next_range(remaining: int, range_bytes: int, workers: int) -> int:
+    if workers <= 1:
+        return range_bytes
+    return max(1, min(range_bytes, max(range_bytes // 8, remaining // (2 * workers))))
 
 
 def _cut_in_window(window: bytes, base: int, target: int, specials: list[bytes], max_len: int) -> int | None:
@@ -164,7 +169,7 @@ def tokenize_file(
     dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
     fingerprint = tokenizer_fingerprint(vocab, merges, special_tokens)
     source_bytes = input_path.stat().st_size
-    cuts = find_cuts(input_path, special_tokens, range_bytes)
+    cuts = find_cuts(input_path, special_tokens, range_bytes, num_workers)
     ranges = list(zip(cuts[:-1], cuts[1:], strict=True))
 
     tmp_bin = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")

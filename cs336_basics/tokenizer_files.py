@@ -9,6 +9,7 @@ directory also holds `special_tokens.json` (a list of strings) when it has speci
 import json
 import os
 from functools import cache
+from itertools import accumulate
 from pathlib import Path
 
 from .files import atomic_write_text
@@ -61,6 +62,18 @@ def decode_token(text: str) -> bytes:
     return text.translate(to_latin1).encode("latin-1")  # each character is now the code point of its byte
 
 
+def decode_tokens(texts: list[str]) -> list[bytes]:
+    """decode_token of each string, in one pass over their concatenation (a whole vocabulary in ~30 ms)."""
+    characters, to_latin1 = _decode_tables()
+    blob = "".join(texts)
+    if not characters.issuperset(blob):
+        for text in texts:
+            decode_token(text)  # raises, naming the token
+    data = blob.translate(to_latin1).encode("latin-1")  # one byte per character
+    ends = list(accumulate(map(len, texts)))
+    return [data[a:b] for a, b in zip([0, *ends], ends, strict=False)]  # (the starts list is one longer)
+
+
 def save_tokenizer(
     vocab: dict[int, bytes],
     merges: list[tuple[bytes, bytes]],
@@ -93,18 +106,20 @@ def load_vocab_and_merges(
         if not Path(path).is_file():
             raise FileNotFoundError(f"tokenizer file {str(path)!r} does not exist")
     with open(vocab_path, encoding="utf-8") as f:
-        vocab = {int(token_id): decode_token(token) for token, token_id in json.load(f).items()}
-    merges = []
+        encoded_vocab = json.load(f)
+    vocab = dict(zip(map(int, encoded_vocab.values()), decode_tokens(list(encoded_vocab)), strict=True))
+    parts: list[str] = []
     with open(merges_path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line or (line_no == 1 and line.startswith("#version")):
                 continue
-            parts = line.split(" ")
-            if len(parts) != 2:
+            pair = line.split(" ")
+            if len(pair) != 2:
                 raise ValueError(f"{merges_path}:{line_no}: expected two tokens separated by one space, got {line!r}")
-            merges.append((decode_token(parts[0]), decode_token(parts[1])))
-    return vocab, merges
+            parts += pair
+    decoded = decode_tokens(parts)
+    return vocab, list(zip(decoded[::2], decoded[1::2], strict=True))
 
 
 def load_tokenizer_dir(directory: str | os.PathLike) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]], list[str]]:

@@ -75,6 +75,16 @@ def test_cuts_are_valid_and_cover_the_file(tok_dir, tmp_path):
                 assert data[c - k : c - k + len(special)] != special
 
 
+def test_ranges_shrink_towards_the_end_with_workers(tok_dir, tmp_path):
+    """With 2 workers the last ranges get shorter (both finish together); with 1 they keep range_bytes."""
+    src = tmp_path / "in.txt"
+    src.write_bytes(_text(seed=2, num_docs=2000).encode("utf-8"))
+    one, two = (np.diff(find_cuts(src, [EOT, LONG], range_bytes=4000, workers=w)) for w in (1, 2))
+    assert one[:-1].min() >= 4000 and one[:-1].max() < 4000 + 100  # each cut is the first valid one after 4000
+    assert two[0] >= 4000 and two[-3] < 1000  # shrinking to range_bytes / 8
+    assert np.all(np.diff(two[:-1]) <= 100)  # never growing again (up to the distance to a valid cut)
+
+
 def test_cli_writes_uint32_for_large_vocab_and_prints_ratio(tmp_path, capsys):
     """A vocabulary over 65536 ids gives uint32; the CLI reports tokens and bytes/token."""
     vocab = {i: bytes([i]) for i in range(256)}

@@ -481,6 +481,18 @@ def test_bad_arguments_raise():
         Tokenizer({0: b"a"}, []).encode("x")
 
 
+def test_decode_tokens_in_bulk_equals_one_by_one():
+    """decode_tokens (one pass over the joined strings) equals decode_token per string; a bad one is named."""
+    from cs336_basics.tokenizer_files import decode_token, decode_tokens, encode_token
+
+    tokens = [bytes([b]) for b in range(256)] + [b"", bytes(range(256)), b" hello", b"\n\n", "é".encode()]
+    texts = [encode_token(t) for t in tokens]
+    assert decode_tokens(texts) == [decode_token(t) for t in texts] == tokens
+    assert decode_tokens([]) == []
+    with pytest.raises(ValueError, match="token 'a b' has character ' '"):
+        decode_tokens(["ok", "a b"])
+
+
 def test_missing_files_raise(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Tokenizer.from_files(tmp_path / "nope.json", GPT2_MERGES)
