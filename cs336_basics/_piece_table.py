@@ -338,26 +338,27 @@ class PieceTable:
         self._place(np.arange(self.size))
 
     def _place(self, entries: np.ndarray) -> np.ndarray:
-        """Put entries into slots: linear probing, all at once; one winner per free slot per round. Returns the
-        entries not placed because their hash is already in the table."""
+        """Put entries into slots: linear probing, all at once. When several want the same free slot, one write
+        wins (whichever numpy applies last) and is read back; the others probe on. Returns the entries not placed
+        because their hash is already in the table."""
         mask = (1 << self._bits) - 1
         hashes = self._hash[entries].view(np.int64)
         pos = hashes & mask
+        flat = self._slots.reshape(-1)  # row i is flat[2i] (hash), flat[2i + 1] (entry)
         todo = np.arange(entries.size)
         dropped = []
         while todo.size:
             rows = np.take(self._slots, pos[todo], axis=0)
             occupied = rows[:, 1] >= 0
             duplicate = occupied & (rows[:, 0] == hashes[todo])  # same hash as a stored key: not cached
-            free = np.flatnonzero(~occupied)
-            _, first = np.unique(pos[todo[free]], return_index=True)
-            winners = todo[free[first]]
-            self._slots[pos[winners], 0] = hashes[winners]
-            self._slots[pos[winners], 1] = entries[winners]
-            placed = np.zeros(todo.size, dtype=bool)
-            placed[free[first]] = True
+            dropped.append(entries[todo[duplicate]])
+            free = todo[~occupied]
+            flat[2 * pos[free] + 1] = entries[free]
+            won = free[flat[2 * pos[free] + 1] == entries[free]]
+            flat[2 * pos[won]] = hashes[won]
             moving = todo[occupied & ~duplicate]
             pos[moving] = (pos[moving] + 1) & mask
-            dropped.append(entries[todo[duplicate]])
+            placed = np.zeros(todo.size, dtype=bool)
+            placed[np.searchsorted(todo, won)] = True
             todo = todo[~placed & ~duplicate]
-        return np.concatenate(dropped) if dropped else np.zeros(0, dtype=np.int64)
+        return np.concatenate(dropped)

@@ -21,7 +21,6 @@ import os
 import re
 import sys
 import time
-from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from cs336_basics.tokenizer import Tokenizer
 from cs336_basics.tokenizer_files import load_tokenizer_dir
 
 DEFAULT_RANGE_BYTES = 4 << 20  # 4 MiB of text per task: ~0.5 s of work, small next to the IPC and bookkeeping
-_WARMUP_BYTES = 1 << 20  # text the parent encodes to warm the cache that forked workers inherit
 _SEARCH_WINDOW = 1 << 16  # bytes scanned past a target offset for a cut before giving up on that window
 _ASCII_WS_CUT = re.compile(rb"[\x21-\x7e](?=[ \n])")  # printable ASCII (never Unicode whitespace) then " " / "\n"
 
@@ -217,39 +215,45 @@ def tokenize_file(
 
 
 def _encoded_ranges(path, ranges, dtype, tokenizer, tokenizer_dir, num_workers):
-    """Yield each range's ids in input order; with workers, keep at most 2 * num_workers ranges in flight."""
+    """Yield each range's ids in input order. With N workers, this process is one of them and N - 1 child
+    processes (forked with the loaded tokenizer) are the others; at most 4 * N ranges are in flight."""
     if num_workers == 1:
         for start, end in ranges:
             yield _encode_range(path, start, end, dtype, tokenizer)
         return
     global _worker_tokenizer
-    # Warm the cache on the first MB here, before the pool forks: the workers inherit the tokenizer with the
-    # frequent words already encoded instead of each loading the files and missing on the same words.
-    with open(path, "rb") as f:
-        tokenizer.encode(f.read(_WARMUP_BYTES).decode("utf-8", errors="ignore"))  # result unused: cache only
-    _worker_tokenizer = tokenizer
+    _worker_tokenizer = tokenizer  # what forked children inherit (spawned ones load it in _init_worker)
     try:
-        yield from _pooled(path, ranges, dtype, tokenizer_dir, num_workers)
+        yield from _pooled(path, ranges, dtype, tokenizer, tokenizer_dir, num_workers)
     finally:
         _worker_tokenizer = None
 
 
-def _pooled(path, ranges, dtype, tokenizer_dir, num_workers):
-    with ProcessPoolExecutor(num_workers, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
-        in_flight = deque()
-        todo = iter(ranges)
+def _pooled(path, ranges, dtype, tokenizer, tokenizer_dir, num_workers):
+    children = num_workers - 1
+    max_in_flight = 4 * num_workers
+    with ProcessPoolExecutor(children, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
+        submitted: dict[int, object] = {}  # range index -> future (children)
+        local: dict[int, np.ndarray] = {}  # range index -> ids encoded here, not yet yielded
+        assigned = emitted = 0
         try:
-            for start, end in todo:
-                in_flight.append(pool.submit(_encode_range, path, start, end, dtype))
-                if len(in_flight) >= 2 * num_workers:
-                    break
-            while in_flight:
-                yield in_flight.popleft().result()
-                for start, end in todo:
-                    in_flight.append(pool.submit(_encode_range, path, start, end, dtype))
-                    break
+            while emitted < len(ranges):
+                while assigned < len(ranges) and len(submitted) < 2 * children:  # keep the children busy
+                    submitted[assigned] = pool.submit(_encode_range, path, *ranges[assigned], dtype)
+                    assigned += 1
+                if emitted in local:
+                    yield local.pop(emitted)
+                elif (
+                    submitted[emitted].done() or assigned == len(ranges) or len(local) + len(submitted) >= max_in_flight
+                ):
+                    yield submitted.pop(emitted).result()
+                else:  # the next range in order is still being encoded by a child: encode a later one here
+                    local[assigned] = _encode_range(path, *ranges[assigned], dtype, tokenizer)
+                    assigned += 1
+                    continue
+                emitted += 1
         finally:
-            for future in in_flight:
+            for future in submitted.values():
                 future.cancel()
 
 
