@@ -126,26 +126,31 @@ class Tokenizer:
             raise TypeError(f"vocab must be a dict[int, bytes], got {type(vocab).__name__}")
         if cache_size < 1:
             raise ValueError(f"cache_size={cache_size} must be at least 1")
-        self.vocab: dict[int, bytes] = {}
-        for token_id, token in vocab.items():
-            if not isinstance(token, bytes):
-                raise TypeError(f"vocab[{token_id!r}] must be bytes, got {type(token).__name__}")
-            self.vocab[int(token_id)] = token
+        if set(map(type, vocab.values())) - {bytes}:
+            token_id, token = next((i, t) for i, t in vocab.items() if not isinstance(t, bytes))
+            raise TypeError(f"vocab[{token_id!r}] must be bytes, got {type(token).__name__}")
+        self.vocab: dict[int, bytes] = dict(zip(map(int, vocab), vocab.values(), strict=True))
         self.merges: list[tuple[bytes, bytes]] = [(bytes(a), bytes(b)) for a, b in merges]
-        self._token_to_id: dict[bytes, int] = {}
-        for token_id in sorted(self.vocab):
-            self._token_to_id.setdefault(self.vocab[token_id], token_id)  # duplicates: the lowest id wins
+        ids_descending = sorted(self.vocab, reverse=True)  # duplicates: the lowest id is written last, and wins
+        tokens_descending = list(map(self.vocab.__getitem__, ids_descending))
+        self._token_to_id: dict[bytes, int] = dict(zip(tokens_descending, ids_descending, strict=True))
 
         # BPE works on ids: pair (a, b) -> (rank << shift) | merged_id in one int-keyed dict, so the lowest value
         # is the earliest merge and its low bits are the merged token's id.
         self._shift = max(max(self.vocab, default=0).bit_length(), 1)
-        self._pair_table: dict[int, int] = {}
-        for rank, (a, b) in enumerate(self.merges):
-            for part in (a, b, a + b):
-                if part not in self._token_to_id:
-                    raise ValueError(f"merges[{rank}] = {(a, b)!r} needs {part!r}, which is not in vocab")
-            key = self._token_to_id[a] << self._shift | self._token_to_id[b]
-            self._pair_table.setdefault(key, rank << self._shift | self._token_to_id[a + b])
+        lookup = self._token_to_id.get
+        firsts, seconds = [a for a, _ in self.merges], [b for _, b in self.merges]
+        a_ids, b_ids = list(map(lookup, firsts)), list(map(lookup, seconds))
+        merged_ids = list(map(lookup, map(bytes.__add__, firsts, seconds)))
+        if None in a_ids or None in b_ids or None in merged_ids:
+            for rank, (a, b) in enumerate(self.merges):
+                for part in (a, b, a + b):
+                    if part not in self._token_to_id:
+                        raise ValueError(f"merges[{rank}] = {(a, b)!r} needs {part!r}, which is not in vocab")
+        keys = [a << self._shift | b for a, b in zip(a_ids, b_ids, strict=True)]
+        values = [rank << self._shift | m for rank, m in enumerate(merged_ids)]
+        # a pair listed twice: the first (lowest rank) is written last, and wins
+        self._pair_table: dict[int, int] = dict(zip(keys[::-1], values[::-1], strict=True))
         self._byte_ids: list[int | None] = [self._token_to_id.get(bytes((b,))) for b in range(256)]
         # The same table as sorted numpy arrays, for `_bpe_batch` (np.searchsorted instead of dict lookups).
         pair_keys = np.fromiter(self._pair_table.keys(), dtype=np.int64, count=len(self._pair_table))
