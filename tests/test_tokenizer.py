@@ -481,6 +481,15 @@ def test_bad_arguments_raise():
         Tokenizer({0: b"a"}, []).encode("x")
 
 
+def test_duplicate_tokens_and_merges_take_the_first():
+    """A token held by two ids encodes to the lower id; a merge listed twice keeps its first (earlier) rank."""
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab", 257: b"bc", 300: b"ab"}
+    tok = Tokenizer(vocab, [(b"b", b"c"), (b"a", b"b"), (b"b", b"c")])
+    assert tok.encode("abc") == [97, 257]  # (b, c) ranks first, so "abc" -> a, bc
+    assert tok.encode("ab") == [256]
+    assert tok._pair_table[98 << tok._shift | 99] >> tok._shift == 0
+
+
 def test_decode_tokens_in_bulk_equals_one_by_one():
     """decode_tokens (one pass over the joined strings) equals decode_token per string; a bad one is named."""
     from cs336_basics.tokenizer_files import decode_token, decode_tokens, encode_token
