@@ -8,10 +8,12 @@ order) that `np.memmap(FILE, dtype=...)` or `cs336_basics.data.load_tokens(FILE)
 
 How: the input is cut into ranges of about `range_bytes` at positions where encoding can be split exactly (the
 start of a special token, else an ASCII non-space byte followed by a space or newline, never inside any
-occurrence of a special token), so concatenating the ranges' encodings equals encoding the whole file. Worker
-processes read and encode ranges; the parent writes results in input order with at most a few ranges in flight,
-so memory does not grow with the file size. Output goes to temporary files that are renamed at the end: an error
-leaves no partial output.
+occurrence of a special token), so concatenating the ranges' encodings equals encoding the whole file. With N
+workers, this process and N - 1 forked children encode ranges (the first, short one here before the fork, so the
+children start with the frequent words cached; the last ones shorter, so all finish together), and the pieces
+each worker learns travel with results and tasks, so the others need not encode them again. Results are written
+in input order with a bounded number of ranges in flight, so memory does not grow with the file size. Output goes
+to temporary files that are renamed at the end: an error leaves no partial output.
 """
 
 import argparse

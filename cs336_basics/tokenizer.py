@@ -8,18 +8,19 @@ Design (why it is fast without a compiler):
    `\\s+`). Every position where a non-whitespace character is followed by a whitespace character is a boundary of
    the GPT-2 pre-tokenizer whatever surrounds it (no alternative of the pattern can carry a token from a
    non-space over a following space, and the pattern has no look-behind), so pre-tokenizing each piece on its own
-   gives exactly the pre-tokens of the whole text. The split is done by the stdlib `re` module with an explicit
-   character class equal to `regex`'s `\\s` (Unicode White_Space), about 3x faster than the GPT-2 pattern itself.
-3. A cache maps piece -> token ids. English text has few distinct pieces (" the", " world.", "\\n\\nThe"), so
-   after warm-up the whole hot path is C: `re.findall`, `map(cache.__getitem__)` and `chain.from_iterable`. A miss
-   returns an empty slot list that stays in place in the output and is filled later (see `_Cache`), and all
-   misses of a block of text are encoded in one batch (one pre-tokenizer call for all of them, not one per piece).
-4. Missing pieces are pre-tokenized with the GPT-2 pattern (the stdlib `re` with an equivalent ASCII-only pattern
-   for ASCII pieces, the `regex` module for the rest) and each pre-token is looked up in the same cache; new
-   pre-tokens run rank-based BPE (repeatedly merge the adjacent pair with the lowest merge rank, the order of
-   `merges`), vectorized over all the new pre-tokens of the block with numpy.
+   gives exactly the pre-tokens of the whole text. English text has few distinct pieces (" the", " world.",
+   "\\n\\nThe"), so a cache of piece -> ids does most of the work.
+3. Long texts (from _TABLE_MIN_CHARS characters; what `encode_iterable` and the dataset CLI see) take the numpy
+   path: a block's UTF-8 bytes are cut into pieces, hashed and looked up in `_piece_table.PieceTable` all at once,
+   with no Python object per piece; every hit is verified against the stored bytes. The pieces that miss are
+   pre-tokenized together (one `re` findall over the joined ASCII pieces, `regex` for the rest), their
+   pre-tokens looked up in a second table the same way, and only new pre-tokens run BPE (`_bpe_bytes`, rank-based
+   merging vectorized over all of them with numpy).
+4. Short texts take the dict path: `re.findall` for the pieces, `map(cache.__getitem__)` and
+   `chain.from_iterable` (all C); a miss returns an empty slot list that stays in place in the output and is
+   filled later (see `_Cache`), all misses of a call encoded in one batch.
 
-The cache is bounded (cleared when full), so encoding an arbitrarily large stream holds bounded memory.
+Both caches are bounded (cleared when full), so encoding an arbitrarily large stream holds bounded memory.
 
 >>> tok = Tokenizer.from_files("encoder.json", "vocab.bpe", special_tokens=["<|endoftext|>"])  # GPT-2's files
 >>> tok.encode("hello world<|endoftext|>")
