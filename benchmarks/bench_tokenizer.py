@@ -11,9 +11,11 @@ caches) encoding the whole corpus once; "ours warm" is the same instance encodin
 runs on the first --hf-mb MB only.
 
 The CLI part runs `cs336-basics tokenize` in a fresh process for each worker count and input scale (the corpus
-concatenated N times), and reports wall time, MB/s, CPU seconds (parent + workers), and the peak RSS of the
-parent and of the largest worker. On a machine whose cores are busy with other work, the wall-clock speedup of
-2 workers cannot exceed the share of the cores the job gets; the CPU seconds show whether the work itself grew.
+concatenated N times), the worker counts in turn --cli-repeats times, and reports median wall time (measured
+inside the process, from before the tokenize module is imported to the end), MB/s, CPU seconds (parent +
+workers), the peak RSS of the parent and of the largest worker, and the median of the paired speedups. On a
+machine whose cores are busy with other work, the wall-clock speedup of 2 workers cannot exceed the share of the
+cores the job gets; the CPU seconds show whether the work itself grew.
 """
 
 import argparse
@@ -110,7 +112,19 @@ print("BENCH", code, seconds, peak_kb, kids.ru_maxrss, cpu)
 """
 
 
-def bench_cli(corpus: Path, workers: list[int], scales: list[int]) -> list[dict]:
+def _run_cli(src: Path, tok_dir: Path, out: Path, workers: int) -> dict:
+    argv = ["tokenize", str(src), "--tokenizer", str(tok_dir), "--out", str(out), "--workers", str(workers)]
+    proc = subprocess.run([sys.executable, "-c", _RUN_CLI, *argv, "--no-progress"], capture_output=True, text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"tokenize failed: {proc.stderr[-2000:]}")
+    _, _, seconds, own_kb, kids_kb, cpu = line.split()
+    return {"seconds": float(seconds), "cpu": float(cpu), "own_kb": int(own_kb), "kids_kb": int(kids_kb)}
+
+
+def bench_cli(corpus: Path, workers: list[int], scales: list[int], repeats: int) -> list[dict]:
+    """Each scale: the worker counts run in turn (1, 2, 1, 2, ...) `repeats` times; medians per worker count, and
+    the median over repeats of the per-repeat ratio of wall times (so a slow spell hits both sides of a pair)."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -122,36 +136,39 @@ def bench_cli(corpus: Path, workers: list[int], scales: list[int]) -> list[dict]
             with open(src, "wb") as f:
                 for _ in range(scale):
                     f.write(data)
+            runs: dict[int, list[dict]] = {n: [] for n in workers}
             outputs = {}
-            for n in workers:
-                out = tmp / f"out_x{scale}_w{n}.bin"
-                argv = ["tokenize", str(src), "--tokenizer", str(tmp / "tok"), "--out", str(out), "--workers", str(n)]
-                proc = subprocess.run(
-                    [sys.executable, "-c", _RUN_CLI, *argv, "--no-progress"], capture_output=True, text=True
-                )
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH")), None)
-                if proc.returncode != 0 or line is None:
-                    raise SystemExit(f"tokenize failed: {proc.stderr[-2000:]}")
-                _, code, seconds, own_kb, kids_kb, cpu = line.split()
-                meta = json.loads(out.with_name(out.name + ".json").read_text())
-                outputs[n] = out.read_bytes()
-                row = {
-                    "scale": scale,
-                    "input_mb": len(data) * scale / 1e6,
-                    "workers": n,
-                    "seconds": float(seconds),
-                    "mb_per_s": len(data) * scale / 1e6 / float(seconds),
-                    "cpu_seconds": float(cpu),
-                    "parent_peak_rss_mb": int(own_kb) / 1024,
-                    "worker_peak_rss_mb": int(kids_kb) / 1024 if n > 1 else None,
-                    "num_tokens": meta["num_tokens"],
-                    "bytes_per_token": meta["bytes_per_token"],
-                }
-                results.append(row)
-                print(json.dumps(row), flush=True)
-                out.unlink()
+            for _ in range(repeats):
+                for n in workers:
+                    out = tmp / f"out_x{scale}_w{n}.bin"
+                    runs[n].append(_run_cli(src, tmp / "tok", out, n))
+                    meta = json.loads(out.with_name(out.name + ".json").read_text())
+                    outputs[n] = out.read_bytes()
+                    out.unlink()
             if len(set(outputs.values())) != 1:
                 raise SystemExit("MISMATCH: outputs differ between worker counts")
+            for n in workers:
+                seconds = statistics.median(r["seconds"] for r in runs[n])
+                row = {
+                    "scale": scale,
+                    "input_mb": round(len(data) * scale / 1e6, 2),
+                    "workers": n,
+                    "repeats": repeats,
+                    "seconds_median": round(seconds, 3),
+                    "seconds_all": [round(r["seconds"], 2) for r in runs[n]],
+                    "mb_per_s": round(len(data) * scale / 1e6 / seconds, 2),
+                    "cpu_seconds_median": round(statistics.median(r["cpu"] for r in runs[n]), 2),
+                    "parent_peak_rss_mb": round(max(r["own_kb"] for r in runs[n]) / 1024),
+                    "worker_peak_rss_mb": round(max(r["kids_kb"] for r in runs[n]) / 1024) if n > 1 else None,
+                    "num_tokens": meta["num_tokens"],
+                    "bytes_per_token": round(meta["bytes_per_token"], 4),
+                }
+                if n != workers[0]:
+                    pairs = [a["seconds"] / b["seconds"] for a, b in zip(runs[workers[0]], runs[n], strict=True)]
+                    row[f"speedup_vs_{workers[0]}_median"] = round(statistics.median(pairs), 3)
+                    row[f"speedup_vs_{workers[0]}_all"] = [round(x, 2) for x in pairs]
+                results.append(row)
+                print(json.dumps(row), flush=True)
             src.unlink()
     return results
 
@@ -163,6 +180,7 @@ def main() -> int:
     parser.add_argument("--hf-mb", type=float, default=4.0, help="MB of the corpus given to HF tokenizers (0 = skip)")
     parser.add_argument("--cli-workers", type=int, nargs="*", default=[1, 2], help="worker counts (default 1 2)")
     parser.add_argument("--cli-scales", type=int, nargs="*", default=[1, 4], help="input = corpus x N (default 1 4)")
+    parser.add_argument("--cli-repeats", type=int, default=3, help="CLI runs per worker count, in turn (default 3)")
     parser.add_argument("--skip-encode", action="store_true", help="only run the CLI part")
     args = parser.parse_args()
     text = args.corpus.read_text(encoding="utf-8")
@@ -171,15 +189,14 @@ def main() -> int:
         print("ENCODE " + json.dumps({k: round(v, 3) for k, v in summary.items()}), flush=True)
     del text
     if args.cli_workers and args.cli_scales:
-        rows = bench_cli(args.corpus, args.cli_workers, args.cli_scales)
-        for scale in args.cli_scales:
-            by_workers = {r["workers"]: r for r in rows if r["scale"] == scale}
-            if 1 in by_workers and 2 in by_workers:
-                speedup = by_workers[1]["seconds"] / by_workers[2]["seconds"]
-                cpu_ratio = by_workers[2]["cpu_seconds"] / by_workers[1]["cpu_seconds"]
+        rows = bench_cli(args.corpus, args.cli_workers, args.cli_scales, args.cli_repeats)
+        for row in rows:
+            key = f"speedup_vs_{args.cli_workers[0]}_median"
+            if key in row:
+                pairs = row[key.replace("median", "all")]
                 print(
-                    f"CLI x{scale}: 2 workers are {speedup:.2f}x faster than 1 (wall); "
-                    f"total CPU seconds 2 vs 1 workers: x{cpu_ratio:.2f}",
+                    f"CLI x{row['scale']}: {row['workers']} workers are {row[key]:.2f}x faster than "
+                    f"{args.cli_workers[0]} (median of {row['repeats']} paired runs: {pairs})",
                     flush=True,
                 )
     print(f"bench peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
