@@ -402,3 +402,43 @@ class PieceTable:
             placed[np.searchsorted(todo, won)] = True
             todo = todo[~placed & ~duplicate]
         return np.concatenate(dropped)
+
+
+class IntMap:
+    """A read-only hash map from non-negative int64 keys to int64 values, looked up many keys at a time (open
+    addressing, linear probing, at most 1/4 full). What BPE uses for pair -> merge value."""
+
+    def __init__(self, keys: np.ndarray, values: np.ndarray):
+        self._bits = max(int(4 * max(keys.size, 1) - 1).bit_length(), 4)
+        mask = (1 << self._bits) - 1
+        self._slots = np.full((1 << self._bits, 2), -1, dtype=np.int64)  # (key, value); key -1 = empty
+        flat = self._slots.reshape(-1)
+        pos = self._home(keys)
+        todo = np.arange(keys.size)
+        while todo.size:  # several keys may want one free slot: one write wins, read back; the rest probe on
+            free = todo[flat[2 * pos[todo]] < 0]
+            flat[2 * pos[free]] = keys[free]
+            won = free[flat[2 * pos[free]] == keys[free]]
+            flat[2 * pos[won] + 1] = values[won]
+            placed = np.zeros(keys.size, dtype=bool)
+            placed[won] = True
+            todo = todo[~placed[todo]]
+            pos[todo] = (pos[todo] + 1) & mask  # (a loser's slot is taken now, so it moves on as well)
+
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        mixed = keys.astype(np.uint64) * _K1  # Fibonacci hashing: the top bits of key * golden ratio
+        return (mixed >> np.uint64(64 - self._bits)).astype(np.int64)
+
+    def get(self, keys: np.ndarray, default: int) -> np.ndarray:
+        mask = (1 << self._bits) - 1
+        pos = self._home(keys)
+        rows = np.take(self._slots, pos, axis=0)
+        out = np.where(rows[:, 0] == keys, rows[:, 1], default)
+        todo = np.flatnonzero((rows[:, 0] != keys) & (rows[:, 0] >= 0))
+        while todo.size:
+            pos[todo] = (pos[todo] + 1) & mask
+            rows = np.take(self._slots, pos[todo], axis=0)
+            hit = rows[:, 0] == keys[todo]
+            out[todo[hit]] = rows[hit, 1]
+            todo = todo[~hit & (rows[:, 0] >= 0)]
+        return out

@@ -37,7 +37,7 @@ from itertools import chain, filterfalse
 import numpy as np
 import regex
 
-from cs336_basics._piece_table import PieceTable, PieceWords, WhitespaceMask, cached_ids, ragged_arange
+from cs336_basics._piece_table import IntMap, PieceTable, PieceWords, WhitespaceMask, cached_ids, ragged_arange
 from cs336_basics.tokenizer_files import load_tokenizer_dir, load_vocab_and_merges
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -153,11 +153,11 @@ class Tokenizer:
         # a pair listed twice: the first (lowest rank) is written last, and wins
         self._pair_table: dict[int, int] = dict(zip(keys[::-1], values[::-1], strict=True))
         self._byte_ids: list[int | None] = [self._token_to_id.get(bytes((b,))) for b in range(256)]
-        # The same table as sorted numpy arrays, for `_bpe_batch` (np.searchsorted instead of dict lookups).
-        pair_keys = np.fromiter(self._pair_table.keys(), dtype=np.int64, count=len(self._pair_table))
-        order = np.argsort(pair_keys)
-        self._pair_keys = pair_keys[order]
-        self._pair_values = np.fromiter(self._pair_table.values(), dtype=np.int64, count=len(self._pair_table))[order]
+        # The same table as a numpy hash map, for `_bpe_bytes` (many pairs looked up at once).
+        self._pair_map = IntMap(
+            np.fromiter(self._pair_table.keys(), dtype=np.int64, count=len(self._pair_table)),
+            np.fromiter(self._pair_table.values(), dtype=np.int64, count=len(self._pair_table)),
+        )
         self._byte_ids_np = np.array([-1 if i is None else i for i in self._byte_ids], dtype=np.int64)
         # value of every byte pair (b0 << 8 | b1): the first round of BPE is a plain gather
         byte_ids = np.maximum(self._byte_ids_np, 0)
@@ -622,12 +622,8 @@ class Tokenizer:
         return out, np.bincount(labels, minlength=num_words)
 
     def _pair_values_of(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """Vectorized `_pair_table.get((left << shift) | right, inf)` via binary search in the sorted keys."""
-        keys = (left << self._shift) | right
-        if not len(self._pair_keys):
-            return np.full(keys.shape, np.iinfo(np.int64).max, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self._pair_keys, keys), len(self._pair_keys) - 1)
-        return np.where(self._pair_keys[at] == keys, self._pair_values[at], np.iinfo(np.int64).max)
+        """Vectorized `_pair_table.get((left << shift) | right, inf)`."""
+        return self._pair_map.get((left << self._shift) | right, np.iinfo(np.int64).max)
 
     def _bpe(self, pretoken: str) -> tuple[int, ...]:
         """Rank-based BPE of one pre-token: merge the adjacent pair with the lowest merge rank until none is left.

@@ -173,3 +173,15 @@ def test_export_import_cache_between_tokenizers(oracle):
     a.export_cache(marks)  # (marks stay usable)
     a._table.clear()
     assert len(a.export_cache(marks)[0][1]) == 0  # after a clear: everything since the clear (nothing)
+
+
+@given(
+    st.dictionaries(st.integers(0, 2**40), st.integers(-(2**62), 2**62), max_size=300), st.lists(st.integers(0, 2**40))
+)
+def test_int_map_equals_dict(mapping, extra):
+    """IntMap.get equals dict.get for stored keys and for others (including keys that share home slots)."""
+    keys = np.array(list(mapping), dtype=np.int64)
+    table = piece_table.IntMap(keys, np.array(list(mapping.values()), dtype=np.int64))
+    queries = [*mapping, *extra, *(k + 1 for k in mapping)]
+    got = table.get(np.array(queries, dtype=np.int64), -7).tolist() if queries else []
+    assert got == [mapping.get(q, -7) for q in queries]
