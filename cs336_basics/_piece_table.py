@@ -212,7 +212,6 @@ class PieceTable:
         self.clear()
 
     def clear(self) -> None:
-        self.generation = getattr(self, "generation", -1) + 1  # marks from before a clear are stale
         self.size = 0
         self._bits = 10
         self._slots = self._empty_slots()
@@ -232,43 +231,6 @@ class PieceTable:
             ids = [ids for _, ids in self._fixed]
             flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64)
             self.insert(pieces, np.arange(lengths.size), flat, np.array(list(map(len, ids)), dtype=np.int64))
-
-    # ------------------------------------------------------------------------------- sharing between processes
-
-    def mark(self) -> tuple[int, int]:
-        """A position in the table's history: `export(mark)` returns what is added after it."""
-        return self.generation, self.size
-
-    def export(self, mark: tuple[int, int]) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
-        """(keys, key lengths, ids, id counts) of the entries added since `mark` (all of them after a clear), for
-        `import_entries` in another process. Entries whose hash was taken (never placed) are included too."""
-        since = mark[1] if mark[0] == self.generation else len(self._fixed)
-        entries = np.arange(min(since, self.size), self.size)
-        lengths = self._key_len[entries]
-        tail_counts = np.where(lengths > 8, (lengths - 1) >> 3, 0)
-        words_per_entry = 1 + tail_counts
-        word_start = np.cumsum(words_per_entry) - words_per_entry
-        words = np.zeros(int(words_per_entry.sum()), dtype=np.uint64)
-        words[word_start] = self._key_head[entries]
-        tails = np.repeat(word_start + 1, tail_counts) + (
-            np.arange(int(tail_counts.sum())) - np.repeat(np.cumsum(tail_counts) - tail_counts, tail_counts)
-        )
-        words[tails] = self._tail_words[ragged_arange(self._tail_start[entries], tail_counts)]
-        raw = words.astype("<u8").view(np.uint8)[ragged_arange(word_start * 8, lengths)].tobytes()
-        id_counts = self._id_len[entries]
-        return raw, lengths, self._ids[ragged_arange(self._id_start[entries], id_counts)], id_counts
-
-    def import_entries(self, raw: bytes, lengths: np.ndarray, ids: np.ndarray, id_counts: np.ndarray) -> None:
-        """Add the entries of an `export` (from another process) that this table does not hold yet."""
-        if not lengths.size:
-            return
-        pieces = PieceWords(raw, np.cumsum(lengths) - lengths, lengths)
-        missing = np.flatnonzero(self.lookup(pieces) < 0)
-        if missing.size:
-            reps, _, distinct_hashes = pieces.distinct(missing)
-            new = reps[:distinct_hashes]
-            id_start = np.cumsum(id_counts) - id_counts
-            self.insert(pieces, new, ids[ragged_arange(id_start[new], id_counts[new])], id_counts[new])
 
     # ------------------------------------------------------------------------------------------------- lookup
 

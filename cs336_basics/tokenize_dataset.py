@@ -10,10 +10,9 @@ How: the input is cut into ranges of about `range_bytes` at positions where enco
 start of a special token, else an ASCII non-space byte followed by a space or newline, never inside any
 occurrence of a special token), so concatenating the ranges' encodings equals encoding the whole file. With N
 workers, this process and N - 1 forked children encode ranges (the first, short one here before the fork, so the
-children start with the frequent words cached; the last ones shorter, so all finish together), and the pieces
-each worker learns travel with results and tasks, so the others need not encode them again. Results are written
-in input order with a bounded number of ranges in flight, so memory does not grow with the file size. Output goes
-to temporary files that are renamed at the end: an error leaves no partial output.
+children start with the frequent words cached; the last ones shorter, so all finish together). Results are
+written in input order with a bounded number of ranges in flight, so memory does not grow with the file size.
+Output goes to temporary files that are renamed at the end: an error leaves no partial output.
 """
 
 import argparse
@@ -24,9 +23,7 @@ import os
 import re
 import sys
 import time
-from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -276,29 +273,10 @@ def _encoded_ranges(path, ranges, dtype, tokenizer, tokenizer_dir, num_workers):
         _worker_tokenizer = None
 
 
-def _encode_range_sharing(path: str, start: int, end: int, dtype: str, learned: list) -> tuple[np.ndarray, tuple]:
-    """In a child: import what the other workers learned, encode the range, export what this one learned."""
-    for exported in learned:
-        _worker_tokenizer.import_cache(exported)
-    marks = _worker_tokenizer.cache_marks()
-    ids = _encode_range(path, start, end, dtype)
-    return ids, _worker_tokenizer.export_cache(marks)
-
-
 def _pooled(path, ranges, dtype, tokenizer, tokenizer_dir, num_workers):
-    """This process and N - 1 children encode ranges; the pieces each one learns (new cache entries) travel with
-    the results and the next tasks, so a frequent word is encoded from scratch about once, not once per worker."""
+    """This process and N - 1 children encode ranges; results come back in input order."""
     children = num_workers - 1
     max_in_flight = 4 * num_workers
-    learned_since = deque(maxlen=children - 1)  # what each of the last few tasks carried (for the other children)
-    fresh: list = []  # learned here or by a child since the last task was submitted
-
-    def submit(index):
-        carried = [*chain.from_iterable(learned_since), *fresh]
-        learned_since.append(list(fresh))
-        fresh.clear()
-        return pool.submit(_encode_range_sharing, path, *ranges[index], dtype, carried)
-
     with ProcessPoolExecutor(children, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
         submitted: dict[int, object] = {}  # range index -> future (children)
         local: dict[int, np.ndarray] = {}  # range index -> ids encoded here, not yet yielded
@@ -306,22 +284,16 @@ def _pooled(path, ranges, dtype, tokenizer, tokenizer_dir, num_workers):
         try:
             while emitted < len(ranges):
                 while assigned < len(ranges) and len(submitted) < 2 * children:  # keep the children busy
-                    submitted[assigned] = submit(assigned)
+                    submitted[assigned] = pool.submit(_encode_range, path, *ranges[assigned], dtype)
                     assigned += 1
                 if emitted in local:
                     yield local.pop(emitted)
                 elif (
                     submitted[emitted].done() or assigned == len(ranges) or len(local) + len(submitted) >= max_in_flight
                 ):
-                    ids, exported = submitted.pop(emitted).result()
-                    tokenizer.import_cache(exported)
-                    if children > 1:
-                        fresh.append(exported)
-                    yield ids
+                    yield submitted.pop(emitted).result()
                 else:  # the next range in order is still being encoded by a child: encode a later one here
-                    marks = tokenizer.cache_marks()
                     local[assigned] = _encode_range(path, *ranges[assigned], dtype, tokenizer)
-                    fresh.append(tokenizer.export_cache(marks))
                     assigned += 1
                     continue
                 emitted += 1

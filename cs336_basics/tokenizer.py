@@ -367,22 +367,6 @@ class Tokenizer:
             return np.fromiter(chain.from_iterable(results), dtype=np.int64, count=int(counts.sum())), counts
         return self._bpe_bytes(data, pw.lengths[which])
 
-    # ------------------------------------------------------------------- sharing learned pieces between processes
-
-    def cache_marks(self) -> tuple:
-        """Where the numpy path's caches stand now; `export_cache(marks)` returns what is learned after."""
-        return self._table.mark(), self._pretoken_table.mark()
-
-    def export_cache(self, marks: tuple) -> tuple:
-        """The pieces and pre-tokens learned since `marks` (with their ids), picklable, for `import_cache` in
-        another process that encodes with the same vocabulary (worker processes share what they learn)."""
-        return self._table.export(marks[0]), self._pretoken_table.export(marks[1])
-
-    def import_cache(self, exported: tuple) -> None:
-        """Add what another tokenizer with the same vocabulary, merges and special tokens exported."""
-        self._table.import_entries(*exported[0])
-        self._pretoken_table.import_entries(*exported[1])
-
     def encode_iterable(self, iterable: Iterable[str], buffer_size: int = 1 << 16) -> Iterator[int]:
         """Lazily yield the ids of "".join(iterable), equal to `encode` of it for any chunking.
 

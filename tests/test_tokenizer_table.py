@@ -155,26 +155,6 @@ def test_piece_words_equal_iff_bytes_equal(pieces):
     assert len({pieces[r] for r in reps}) == len(reps)
 
 
-def test_export_import_cache_between_tokenizers(oracle):
-    """What one tokenizer learns, exported and imported into another, makes the other hit (not miss) and stay
-    exact; importing twice, or into a tokenizer that already knows some of it, changes nothing."""
-    a, b = _fresh(), _fresh()
-    text = EOT.join(TEXTS) + LONG_MIX
-    marks = a.cache_marks()
-    expected = a._encode_array(text).tolist()
-    exported = a.export_cache(marks)
-    assert len(exported[0][1]) > 100 and len(exported[1][1]) > 100  # pieces and pre-tokens
-    b.import_cache(exported)
-    b.import_cache(exported)
-    assert b._table.size == a._table.size and b._pretoken_table.size == a._pretoken_table.size
-    b_marks = b.cache_marks()
-    assert b._encode_array(text).tolist() == expected == _expected(oracle, text)
-    assert len(b.export_cache(b_marks)[0][1]) == 0  # every piece was a hit: nothing new learned
-    a.export_cache(marks)  # (marks stay usable)
-    a._table.clear()
-    assert len(a.export_cache(marks)[0][1]) == 0  # after a clear: everything since the clear (nothing)
-
-
 @given(
     st.dictionaries(st.integers(0, 2**40), st.integers(-(2**62), 2**62), max_size=300), st.lists(st.integers(0, 2**40))
 )
