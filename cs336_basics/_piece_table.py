@@ -7,12 +7,12 @@ bytes:
 
 1. `WhitespaceMask`: which bytes belong to whitespace characters; a piece starts where whitespace follows
    non-whitespace (the tokenizer adds special-token boundaries).
-2. `PieceWords`: each piece as its 8-byte little-endian words (a piece of up to 8 bytes is one word), read by
-   one gather from an unaligned uint64 view of the bytes, the bytes past the piece's end zeroed; plus a 64-bit
-   hash of each piece mixed from its words and length.
-3. `PieceTable.lookup`: open addressing with linear probing, all queries probing in lockstep; every hit is then
-   compared word by word (and by length) with the stored key, so a hash collision can never give wrong ids (a
-   colliding piece is a miss, and a key whose hash is already taken is simply not cached).
+2. `PieceWords`: each piece's first 8 bytes as one little-endian uint64 (its "head", read by one gather from an
+   unaligned uint64 view of the bytes, the bytes past the piece's end zeroed), the rest of a longer piece as tail
+   words the same way, and a 64-bit hash mixed from the words and the length. Most pieces are one word.
+3. `PieceTable.lookup`: open addressing with linear probing, all queries probing in lockstep (`probe`); every hit
+   is then compared with the stored key (length, head, tail words), so a hash collision can never give wrong ids
+   (a colliding piece is a miss, and a key whose hash is already taken is simply not cached).
 4. `PieceTable.gather`: the ids of every piece, concatenated, by one fancy-indexing gather.
 
 Keys and ids live in flat arrays addressed by per-entry offsets; the table is cleared when it would exceed its
@@ -195,7 +195,7 @@ def cached_ids(table: "PieceTable", pieces: PieceWords, encode_new) -> tuple[np.
         keep_ids, keep_counts = rep_ids[: int(rep_counts[:distinct_hashes].sum())], rep_counts[:distinct_hashes]
         if table.has_room(pieces, keep):  # the usual case: insert, then one gather for all pieces
             placed = table.insert(pieces, keep, keep_ids, keep_counts)
-            if distinct_hashes == reps.size and (placed >= 0).all():
+            if distinct_hashes == reps.size:  # (else some pieces collided with another's hash: assemble below)
                 entries[miss] = placed[index]
                 return table.gather(entries), table.id_counts(entries)
         # A clearing insert, or pieces the table would not take: assemble from the hits and the new ids.
@@ -288,9 +288,9 @@ class PieceTable:
 
     def insert(self, pieces: PieceWords, which: np.ndarray, flat_ids: np.ndarray, id_lengths: np.ndarray) -> np.ndarray:
         """Add the pieces `which`, whose ids are the next id_lengths[i] of flat_ids; their hashes must be distinct.
-        Returns the entry index of each (-1: not added). A key whose hash is already in the table is not added (it
-        stays a miss). When the new keys do not fit, the table is cleared first (keys that do not fit an empty
-        table are not added)."""
+        Returns their entry indices (all -1 when they do not fit even an empty table), which `gather` reads. A key
+        whose hash another key already holds gets an entry but no slot: `lookup` never finds it (a miss), while its
+        entry still holds its own ids. When the new keys do not fit, the table is cleared first."""
         count = which.size
         lengths = pieces.lengths[which]
         tail_counts = self._tail_counts(pieces, which)
@@ -314,10 +314,9 @@ class PieceTable:
         self.size += count
         if self.size * 2 > len(self._slots):
             self._rehash()
-            return np.arange(first, first + count)  # (a rehash places every entry; duplicates are rarer than rare)
-        placed = np.arange(first, first + count)
-        placed[self._place(placed) - first] = -1
-        return placed
+        else:
+            self._place(np.arange(first, first + count))
+        return np.arange(first, first + count)
 
     def _reserve(self, entries: int, tail_words: int, ids: int) -> None:
         def grown(array, needed):
@@ -347,21 +346,19 @@ class PieceTable:
         self._slots = self._empty_slots()
         self._place(np.arange(self.size))
 
-    def _place(self, entries: np.ndarray) -> np.ndarray:
+    def _place(self, entries: np.ndarray) -> None:
         """Put entries into slots: linear probing, all at once. When several want the same free slot, one write
-        wins (whichever numpy applies last) and is read back; the others probe on. Returns the entries not placed
-        because their hash is already in the table."""
+        wins (whichever numpy applies last) and is read back; the others probe on. An entry whose hash a slot
+        already holds is left out (lookups stop at the first slot with their hash)."""
         mask = (1 << self._bits) - 1
         hashes = self._hash[entries].view(np.int64)
         pos = hashes & mask
         flat = self._slots.reshape(-1)  # row i is flat[2i] (hash), flat[2i + 1] (entry)
         todo = np.arange(entries.size)
-        dropped = []
         while todo.size:
             rows = np.take(self._slots, pos[todo], axis=0)
             occupied = rows[:, 1] >= 0
             duplicate = occupied & (rows[:, 0] == hashes[todo])  # same hash as a stored key: not cached
-            dropped.append(entries[todo[duplicate]])
             free = todo[~occupied]
             flat[2 * pos[free] + 1] = entries[free]
             won = free[flat[2 * pos[free] + 1] == entries[free]]
@@ -371,7 +368,6 @@ class PieceTable:
             placed = np.zeros(todo.size, dtype=bool)
             placed[np.searchsorted(todo, won)] = True
             todo = todo[~placed & ~duplicate]
-        return np.concatenate(dropped)
 
 
 class IntMap:
