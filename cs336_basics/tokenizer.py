@@ -74,7 +74,9 @@ _WS_CUT_RE = regex.compile(r"\S(?=\s)", flags=regex.REVERSE)
 _CLASS_CUT_RE = regex.compile(r"\p{L}(?=[^\s\p{L}])|\p{N}(?=[^\s\p{N}])|[^\s\p{L}\p{N}](?=\p{N})", flags=regex.REVERSE)
 
 _NO_RANK = 1 << 100  # larger than any (rank << shift) | id
-DEFAULT_CACHE_SIZE = 1 << 20  # entries (pieces + pre-tokens); ~150 bytes each, so at most ~200 MB
+# Entries per cache: the dict of the short-text path (pieces + pre-tokens, ~150 bytes each) and each numpy table
+# of the long-text path (pieces; pre-tokens: ~100 bytes each) is cleared when it would hold more.
+DEFAULT_CACHE_SIZE = 1 << 20
 
 
 def raw_bytes_of(raw: bytes, starts: np.ndarray, lengths: np.ndarray) -> bytes:
@@ -290,7 +292,7 @@ class Tokenizer:
 
     def _encode_block_array(self, text: str) -> np.ndarray:
         """Ids of a block: its pieces found, hashed and looked up in the piece table with numpy; the pieces that
-        miss are encoded by `_pieces_ids` (once per distinct piece) and added to the table."""
+        miss are encoded by `_encode_new_pieces` (once per distinct piece) and added to the table."""
         raw = text.encode("utf-8")
         data = np.frombuffer(raw, dtype=np.uint8)
         n = data.size
@@ -322,7 +324,7 @@ class Tokenizer:
         The pieces are pre-tokenized in three groups (ASCII pieces that start with whitespace and end with a
         non-space, joined and split by one stdlib-`re` findall; the same for non-ASCII ones with `regex`; the rest
         one by one), and the pre-tokens are looked up in the pre-token table (`cached_ids` again), with BPE
-        (`_bpe_batch`) for the new ones. Joining is exact because a non-space followed by whitespace is always a
+        (`_bpe_pieces`) for the new ones. Joining is exact because a non-space followed by whitespace is always a
         pre-token boundary.
         """
         starts, lengths = pieces.starts[reps], pieces.lengths[reps]
@@ -359,7 +361,7 @@ class Tokenizer:
             at = int(np.flatnonzero(missing)[0])
             word = int(np.searchsorted(np.cumsum(pw.lengths[which]), at, side="right"))
             start = int(pw.starts[which[word]])
-            self._bpe(pw.raw[start : start + int(pw.lengths[which[word]])].decode("utf-8"))
+            self._bpe(pw.raw[start : start + int(pw.lengths[which[word]])].decode("utf-8"))  # raises
         if which.size < _BATCH_BPE_MIN:
             spans = zip(pw.starts[which].tolist(), pw.lengths[which].tolist(), strict=True)
             results = [self._bpe_from_bytes(pw.raw[a : a + m]) for a, m in spans]

@@ -165,3 +165,12 @@ def test_int_map_equals_dict(mapping, extra):
     queries = [*mapping, *extra, *(k + 1 for k in mapping)]
     got = table.get(np.array(queries, dtype=np.int64), -7).tolist() if queries else []
     assert got == [mapping.get(q, -7) for q in queries]
+
+
+def test_table_path_names_a_byte_missing_from_the_vocabulary():
+    """A vocabulary without every byte: the numpy path raises the same clear error as the dict path."""
+    tok = Tokenizer({i: bytes([i]) for i in range(128)}, [])  # ASCII bytes only
+    text = "plain ascii words " * 300 + " café"
+    assert tok._encode_array(text[:-5]).tolist() == list(text[:-5].encode())
+    with pytest.raises(ValueError, match=r"cannot encode ' café': byte b'\\xc3' is not in the vocabulary"):
+        tok._encode_array(text)
