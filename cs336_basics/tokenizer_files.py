@@ -63,7 +63,7 @@ def decode_token(text: str) -> bytes:
 
 
 def decode_tokens(texts: list[str]) -> list[bytes]:
-    """decode_token of each string, in one pass over their concatenation (a whole vocabulary in ~30 ms)."""
+    """decode_token of each string, in one pass over their concatenation (GPT-2's 50,257 tokens: ~36 ms)."""
     characters, to_latin1 = _decode_tables()
     blob = "".join(texts)
     if not characters.issuperset(blob):
