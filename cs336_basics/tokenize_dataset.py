@@ -317,7 +317,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory written by train-bpe")
     p.add_argument("--out", required=True, metavar="FILE", help="output token file; FILE.json gets the metadata")
     p.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="encoding processes (default 1: encode in this process)"
+        "--workers", type=int, default=1, metavar="N", help="encoding processes, this one included (default 1)"
     )
     p.add_argument(
         "--range-mb",
