@@ -1,11 +1,9 @@
 """Tokenizer: exact parity with tiktoken (GPT-2 and a vocabulary we trained), streaming, round trips, errors."""
 
 import random
-import re
 import subprocess
 import sys
 import textwrap
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from cs336_basics.tokenizer_files import save_tokenizer
 
 from .adapters import get_tokenizer
 from .conftest import shared_fixture
+from .test_train_bpe import naive_train
 
 tiktoken = pytest.importorskip("tiktoken")
 tiktoken_load = pytest.importorskip("tiktoken.load")
@@ -309,45 +308,6 @@ def test_encode_iterable_constant_memory(gpt2, tmp_path):
 # ------------------------------------------------------------------------------------ a vocabulary we trained
 
 
-def _naive_train_bpe(text: str, vocab_size: int, special_tokens: list[str]):
-    """TEST ORACLE ONLY: the textbook BPE trainer (recount every pair each step), for vocabularies to compare with.
-
-    Pre-tokens: GPT-2 pattern on the text with special tokens removed as hard boundaries; each step merges the
-    most frequent pair, ties broken by the lexicographically greatest (bytes_a, bytes_b).
-    """
-    segments = re.split("|".join(map(re.escape, special_tokens)), text) if special_tokens else [text]
-    words = Counter()
-    for segment in segments:
-        for pretoken in regex.findall(GPT2_PATTERN, segment):
-            words[tuple(bytes([b]) for b in pretoken.encode("utf-8"))] += 1
-    vocab = {i: s.encode("utf-8") for i, s in enumerate(special_tokens)}
-    vocab.update({len(special_tokens) + b: bytes([b]) for b in range(256)})
-    merges = []
-    while len(vocab) < vocab_size:
-        pairs = Counter()
-        for word, count in words.items():
-            for pair in zip(word[:-1], word[1:], strict=True):
-                pairs[pair] += count
-        if not pairs:
-            break
-        best = max(pairs, key=lambda p: (pairs[p], p))
-        merges.append(best)
-        vocab[len(vocab)] = best[0] + best[1]
-        new_words = Counter()
-        for word, count in words.items():
-            out, i = [], 0
-            while i < len(word):
-                if i < len(word) - 1 and (word[i], word[i + 1]) == best:
-                    out.append(best[0] + best[1])
-                    i += 2
-                else:
-                    out.append(word[i])
-                    i += 1
-            new_words[tuple(out)] += count
-        words = new_words
-    return vocab, merges
-
-
 def _tiktoken_from(vocab: dict[int, bytes], merges, special_tokens: list[str]):
     """tiktoken.Encoding with the same BPE: rank = 256 + merge index for merged tokens, the byte value for bytes."""
     ranks = {bytes([b]): b for b in range(256)}
@@ -365,7 +325,7 @@ def _tiktoken_from(vocab: dict[int, bytes], merges, special_tokens: list[str]):
 @pytest.fixture(scope="module")
 def trained():
     text = shared_fixture("tinystories_sample.txt").read_text(encoding="utf-8")
-    vocab, merges = _naive_train_bpe(text, 256 + 1 + 120, [EOT])
+    vocab, merges = naive_train(text, 256 + 1 + 120, [EOT])  # the textbook trainer of test_train_bpe
     return text, vocab, merges
 
 
