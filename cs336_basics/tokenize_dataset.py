@@ -10,20 +10,24 @@ How: the input is cut into ranges of about `range_bytes` at positions where enco
 start of a special token, else an ASCII non-space byte followed by a space or newline, never inside any
 occurrence of a special token), so concatenating the ranges' encodings equals encoding the whole file. With N
 workers, this process and N - 1 forked children encode ranges (the first, short one here before the fork, so the
-children start with the frequent words cached; the last ones shorter, so all finish together). Results are
-written in input order with a bounded number of ranges in flight, so memory does not grow with the file size.
-Output goes to temporary files that are renamed at the end: an error leaves no partial output.
+children start with the frequent words cached; the last ones shorter, so all finish together): each takes the
+next unclaimed range and appends its ids to a part file of its own, and the parts are stitched in input order at
+the end (so the disk briefly holds the output twice). Each process holds one range at a time, so memory does not
+grow with the file size. Output goes to temporary files that are renamed at the end: an error leaves no partial
+output.
 """
 
 import argparse
 import ctypes
+import errno
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +41,23 @@ _ASCII_WS_CUT = re.compile(rb"[\x21-\x7e](?=[ \n])")  # printable ASCII (never U
 
 
 def tokenizer_fingerprint(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str]) -> str:
-    """sha256 over (id, token) pairs, merges and special tokens: equal fingerprints encode text identically."""
-    parts = [b"v%d:%d:%s" % (token_id, len(vocab[token_id]), vocab[token_id]) for token_id in sorted(vocab)]
-    parts += [b"m%d:%d:%s%s" % (len(a), len(b), a, b) for a, b in merges]
-    parts += [b"s%d:%s" % (len(s), s) for s in (special.encode("utf-8") for special in special_tokens)]
-    return hashlib.sha256(b"".join(parts)).hexdigest()  # the same digest as updating part by part
+    """sha256 over the ids, tokens, merges and special tokens: equal fingerprints encode text identically.
+
+    Each list of byte strings goes in as its count, its lengths (int64) and its bytes, so the input parses back
+    unambiguously; no Python object per token is made (GPT-2's tokenizer: ~10 ms)."""
+    ids = sorted(vocab)
+    sections = [
+        list(map(vocab.__getitem__, ids)),
+        list(map(itemgetter(0), merges)),
+        list(map(itemgetter(1), merges)),
+        [special.encode("utf-8") for special in special_tokens],
+    ]
+    digest = hashlib.sha256(b"cs336-tokenizer-v2")
+    digest.update(np.array(ids, dtype=np.int64).tobytes())
+    for items in sections:
+        digest.update(np.array([len(items), *map(len, items)], dtype=np.int64).tobytes())
+        digest.update(b"".join(items))
+    return digest.hexdigest()
 
 
 def find_cuts(
@@ -152,18 +168,11 @@ class _MemoryCap:
 _memory_cap: _MemoryCap | None = None
 
 
-# One tokenizer per worker process, built once by the pool initializer.
+# The tokenizer a forked worker inherits (a spawned one loads its own from the directory).
 _worker_tokenizer: Tokenizer | None = None
 
 
-def _init_worker(tokenizer_dir: str) -> None:
-    global _worker_tokenizer
-    if _worker_tokenizer is None:  # "spawn" start method (macOS, Windows): load it; "fork" inherits the parent's
-        _worker_tokenizer = Tokenizer.from_dir(tokenizer_dir)
-
-
-def _encode_range(path: str, start: int, end: int, dtype: str, tokenizer: Tokenizer | None = None) -> np.ndarray:
-    tokenizer = tokenizer or _worker_tokenizer
+def _encode_range(path: str, start: int, end: int, dtype: str, tokenizer: Tokenizer) -> np.ndarray:
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
@@ -207,7 +216,6 @@ def tokenize_file(
     vocab, merges, special_tokens = load_tokenizer_dir(tokenizer_dir)
     tokenizer = Tokenizer(vocab, merges, special_tokens)
     dtype = "uint16" if tokenizer.vocab_size <= 1 << 16 else "uint32"
-    fingerprint = tokenizer_fingerprint(vocab, merges, special_tokens)
     source_bytes = input_path.stat().st_size
     cuts = find_cuts(input_path, special_tokens, range_bytes, num_workers)
     ranges = list(zip(cuts[:-1], cuts[1:], strict=True))
@@ -219,16 +227,21 @@ def tokenize_file(
         from tqdm import tqdm
 
         bar = tqdm(total=source_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="tokenize", file=sys.stderr)
-    num_tokens = 0
     t0 = time.perf_counter()
     try:
-        with open(tmp_bin, "wb") as out:
-            encoded = _encoded_ranges(str(input_path), ranges, dtype, tokenizer, tokenizer_dir, num_workers)
-            for (start, end), ids in zip(ranges, encoded, strict=True):
-                ids.tofile(out)
-                num_tokens += len(ids)
-                if bar is not None:
-                    bar.update(end - start)
+        if num_workers == 1 or len(ranges) < 2:
+            num_tokens = 0
+            with open(tmp_bin, "wb") as out:
+                for start, end in ranges:
+                    ids = _encode_range(str(input_path), start, end, dtype, tokenizer)
+                    ids.tofile(out)
+                    num_tokens += len(ids)
+                    if bar is not None:
+                        bar.update(end - start)
+        else:
+            num_tokens = _encode_in_parallel(
+                str(input_path), ranges, dtype, tokenizer, tokenizer_dir, num_workers, tmp_bin, bar
+            )
         seconds = time.perf_counter() - t0
         meta = {
             "dtype": dtype,
@@ -237,7 +250,7 @@ def tokenize_file(
             "bytes_per_token": source_bytes / num_tokens if num_tokens else None,
             "source": str(input_path),
             "tokenizer_dir": str(tokenizer_dir),
-            "tokenizer_fingerprint": fingerprint,
+            "tokenizer_fingerprint": tokenizer_fingerprint(vocab, merges, special_tokens),
             "vocab_size": tokenizer.vocab_size,
             "special_tokens": special_tokens,
             "num_workers": num_workers,
@@ -256,51 +269,176 @@ def tokenize_file(
     return meta
 
 
-def _encoded_ranges(path, ranges, dtype, tokenizer, tokenizer_dir, num_workers):
-    """Yield each range's ids in input order. With N workers, this process is one of them and N - 1 child
-    processes (forked with the loaded tokenizer) are the others; at most 4 * N ranges are in flight."""
-    if num_workers == 1 or len(ranges) < 2:
-        for start, end in ranges:
-            yield _encode_range(path, start, end, dtype, tokenizer)
-        return
-    # The first range (short: see find_cuts) is encoded here before the children fork, so they inherit tables
-    # that already hold the most frequent pieces instead of each missing on the same words.
-    yield _encode_range(path, *ranges[0], dtype, tokenizer)
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer  # what forked children inherit (spawned ones load it in _init_worker)
+class _Claims:
+    """Ranges handed out in input order to whichever worker asks first, and the bytes encoded so far (for the
+    progress bar); shared by the worker processes."""
+
+    def __init__(self, context, ranges: list[tuple[int, int]]):
+        self.ranges = ranges
+        self._next, self._done = context.Value("q", 0), context.Value("q", 0)
+
+    def claim(self) -> int | None:
+        with self._next.get_lock():
+            index = self._next.value
+            if index >= len(self.ranges):
+                return None
+            self._next.value = index + 1
+        return index
+
+    def finished(self, index: int) -> None:
+        start, end = self.ranges[index]
+        with self._done.get_lock():
+            self._done.value += end - start
+
+    def stop(self) -> None:
+        """No range is handed out any more (after an error)."""
+        with self._next.get_lock():
+            self._next.value = len(self.ranges)
+
+    @property
+    def done_bytes(self) -> int:
+        return self._done.value
+
+
+def _work(path, dtype, tokenizer, claims: _Claims, part, written: list, max_ranges: int | None = None) -> None:
+    """Encode claimed ranges, appending their ids to the open file `part` and (range index, count) to `written`."""
+    while max_ranges is None or len(written) < max_ranges:
+        index = claims.claim()
+        if index is None:
+            return
+        try:
+            ids = _encode_range(path, *claims.ranges[index], dtype, tokenizer)
+        except BaseException:
+            claims.stop()
+            raise
+        ids.tofile(part)
+        written.append((index, len(ids)))
+        claims.finished(index)
+
+
+def _child(path, dtype, tokenizer_dir, claims: _Claims, part_path: str, conn) -> None:
+    """A worker process: encode ranges into `part_path`, then send ("ok", written) or ("error", exception)."""
     try:
-        yield from _pooled(path, ranges[1:], dtype, tokenizer, tokenizer_dir, num_workers)
+        tokenizer = _worker_tokenizer or Tokenizer.from_dir(tokenizer_dir)  # forked: inherited; spawned: loaded
+        written: list[tuple[int, int]] = []
+        with open(part_path, "wb") as part:
+            _work(path, dtype, tokenizer, claims, part, written)
+        message = ("ok", written)
+    except BaseException as e:  # sent to the parent, which raises it
+        claims.stop()
+        message = ("error", e)
+    try:
+        conn.send(message)
+    except Exception:  # an exception that cannot be pickled: its text
+        conn.send(("error", RuntimeError(f"{type(message[1]).__name__}: {message[1]}")))
+    conn.close()
+
+
+def _encode_in_parallel(path, ranges, dtype, tokenizer, tokenizer_dir, num_workers, out_path, bar) -> int:
+    """Encode `ranges` with this process and num_workers - 1 children into `out_path`; return the token count.
+
+    Each worker takes the next unclaimed range (so all stay busy until the end) and appends its ids to a part file
+    of its own; at the end the parts' pieces are copied into `out_path` in input order. No ids pass through pipes
+    and no thread runs beside the encoder. This process encodes the first (short) range before the children
+    start, so they inherit a tokenizer whose tables already hold the most frequent pieces."""
+    global _worker_tokenizer
+    fork = sys.platform == "linux"  # children inherit the loaded tokenizer (elsewhere "spawn": each loads its own)
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    claims = _Claims(context, ranges)
+    parts = [out_path.with_name(f"{out_path.name}.part{k}") for k in range(num_workers)]
+    written: list[list[tuple[int, int]]] = [[] for _ in range(num_workers)]
+    children = []
+    try:
+        with open(parts[0], "wb") as part:
+            _work(path, dtype, tokenizer, claims, part, written[0], max_ranges=1)
+            _worker_tokenizer = tokenizer if fork else None
+            for k in range(1, num_workers):
+                receive, send = context.Pipe(duplex=False)
+                child = context.Process(
+                    target=_child, args=(path, dtype, str(tokenizer_dir), claims, str(parts[k]), send)
+                )
+                child.start()
+                send.close()
+                children.append((child, receive))
+            _worker_tokenizer = None
+            while True:
+                before = len(written[0])
+                _work(path, dtype, tokenizer, claims, part, written[0], max_ranges=before + 1)
+                if bar is not None:
+                    bar.update(claims.done_bytes - bar.n)
+                if len(written[0]) == before:
+                    break
+        for k, (child, receive) in enumerate(children, 1):
+            try:
+                status, result = receive.recv()
+            except EOFError:
+                child.join()
+                raise RuntimeError(f"worker process {child.pid} died (exit code {child.exitcode})") from None
+            if status == "error":
+                raise result
+            written[k] = result
+        if bar is not None:
+            bar.update(claims.done_bytes - bar.n)
+        return _stitch(parts, written, np.dtype(dtype).itemsize, out_path)
+    except BaseException:
+        claims.stop()
+        for child, _ in children:
+            child.terminate()
+        raise
     finally:
         _worker_tokenizer = None
+        for child, receive in children:
+            child.join()
+            receive.close()
+        for part_path in parts:
+            part_path.unlink(missing_ok=True)
 
 
-def _pooled(path, ranges, dtype, tokenizer, tokenizer_dir, num_workers):
-    """This process and N - 1 children encode ranges; results come back in input order."""
-    children = num_workers - 1
-    max_in_flight = 4 * num_workers
-    with ProcessPoolExecutor(children, initializer=_init_worker, initargs=(str(tokenizer_dir),)) as pool:
-        submitted: dict[int, object] = {}  # range index -> future (children)
-        local: dict[int, np.ndarray] = {}  # range index -> ids encoded here, not yet yielded
-        assigned = emitted = 0
+def _stitch(parts: list[Path], written: list[list[tuple[int, int]]], itemsize: int, out_path: Path) -> int:
+    """Copy the ranges' ids from the part files into `out_path` in input order; return the token count."""
+    where = {}  # range index -> (part, first token, token count)
+    for k, ranges in enumerate(written):
+        offset = 0
+        for index, count in ranges:
+            where[index] = (k, offset, count)
+            offset += count
+    if sorted(where) != list(range(len(where))):
+        raise RuntimeError(f"internal error: the workers' ranges {sorted(where)} do not cover the input")
+    handles = [open(p, "rb") for p in parts]
+    try:
+        with open(out_path, "wb", buffering=0) as out:  # unbuffered: kernel copies and writes share its position
+            for index in range(len(where)):
+                k, offset, count = where[index]
+                _copy(handles[k], out, offset * itemsize, count * itemsize)
+    finally:
+        for handle in handles:
+            handle.close()
+    return sum(count for _, _, count in where.values())
+
+
+def _copy(src, dst, offset: int, nbytes: int) -> None:
+    """Append src's bytes [offset, offset + nbytes) to dst, an unbuffered file (in the kernel where
+    os.copy_file_range works)."""
+    if hasattr(os, "copy_file_range"):
         try:
-            while emitted < len(ranges):
-                while assigned < len(ranges) and len(submitted) < 2 * children:  # keep the children busy
-                    submitted[assigned] = pool.submit(_encode_range, path, *ranges[assigned], dtype)
-                    assigned += 1
-                if emitted in local:
-                    yield local.pop(emitted)
-                elif (
-                    submitted[emitted].done() or assigned == len(ranges) or len(local) + len(submitted) >= max_in_flight
-                ):
-                    yield submitted.pop(emitted).result()
-                else:  # the next range in order is still being encoded by a child: encode a later one here
-                    local[assigned] = _encode_range(path, *ranges[assigned], dtype, tokenizer)
-                    assigned += 1
-                    continue
-                emitted += 1
-        finally:
-            for future in submitted.values():
-                future.cancel()
+            while nbytes:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), nbytes, offset)
+                if not copied:
+                    raise OSError(f"unexpected end of part file {src.name!r}")
+                offset, nbytes = offset + copied, nbytes - copied
+            return
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    src.seek(offset)
+    while nbytes:
+        chunk = src.read(min(nbytes, 16 << 20))
+        if not chunk:
+            raise OSError(f"unexpected end of part file {src.name!r}")
+        view = memoryview(chunk)
+        while view:
+            view = view[dst.write(view) :]  # (a raw write may take only part)
+        nbytes -= len(chunk)
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI

@@ -33,6 +33,7 @@ import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import chain, filterfalse
+from operator import itemgetter
 
 import numpy as np
 import regex
@@ -133,7 +134,9 @@ class Tokenizer:
             token_id, token = next((i, t) for i, t in vocab.items() if not isinstance(t, bytes))
             raise TypeError(f"vocab[{token_id!r}] must be bytes, got {type(token).__name__}")
         self.vocab: dict[int, bytes] = dict(zip(map(int, vocab), vocab.values(), strict=True))
-        self.merges: list[tuple[bytes, bytes]] = [(bytes(a), bytes(b)) for a, b in merges]
+        firsts = list(map(bytes, map(itemgetter(0), merges)))
+        seconds = list(map(bytes, map(itemgetter(1), merges)))
+        self.merges: list[tuple[bytes, bytes]] = list(zip(firsts, seconds, strict=True))
         ids_descending = sorted(self.vocab, reverse=True)  # duplicates: the lowest id is written last, and wins
         tokens_descending = list(map(self.vocab.__getitem__, ids_descending))
         self._token_to_id: dict[bytes, int] = dict(zip(tokens_descending, ids_descending, strict=True))
@@ -142,7 +145,6 @@ class Tokenizer:
         # is the earliest merge and its low bits are the merged token's id.
         self._shift = max(max(self.vocab, default=0).bit_length(), 1)
         lookup = self._token_to_id.get
-        firsts, seconds = [a for a, _ in self.merges], [b for _, b in self.merges]
         a_ids, b_ids = list(map(lookup, firsts)), list(map(lookup, seconds))
         merged_ids = list(map(lookup, map(bytes.__add__, firsts, seconds)))
         if None in a_ids or None in b_ids or None in merged_ids:
@@ -150,10 +152,10 @@ class Tokenizer:
                 for part in (a, b, a + b):
                     if part not in self._token_to_id:
                         raise ValueError(f"merges[{rank}] = {(a, b)!r} needs {part!r}, which is not in vocab")
-        keys = [a << self._shift | b for a, b in zip(a_ids, b_ids, strict=True)]
-        values = [rank << self._shift | m for rank, m in enumerate(merged_ids)]
+        keys = np.array(a_ids, dtype=np.int64) << self._shift | np.array(b_ids, dtype=np.int64)
+        values = np.arange(len(merged_ids), dtype=np.int64) << self._shift | np.array(merged_ids, dtype=np.int64)
         # a pair listed twice: the first (lowest rank) is written last, and wins
-        self._pair_table: dict[int, int] = dict(zip(keys[::-1], values[::-1], strict=True))
+        self._pair_table: dict[int, int] = dict(zip(keys[::-1].tolist(), values[::-1].tolist(), strict=True))
         self._byte_ids: list[int | None] = [self._token_to_id.get(bytes((b,))) for b in range(256)]
         # The same table as a numpy hash map, for `_bpe_bytes` (many pairs looked up at once).
         self._pair_map = IntMap(

@@ -9,7 +9,7 @@ directory also holds `special_tokens.json` (a list of strings) when it has speci
 import json
 import os
 from functools import cache
-from itertools import accumulate
+from itertools import accumulate, repeat
 from pathlib import Path
 
 from .files import atomic_write_text
@@ -108,17 +108,15 @@ def load_vocab_and_merges(
     with open(vocab_path, encoding="utf-8") as f:
         encoded_vocab = json.load(f)
     vocab = dict(zip(map(int, encoded_vocab.values()), decode_tokens(list(encoded_vocab)), strict=True))
-    parts: list[str] = []
     with open(merges_path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line or (line_no == 1 and line.startswith("#version")):
-                continue
-            pair = line.split(" ")
-            if len(pair) != 2:
-                raise ValueError(f"{merges_path}:{line_no}: expected two tokens separated by one space, got {line!r}")
-            parts += pair
-    decoded = decode_tokens(parts)
+        lines = f.read().split("\n")
+    if lines[0].startswith("#version"):
+        lines[0] = ""
+    merge_lines = list(filter(None, lines))  # (empty lines are skipped)
+    if set(map(str.count, merge_lines, repeat(" "))) - {1}:  # (all C loops: GPT-2's 50,000 lines in ~15 ms)
+        line_no, line = next((n, t) for n, t in enumerate(lines, 1) if t and t.count(" ") != 1)
+        raise ValueError(f"{merges_path}:{line_no}: expected two tokens separated by one space, got {line!r}")
+    decoded = decode_tokens(" ".join(merge_lines).split(" ")) if merge_lines else []
     return vocab, list(zip(decoded[::2], decoded[1::2], strict=True))
 
 

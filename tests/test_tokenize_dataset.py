@@ -1,12 +1,16 @@
 """Dataset encoding (`cs336-basics tokenize`): equal to encoding the whole file, for any worker count and range size."""
 
+import errno
 import json
+import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cs336_basics import tokenize_dataset
 from cs336_basics.cli import main
 from cs336_basics.data import load_tokens
 from cs336_basics.tokenize_dataset import find_cuts, tokenize_file, tokenizer_fingerprint
@@ -150,3 +154,133 @@ def test_empty_input(tok_dir, tmp_path):
     assert meta["num_tokens"] == 0
     assert (tmp_path / "o.bin").stat().st_size == 0  # (np.memmap cannot map an empty file; nothing to read)
     assert json.loads((tmp_path / "o.bin.json").read_text())["num_tokens"] == 0
+
+
+# ------------------------------------------------------------------------------------- parallel workers (internals)
+
+
+@pytest.mark.parametrize("num_workers", [3, 5])
+def test_more_workers_than_two(tok_dir, tmp_path, num_workers):
+    """Any worker count gives the same file (ranges are claimed by whichever worker is free, then stitched)."""
+    src = tmp_path / "in.txt"
+    text = _text(seed=num_workers, num_docs=600)
+    src.write_text(text, encoding="utf-8")
+    tokenize_file(src, tmp_path / "out.bin", tok_dir, num_workers=num_workers, range_bytes=500)
+    assert load_tokens(tmp_path / "out.bin").tolist() == Tokenizer.from_dir(tok_dir).encode(text)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.bin", "out.bin.json"]
+
+
+def test_spawned_workers_load_their_own_tokenizer(tok_dir, tmp_path, monkeypatch):
+    """Where children are spawned, not forked (macOS, Windows), they load the tokenizer and give the same file."""
+    monkeypatch.setattr(tokenize_dataset.sys, "platform", "darwin")
+    src = tmp_path / "in.txt"
+    text = _text(seed=11)
+    src.write_text(text, encoding="utf-8")
+    tokenize_file(src, tmp_path / "out.bin", tok_dir, num_workers=2, range_bytes=300)
+    assert load_tokens(tmp_path / "out.bin").tolist() == Tokenizer.from_dir(tok_dir).encode(text)
+
+
+@pytest.mark.parametrize("kernel_copy", ["yes", "no", "sometimes"])
+def test_stitch_puts_ranges_in_input_order(tmp_path, monkeypatch, kernel_copy):
+    """Ranges claimed in any interleaving by the workers come out in input order: with os.copy_file_range,
+    without it, and when it refuses some copies (then those are read and written, at the same file position)."""
+    if kernel_copy == "no":
+        monkeypatch.delattr(tokenize_dataset.os, "copy_file_range", raising=False)
+    elif kernel_copy == "sometimes":
+        if not hasattr(os, "copy_file_range"):
+            pytest.skip("no os.copy_file_range here")
+        real, calls = os.copy_file_range, []
+
+        def flaky(src, dst, count, offset_src=None):
+            calls.append(1)
+            if len(calls) % 2:
+                raise OSError(errno.EXDEV, "cross-device")
+            return real(src, dst, min(count, 4), offset_src)  # and short copies
+
+        monkeypatch.setattr(tokenize_dataset.os, "copy_file_range", flaky)
+    ranges = [np.arange(10 * i, 10 * i + n, dtype=np.uint32) for i, n in enumerate([3, 0, 5, 1, 7, 2])]
+    owner = [1, 0, 2, 1, 1, 0]  # worker that encoded each range, each appending to its own part file
+    parts = [tmp_path / f"part{k}" for k in range(3)]
+    written = [[], [], []]
+    for k, part in enumerate(parts):
+        with open(part, "wb") as f:
+            for index in [i for i in range(len(ranges)) if owner[i] == k]:
+                ranges[index].tofile(f)
+                written[k].append((index, len(ranges[index])))
+    count = tokenize_dataset._stitch(parts, written, 4, tmp_path / "out.bin")
+    assert count == 18
+    assert np.fromfile(tmp_path / "out.bin", dtype=np.uint32).tolist() == np.concatenate(ranges).tolist()
+    with pytest.raises(RuntimeError, match="do not cover the input"):
+        tokenize_dataset._stitch(parts, [written[0], written[1], []], 4, tmp_path / "out2.bin")
+
+
+def _fail_in_child(how):
+    """An _encode_range that fails in a forked child only (the child inherits the patched module)."""
+    parent, encode = os.getpid(), tokenize_dataset._encode_range
+
+    def failing(*args):
+        if os.getpid() != parent:
+            if how == "die":
+                os._exit(3)
+            raise ValueError("boom in a child")
+        return encode(*args)
+
+    return failing
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="children inherit the patched function only when forked")
+@pytest.mark.parametrize("how", ["raise", "die"])
+def test_child_failure_is_raised_and_leaves_nothing(tok_dir, tmp_path, monkeypatch, how):
+    """An exception in a child is raised in the caller; a child that dies is an error naming it; either way no
+    output, temporary or part file is left."""
+    monkeypatch.setattr(tokenize_dataset, "_encode_range", _fail_in_child(how))
+    src = tmp_path / "in.txt"
+    src.write_text(_text(seed=5), encoding="utf-8")
+    expected = (ValueError, "boom in a child") if how == "raise" else (RuntimeError, r"worker process \d+ died")
+    with pytest.raises(expected[0], match=expected[1]):
+        tokenize_file(src, tmp_path / "out.bin", tok_dir, num_workers=2, range_bytes=200)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_parent_failure_stops_children_and_leaves_nothing(tok_dir, tmp_path, monkeypatch):
+    """An error in this process while children run: they are stopped and nothing is left behind."""
+    parent, encode, calls = os.getpid(), tokenize_dataset._encode_range, []
+
+    def failing_late(*args):
+        if os.getpid() == parent:
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        return encode(*args)
+
+    monkeypatch.setattr(tokenize_dataset, "_encode_range", failing_late)
+    src = tmp_path / "in.txt"
+    src.write_text(_text(seed=6, num_docs=2000), encoding="utf-8")
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_file(src, tmp_path / "out.bin", tok_dir, num_workers=2, range_bytes=200)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_progress_bar_counts_every_worker(tok_dir, tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text(_text(seed=8), encoding="utf-8")
+    tokenize_file(src, tmp_path / "out.bin", tok_dir, num_workers=2, range_bytes=300, progress=True)
+    size = src.stat().st_size
+    assert f"{size / 1000:.1f}k/{size / 1000:.1f}k" in capsys.readouterr().err.replace("kB", "k")
+
+
+def test_fingerprint_tells_tokenizers_apart():
+    """The fingerprint depends on every id, token byte, merge and special token, and not on dict order."""
+    vocab = {0: b"a", 1: b"b", 2: b"ab", 3: b"c"}
+    merges = [(b"a", b"b")]
+    base = tokenizer_fingerprint(vocab, merges, ["<s>"])
+    assert base == tokenizer_fingerprint(dict(reversed(vocab.items())), merges, ["<s>"])
+    variants = [
+        ({0: b"a", 1: b"b", 2: b"ab", 4: b"c"}, merges, ["<s>"]),  # an id
+        ({0: b"a", 1: b"b", 2: b"abc", 3: b""}, merges, ["<s>"]),  # a byte moved between tokens
+        (vocab, [(b"a", b"b"), (b"ab", b"c")], ["<s>"]),  # a merge
+        (vocab, [(b"ab", b"")], ["<s>"]),  # a byte moved between a merge's parts
+        (vocab, merges, []),  # a special token
+        (vocab, merges, ["<s", ">"]),
+    ]
+    assert len({base, *(tokenizer_fingerprint(*v) for v in variants)}) == len(variants) + 1

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import cs336_basics.tokenizer as tokenizer_module
 from cs336_basics.tokenizer import GPT2_PATTERN, WHITESPACE_CHARS, Tokenizer
-from cs336_basics.tokenizer_files import save_tokenizer
+from cs336_basics.tokenizer_files import load_vocab_and_merges, save_tokenizer
 
 from .adapters import get_tokenizer
 from .conftest import shared_fixture
@@ -460,6 +460,25 @@ def test_decode_tokens_in_bulk_equals_one_by_one():
     assert decode_tokens([]) == []
     with pytest.raises(ValueError, match="token 'a b' has character ' '"):
         decode_tokens(["ok", "a b"])
+
+
+def test_merges_file_format(tmp_path):
+    """merges.txt: an optional #version header, blank lines skipped, CRLF line ends read as LF; a line without
+    exactly one space is an error naming its line, even when another line's extra token would make the count fit."""
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab", 257: b" c"}
+    save_tokenizer(vocab, [(b"a", b"b"), (b" ", b"c")], tmp_path / "tok")
+    vocab_path, merges_path = tmp_path / "tok" / "vocab.json", tmp_path / "tok" / "merges.txt"
+    assert merges_path.read_text(encoding="utf-8") == "#version: 0.2\na b\nĠ c\n"
+    for text in ["#version: 0.2\r\na b\r\n\r\nĠ c\r\n", "a b\n\nĠ c", "\na b\nĠ c\n\n"]:
+        merges_path.write_bytes(text.encode("utf-8"))
+        assert load_vocab_and_merges(vocab_path, merges_path)[1] == [(b"a", b"b"), (b" ", b"c")]
+    for text in ["", "#version: 0.2\n", "\n\n"]:  # no merges at all
+        merges_path.write_bytes(text.encode("utf-8"))
+        assert load_vocab_and_merges(vocab_path, merges_path)[1] == []
+    for text, line in [("#version: 0.2\na b\nĠc\n", 3), ("a b c\nĠ\n", 1), ("a b\n\nĠ c\na  b\n", 4)]:
+        merges_path.write_bytes(text.encode("utf-8"))
+        with pytest.raises(ValueError, match=f"merges.txt:{line}: expected two tokens separated by one space"):
+            load_vocab_and_merges(vocab_path, merges_path)
 
 
 def test_missing_files_raise(tmp_path):
