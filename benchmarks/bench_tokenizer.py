@@ -14,7 +14,8 @@ runs on the first --hf-mb MB only.
 The CLI part runs `cs336-basics tokenize` in a fresh process for each worker count and input scale (the corpus
 concatenated N times), the worker counts in turn --cli-repeats times, and reports median wall time (measured
 inside the process, from before the tokenize module is imported to the end), MB/s, CPU seconds (parent +
-workers), the peak RSS of the parent and of the largest worker, and the median of the paired speedups. On a
+workers), the peak RSS of the parent and of the largest worker, and the median of the paired speedups. The
+runs share a tokenizer cache (CS336_CACHE_DIR) in the run's temporary directory, filled by an untimed first run. On a
 machine whose cores are busy with other work, the wall-clock speedup of 2 workers cannot exceed the share of the
 cores the job gets; the CPU seconds show whether the work itself grew.
 """
@@ -22,6 +23,7 @@ cores the job gets; the CPU seconds show whether the work itself grew.
 import argparse
 import copy
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -122,9 +124,11 @@ print("BENCH", code, seconds, peak_kb, kids.ru_maxrss, cpu)
 """
 
 
-def _run_cli(src: Path, tok_dir: Path, out: Path, workers: int) -> dict:
+def _run_cli(src: Path, tok_dir: Path, out: Path, workers: int, cache_dir: Path) -> dict:
     argv = ["tokenize", str(src), "--tokenizer", str(tok_dir), "--out", str(out), "--workers", str(workers)]
-    proc = subprocess.run([sys.executable, "-c", _RUN_CLI, *argv, "--no-progress"], capture_output=True, text=True)
+    env = os.environ | {"CS336_CACHE_DIR": str(cache_dir)}
+    command = [sys.executable, "-c", _RUN_CLI, *argv, "--no-progress"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"tokenize failed: {proc.stderr[-2000:]}")
@@ -145,6 +149,10 @@ def bench_cli(
             tok = Tokenizer.from_files(_gpt2_dir() / "encoder.json", _gpt2_dir() / "vocab.bpe")
             save_tokenizer(tok.vocab, tok.merges, tmp / "tok", special_tokens=[EOT])
             tok_dir = tmp / "tok"
+        # The tokenizer cache (see tokenize_dataset.load_tokenizer) in a directory of this run, filled by a first
+        # run on a tiny input, as any earlier run on the machine would have filled it.
+        (tmp / "tiny.txt").write_text("warm up", encoding="utf-8")
+        _run_cli(tmp / "tiny.txt", tok_dir, tmp / "tiny.bin", 1, tmp / "cache")
         data = corpus.read_bytes()
         for scale in scales:
             src = tmp / f"input_x{scale}.txt"
@@ -156,7 +164,7 @@ def bench_cli(
             for _ in range(repeats):
                 for n in workers:
                     out = tmp / f"out_x{scale}_w{n}.bin"
-                    runs[n].append(_run_cli(src, tok_dir, out, n))
+                    runs[n].append(_run_cli(src, tok_dir, out, n, tmp / "cache"))
                     meta = json.loads(out.with_name(out.name + ".json").read_text())
                     outputs[n] = out.read_bytes()
                     out.unlink()

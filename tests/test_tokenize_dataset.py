@@ -284,3 +284,45 @@ def test_fingerprint_tells_tokenizers_apart():
         (vocab, merges, ["<s", ">"]),
     ]
     assert len({base, *(tokenizer_fingerprint(*v) for v in variants)}) == len(variants) + 1
+
+
+def test_tokenizer_cache(tok_dir, tmp_path, monkeypatch):
+    """load_tokenizer: the second load reads the pickle cache (the files are not parsed again) and encodes the
+    same; an edited tokenizer file gets a new entry; a corrupt entry is rebuilt; "" turns the cache off; an
+    unusable cache directory is no error."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CS336_CACHE_DIR", str(cache))
+    text = _text(seed=3)
+    tok, fingerprint = tokenize_dataset.load_tokenizer(tok_dir)
+    assert fingerprint == tokenizer_fingerprint(*load_tokenizer_dir(tok_dir))
+    (entry,) = cache.rglob("*.pkl")
+    expected = Tokenizer.from_dir(tok_dir).encode(text)
+
+    def not_parsed(directory):
+        raise AssertionError("the tokenizer files were parsed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(tokenize_dataset, "load_tokenizer_dir", not_parsed)
+        cached, cached_fingerprint = tokenize_dataset.load_tokenizer(tok_dir)
+    assert cached_fingerprint == fingerprint and cached.encode(text) == expected == tok.encode(text)
+
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    for f in tok_dir.iterdir():
+        (edited / f.name).write_bytes(f.read_bytes())
+    (edited / "special_tokens.json").write_text(json.dumps([EOT]), encoding="utf-8")  # LONG is no longer special
+    tok2, fingerprint2 = tokenize_dataset.load_tokenizer(edited)
+    assert fingerprint2 != fingerprint and tok2.special_tokens == [EOT] and len(list(cache.rglob("*.pkl"))) == 2
+
+    entry.write_bytes(entry.read_bytes()[:1000])  # truncated
+    rebuilt, _ = tokenize_dataset.load_tokenizer(tok_dir)
+    assert rebuilt.encode(text) == expected and entry.stat().st_size > 1000
+
+    for setting in ["", str(tmp_path / "in.txt" / "cache")]:  # off; under a file (cannot be made)
+        (tmp_path / "in.txt").write_text("x", encoding="utf-8")
+        monkeypatch.setenv("CS336_CACHE_DIR", setting)
+        off, _ = tokenize_dataset.load_tokenizer(tok_dir)
+        assert off.encode(text) == expected
+    assert len(list(cache.rglob("*.pkl"))) == 2
+    with pytest.raises(NotADirectoryError, match="tokenizer directory"):
+        tokenize_dataset.load_tokenizer(tmp_path / "missing")
