@@ -203,7 +203,7 @@ class _MemoryCap:
             self.trim = ctypes.CDLL(None).malloc_trim
             self.page = os.sysconf("SC_PAGE_SIZE")
             self.resident()
-        except (OSError, AttributeError, ValueError):
+        except (OSError, AttributeError, ValueError, TypeError):  # (no /proc, no glibc, no CDLL(None) on Windows)
             self.trim = None
 
     def resident(self) -> int:
