@@ -354,8 +354,9 @@ class _Claims:
         return self._done.value
 
 
-def _work(path, dtype, tokenizer, claims: _Claims, part, written: list, max_ranges: int | None = None) -> None:
-    """Encode claimed ranges, appending their ids to the open file `part` and (range index, count) to `written`."""
+def _work(path, dtype, tokenizer, claims: _Claims, part, written: list, max_ranges=None, after_each=None) -> None:
+    """Encode claimed ranges (at most max_ranges), appending their ids to the open file `part` and (range index,
+    count) to `written`, and calling after_each() after each."""
     while max_ranges is None or len(written) < max_ranges:
         index = claims.claim()
         if index is None:
@@ -368,6 +369,8 @@ def _work(path, dtype, tokenizer, claims: _Claims, part, written: list, max_rang
         ids.tofile(part)
         written.append((index, len(ids)))
         claims.finished(index)
+        if after_each is not None:
+            after_each()
 
 
 def _child(path, dtype, tokenizer_dir, claims: _Claims, part_path: str, conn) -> None:
@@ -415,13 +418,8 @@ def _encode_in_parallel(path, ranges, dtype, tokenizer, tokenizer_dir, num_worke
                 send.close()
                 children.append((child, receive))
             _worker_tokenizer = None
-            while True:
-                before = len(written[0])
-                _work(path, dtype, tokenizer, claims, part, written[0], max_ranges=before + 1)
-                if bar is not None:
-                    bar.update(claims.done_bytes - bar.n)
-                if len(written[0]) == before:
-                    break
+            show_progress = None if bar is None else lambda: bar.update(claims.done_bytes - bar.n)
+            _work(path, dtype, tokenizer, claims, part, written[0], after_each=show_progress)
         for k, (child, receive) in enumerate(children, 1):
             try:
                 status, result = receive.recv()
@@ -433,7 +431,7 @@ def _encode_in_parallel(path, ranges, dtype, tokenizer, tokenizer_dir, num_worke
             written[k] = result
         if bar is not None:
             bar.update(claims.done_bytes - bar.n)
-        return _stitch(parts, written, np.dtype(dtype).itemsize, out_path)
+        return _stitch(parts, written, len(ranges), np.dtype(dtype).itemsize, out_path)
     except BaseException:
         claims.stop()
         for child, _ in children:
@@ -448,20 +446,23 @@ def _encode_in_parallel(path, ranges, dtype, tokenizer, tokenizer_dir, num_worke
             part_path.unlink(missing_ok=True)
 
 
-def _stitch(parts: list[Path], written: list[list[tuple[int, int]]], itemsize: int, out_path: Path) -> int:
-    """Copy the ranges' ids from the part files into `out_path` in input order; return the token count."""
+def _stitch(
+    parts: list[Path], written: list[list[tuple[int, int]]], num_ranges: int, itemsize: int, out_path: Path
+) -> int:
+    """Copy the ids of ranges 0 .. num_ranges - 1 from the part files into `out_path` in input order; return the
+    token count. written[k]: (range index, token count) in the order worker k appended them to parts[k]."""
     where = {}  # range index -> (part, first token, token count)
     for k, ranges in enumerate(written):
         offset = 0
         for index, count in ranges:
             where[index] = (k, offset, count)
             offset += count
-    if sorted(where) != list(range(len(where))):
+    if sorted(where) != list(range(num_ranges)):
         raise RuntimeError(f"internal error: the workers' ranges {sorted(where)} do not cover the input")
     handles = [open(p, "rb") for p in parts]
     try:
         with open(out_path, "wb", buffering=0) as out:  # unbuffered: kernel copies and writes share its position
-            for index in range(len(where)):
+            for index in range(num_ranges):
                 k, offset, count = where[index]
                 _copy(handles[k], out, offset * itemsize, count * itemsize)
     finally:

@@ -207,11 +207,12 @@ def test_stitch_puts_ranges_in_input_order(tmp_path, monkeypatch, kernel_copy):
             for index in [i for i in range(len(ranges)) if owner[i] == k]:
                 ranges[index].tofile(f)
                 written[k].append((index, len(ranges[index])))
-    count = tokenize_dataset._stitch(parts, written, 4, tmp_path / "out.bin")
+    count = tokenize_dataset._stitch(parts, written, len(ranges), 4, tmp_path / "out.bin")
     assert count == 18
     assert np.fromfile(tmp_path / "out.bin", dtype=np.uint32).tolist() == np.concatenate(ranges).tolist()
-    with pytest.raises(RuntimeError, match="do not cover the input"):
-        tokenize_dataset._stitch(parts, [written[0], written[1], []], 4, tmp_path / "out2.bin")
+    for missing in ([written[0], written[1], []], [written[0][:-1], written[1], written[2]]):  # range 2; range 5
+        with pytest.raises(RuntimeError, match="do not cover the input"):
+            tokenize_dataset._stitch(parts, missing, len(ranges), 4, tmp_path / "out2.bin")
 
 
 def _fail_in_child(how):
