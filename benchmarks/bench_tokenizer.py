@@ -15,9 +15,9 @@ The CLI part runs `cs336-basics tokenize` in a fresh process for each worker cou
 concatenated N times), the worker counts in turn --cli-repeats times, and reports median wall time (measured
 inside the process, from before the tokenize module is imported to the end), MB/s, CPU seconds (parent +
 workers), the peak RSS of the parent and of the largest worker, and the median of the paired speedups. The
-runs share a tokenizer cache (CS336_CACHE_DIR) in the run's temporary directory, filled by an untimed first run. On a
-machine whose cores are busy with other work, the wall-clock speedup of 2 workers cannot exceed the share of the
-cores the job gets; the CPU seconds show whether the work itself grew.
+runs share a tokenizer cache (CS336_CACHE_DIR) in the run's temporary directory, filled by an untimed first run.
+On a machine whose cores are busy with other work, the wall-clock speedup of 2 workers cannot exceed the share of
+the cores the job gets; the CPU seconds show whether the work itself grew.
 """
 
 import argparse
