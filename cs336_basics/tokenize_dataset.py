@@ -72,7 +72,8 @@ def load_tokenizer(directory: str | os.PathLike) -> tuple[Tokenizer, str]:
     The cache is a pickle in $CS336_CACHE_DIR (default $XDG_CACHE_HOME/cs336_basics, else ~/.cache/cs336_basics;
     set it to "" to turn the cache off), named by a sha256 of the tokenizer files' bytes and of the tokenizer code
     and library versions, so an edited file or another version of this package never reads a stale entry. It is
-    written atomically, and an entry that cannot be read or written is rebuilt or skipped, never an error.
+    written atomically and keeps the _CACHE_ENTRIES newest entries; an entry that cannot be read or written is
+    rebuilt or skipped, never an error.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -92,9 +93,19 @@ def load_tokenizer(directory: str | os.PathLike) -> tuple[Tokenizer, str]:
     if cache_path is not None:
         try:
             atomic_write_bytes(cache_path, lambda f: pickle.dump((tokenizer, fingerprint), f, protocol=5))
+            _prune(cache_path.parent, keep=_CACHE_ENTRIES)
         except OSError:  # a read-only or full cache directory: go on without it
             pass
     return tokenizer, fingerprint
+
+
+_CACHE_ENTRIES = 8  # tokenizer cache entries kept (GPT-2's is ~7 MB); the least recently written go first
+
+
+def _prune(directory: Path, keep: int) -> None:
+    entries = sorted(directory.glob("*.pkl"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[keep:]:
+        old.unlink(missing_ok=True)
 
 
 def _tokenizer_cache_path(directory: Path) -> Path | None:

@@ -327,3 +327,10 @@ def test_tokenizer_cache(tok_dir, tmp_path, monkeypatch):
     assert len(list(cache.rglob("*.pkl"))) == 2
     with pytest.raises(NotADirectoryError, match="tokenizer directory"):
         tokenize_dataset.load_tokenizer(tmp_path / "missing")
+
+    monkeypatch.setenv("CS336_CACHE_DIR", str(cache))  # at most _CACHE_ENTRIES entries: the oldest go
+    monkeypatch.setattr(tokenize_dataset, "_CACHE_ENTRIES", 2)
+    (edited / "special_tokens.json").write_text(json.dumps([LONG]), encoding="utf-8")
+    tokenize_dataset.load_tokenizer(edited)
+    kept = sorted(cache.rglob("*.pkl"))
+    assert len(kept) == 2 and entry in kept  # the entry rebuilt above is newer than the first edited one
