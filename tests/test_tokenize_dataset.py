@@ -2,6 +2,7 @@
 
 import errno
 import json
+import multiprocessing
 import os
 import random
 import sys
@@ -79,14 +80,68 @@ def test_cuts_are_valid_and_cover_the_file(tok_dir, tmp_path):
                 assert data[c - k : c - k + len(special)] != special
 
 
-def test_ranges_shrink_towards_the_end_with_workers(tok_dir, tmp_path):
-    """With 2 workers the last ranges get shorter (both finish together); with 1 they keep range_bytes."""
+def test_each_cut_is_the_first_valid_one_after_the_target(tok_dir, tmp_path):
+    """Ranges are range_bytes long up to the distance to a valid cut; a cut far away (a 10 kB word, past the first
+    4 kB window) is still found, and a word longer than the largest window is skipped over."""
     src = tmp_path / "in.txt"
     src.write_bytes(_text(seed=2, num_docs=2000).encode("utf-8"))
-    one, two = (np.diff(find_cuts(src, [EOT, LONG], range_bytes=4000, workers=w)) for w in (1, 2))
-    assert one[:-1].min() >= 4000 and one[:-1].max() < 4000 + 100  # each cut is the first valid one after 4000
-    assert 1000 <= two[0] < 1100 and two[1] >= 4000 and two[-3] < 1000  # a short first range; shrinking to 1/8
-    assert np.all(np.diff(two[1:-1]) <= 100)  # never growing again (up to the distance to a valid cut)
+    sizes = np.diff(find_cuts(src, [EOT, LONG], range_bytes=4000))
+    assert sizes[:-1].min() >= 4000 and sizes[:-1].max() < 4000 + 100
+    src.write_bytes(b"a " * 100 + b"x" * 10_000 + b" b" * 100 + b"y" * 200_000 + b" c" * 100)
+    # 151: the space after the "a" at 150; 10_200: after the x-run (found in the 64 kB window); 10_352: after the
+    # first "b" from 10_350 on; 210_400: after the y-run (target moved on 64 kB at a time); 210_552; the end
+    assert find_cuts(src, [EOT], range_bytes=150) == [0, 151, 10_200, 10_352, 210_400, 210_552, 210_600]
+
+
+def _claim_all(claims, speeds):
+    """Claims in the order workers of the given speeds (grains per step) would make them; (worker, claim) pairs."""
+    busy_until, made = [0.0] * len(speeds), []
+    while True:
+        worker = min(range(len(speeds)), key=lambda k: (busy_until[k], k))
+        claimed = claims.claim(worker)
+        if claimed is None:
+            return made
+        made.append((worker, claimed))
+        busy_until[worker] += (claimed[1] - claimed[0]) / speeds[worker]
+
+
+@pytest.mark.parametrize("speeds", [[1, 1], [3, 1], [1, 3], [1, 1, 1], [2, 1, 5, 1]])
+def test_claims_give_each_worker_its_own_stretch_and_tile_the_input(speeds):
+    """Each worker starts at its own segment (split by bytes) and walks forward; when it is done it helps the
+    segment with the most left, from the back; claims shrink to single grains at the end; together they tile the
+    grains exactly once, whatever the workers' speeds."""
+    context = multiprocessing.get_context("spawn")
+    num_workers, grains = len(speeds), 120
+    cuts = [0] + [10 * g + (g % 7) for g in range(1, grains)] + [10 * grains]  # uneven grains
+    claims = tokenize_dataset._Claims(context, cuts, num_workers, most=8)
+    made = _claim_all(claims, speeds)
+    spans = sorted(c for _, c in made)
+    assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]] and spans[-1][1] == grains  # a tiling
+    assert all(1 <= b - a <= 8 for a, b in spans)
+    assert [b - a for _, (a, b) in made[-num_workers:]] == [1] * num_workers  # the last ones are single grains
+    bounds = [10 * grains * k // num_workers for k in range(num_workers)]  # segments split by bytes
+    seg_starts = [next(g for g, c in enumerate(cuts) if c >= b) for b in bounds]
+    for k in range(num_workers):
+        own = [c for w, c in made if w == k]
+        assert own[0][0] == seg_starts[k]  # its segment's front
+        seg_end = seg_starts[k + 1] if k + 1 < num_workers else grains
+        home = [c for c in own if seg_starts[k] <= c[0] < seg_end]
+        assert home == sorted(home) and own[: len(home)] == home  # forward through its own segment first
+    if speeds[0] > speeds[1]:  # the fast worker ends up taking grains of the slow one's segment, from its back
+        helped = [c for w, c in made if w == 0 and c[0] >= seg_starts[1]]
+        assert helped and helped == sorted(helped, reverse=True)
+    claims.stop()
+    assert claims.claim(0) is None
+
+
+def test_claims_start_at_each_segment_and_stop():
+    context = multiprocessing.get_context("spawn")
+    claims = tokenize_dataset._Claims(context, list(range(0, 410, 10)), 2, most=8)
+    assert claims.claim(1) == (20, 28)  # worker 1 starts at the middle
+    assert claims.claim(0) == (0, 8)
+    assert claims.claim(0) == (8, 14)  # 26 grains left: at most 26 // 4 = 6
+    claims.stop()
+    assert claims.claim(0) is None and claims.claim(1) is None
 
 
 def test_cli_writes_uint32_for_large_vocab_and_prints_ratio(tmp_path, capsys):
@@ -198,21 +253,23 @@ def test_stitch_puts_ranges_in_input_order(tmp_path, monkeypatch, kernel_copy):
             return real(src, dst, min(count, 4), offset_src)  # and short copies
 
         monkeypatch.setattr(tokenize_dataset.os, "copy_file_range", flaky)
+    spans = [(0, 2), (2, 3), (3, 6), (6, 7), (7, 9), (9, 10)]  # claims of grains [first, stop)
     ranges = [np.arange(10 * i, 10 * i + n, dtype=np.uint32) for i, n in enumerate([3, 0, 5, 1, 7, 2])]
-    owner = [1, 0, 2, 1, 1, 0]  # worker that encoded each range, each appending to its own part file
+    owner = [1, 0, 2, 1, 1, 0]  # worker that encoded each claim, each appending to its own part file
     parts = [tmp_path / f"part{k}" for k in range(3)]
     written = [[], [], []]
     for k, part in enumerate(parts):
         with open(part, "wb") as f:
-            for index in [i for i in range(len(ranges)) if owner[i] == k]:
+            for index in [i for i in range(len(ranges)) if owner[i] == k][::-1]:  # any order within a part
                 ranges[index].tofile(f)
-                written[k].append((index, len(ranges[index])))
-    count = tokenize_dataset._stitch(parts, written, len(ranges), 4, tmp_path / "out.bin")
+                written[k].append((*spans[index], len(ranges[index])))
+    count = tokenize_dataset._stitch(parts, written, 10, 4, tmp_path / "out.bin")
     assert count == 18
     assert np.fromfile(tmp_path / "out.bin", dtype=np.uint32).tolist() == np.concatenate(ranges).tolist()
-    for missing in ([written[0], written[1], []], [written[0][:-1], written[1], written[2]]):  # range 2; range 5
-        with pytest.raises(RuntimeError, match="do not cover the input"):
-            tokenize_dataset._stitch(parts, missing, len(ranges), 4, tmp_path / "out2.bin")
+    overlapping = [written[0], written[1] + [(4, 5, 0)], written[2]]
+    for bad in ([written[0], written[1], []], [written[0][1:], written[1], written[2]], overlapping):
+        with pytest.raises(RuntimeError, match="do not tile the input"):  # grains 3-5; 9; 4 twice
+            tokenize_dataset._stitch(parts, bad, 10, 4, tmp_path / "out2.bin")
 
 
 def _fail_in_child(how):
