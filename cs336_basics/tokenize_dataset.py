@@ -422,10 +422,9 @@ def _encode_in_parallel(path, cuts, dtype, tokenizer, tokenizer_dir, num_workers
 
     Each worker claims grains (see _Claims) and appends their ids to a part file of its own; at the end the parts'
     pieces are copied into `out_path` in input order. No ids pass through pipes and no thread runs beside the
-    encoder. The children are forked before any encoding: a small process to copy, whose tables the two sides
-    do not write into after the fork page by page (encoding a first range before the fork, so that the children
-    inherited the most frequent pieces, was 5% slower: the copy-on-write faults cost more than the learning it
-    saved)."""
+    encoder. The children are forked before anything is encoded (encoding a first range before the fork, so that
+    they inherited its pieces, made 2-worker runs 5% slower: a stretch with one core idle, and more system time,
+    likely copy-on-write faults on the grown tables)."""
     global _worker_tokenizer
     fork = sys.platform == "linux"  # children inherit the loaded tokenizer (elsewhere "spawn": each loads its own)
     context = multiprocessing.get_context("fork" if fork else "spawn")
