@@ -485,8 +485,12 @@ def _stitch(
             claims.append((first, stop, k, offset, count))
             offset += count
     claims.sort()
-    if [c[0] for c in claims] != [0] + [c[1] for c in claims[:-1]] or not claims or claims[-1][1] != num_grains:
-        raise RuntimeError(f"internal error: the workers' claims {[c[:2] for c in claims]} do not tile the input")
+    expected = 0  # the claims must tile grains 0 .. num_grains - 1: each starts where the one before stopped
+    for first, stop, *_ in claims + [(num_grains, None)]:
+        if first != expected:
+            problem = f"grain {expected} is missing" if first > expected else f"grain {first} is claimed twice"
+            raise RuntimeError(f"internal error: the workers' claims do not tile the input ({problem})")
+        expected = stop
     handles = [open(p, "rb") for p in parts]
     try:
         with open(out_path, "wb", buffering=0) as out:  # unbuffered: kernel copies and writes share its position

@@ -267,8 +267,12 @@ def test_stitch_puts_ranges_in_input_order(tmp_path, monkeypatch, kernel_copy):
     assert count == 18
     assert np.fromfile(tmp_path / "out.bin", dtype=np.uint32).tolist() == np.concatenate(ranges).tolist()
     overlapping = [written[0], written[1] + [(4, 5, 0)], written[2]]
-    for bad in ([written[0], written[1], []], [written[0][1:], written[1], written[2]], overlapping):
-        with pytest.raises(RuntimeError, match="do not tile the input"):  # grains 3-5; 9; 4 twice
+    for bad, problem in [
+        ([written[0], written[1], []], "grain 3 is missing"),
+        ([written[0][1:], written[1], written[2]], "grain 9 is missing"),  # (written[0] is in reverse order)
+        (overlapping, "grain 4 is claimed twice"),
+    ]:
+        with pytest.raises(RuntimeError, match=f"do not tile the input \\({problem}\\)"):
             tokenize_dataset._stitch(parts, bad, 10, 4, tmp_path / "out2.bin")
 
 
