@@ -201,8 +201,9 @@ def bench_duplication(corpus: Path) -> dict:
     """How many pieces 2 workers learn, relative to 1 worker, by how the ranges are dealt: each worker has its own
     tables, so a piece that both meet for the first time is encoded the slow way twice. In this process, with
     copies of one tokenizer and the tokenize CLI's grains (counts of learned pieces: no process, no timing noise;
-    the seconds are printed for what they are worth). "interleaved": 4 MiB ranges dealt in turn (the CLI before
-    this session's change); "segments": each worker one contiguous half (what the CLI's claims do)."""
+    the seconds are printed for what they are worth; the counts hold while no table fills up, 1M entries).
+    "interleaved": 4 MiB ranges dealt in turn (what the CLI did before its segments); "segments": each worker one
+    contiguous half (what the CLI's claims do)."""
     tok = Tokenizer.from_files(_gpt2_dir() / "encoder.json", _gpt2_dir() / "vocab.bpe", [EOT])
     raw = corpus.read_bytes()
     cuts = find_cuts(corpus, [EOT], DEFAULT_RANGE_BYTES // 8)
