@@ -139,7 +139,7 @@ def test_claims_start_at_each_segment_and_stop():
     claims = tokenize_dataset._Claims(context, list(range(0, 410, 10)), 2, most=8)
     assert claims.claim(1) == (20, 28)  # worker 1 starts at the middle
     assert claims.claim(0) == (0, 8)
-    assert claims.claim(0) == (8, 14)  # 26 grains left: at most 26 // 4 = 6
+    assert claims.claim(0) == (8, 14)  # 24 grains left: at most 24 // (2 * 2 workers) = 6
     claims.stop()
     assert claims.claim(0) is None and claims.claim(1) is None
 
