@@ -21,9 +21,9 @@ the cores the job gets; the CPU seconds show whether the work itself grew.
 """
 
 import argparse
-import bisect
 import copy
 import json
+import multiprocessing
 import os
 import resource
 import statistics
@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cs336_basics.tokenize_dataset import DEFAULT_RANGE_BYTES, find_cuts
+from cs336_basics.tokenize_dataset import _GRAINS_PER_RANGE, DEFAULT_RANGE_BYTES, _Claims, find_cuts
 from cs336_basics.tokenizer import GPT2_PATTERN, Tokenizer
 from cs336_basics.tokenizer_files import save_tokenizer
 
@@ -203,16 +203,21 @@ def bench_duplication(corpus: Path) -> dict:
     copies of one tokenizer and the tokenize CLI's grains (counts of learned pieces: no process, no timing noise;
     the seconds are printed for what they are worth; the counts hold while no table fills up, 1M entries).
     "interleaved": 4 MiB ranges dealt in turn (what the CLI did before its segments); "segments": each worker one
-    contiguous half (what the CLI's claims do)."""
+    contiguous segment, as the CLI's claims deal them."""
     tok = Tokenizer.from_files(_gpt2_dir() / "encoder.json", _gpt2_dir() / "vocab.bpe", [EOT])
     raw = corpus.read_bytes()
-    cuts = find_cuts(corpus, [EOT], DEFAULT_RANGE_BYTES // 8)
+    cuts = find_cuts(corpus, [EOT], DEFAULT_RANGE_BYTES // _GRAINS_PER_RANGE)
     grains = [raw[a:b].decode("utf-8") for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-    half = bisect.bisect_left(cuts, len(raw) // 2, 0, len(grains))
+    segments = [0] * len(grains)  # the CLI's own claims, made in turn (two workers of equal speed)
+    claims = _Claims(multiprocessing.get_context(), cuts, 2, most=_GRAINS_PER_RANGE)
+    worker = 0
+    while claimed := claims.claim(worker):
+        segments[claimed[0] : claimed[1]] = [worker] * (claimed[1] - claimed[0])
+        worker = 1 - worker
     deals = {
         "one worker": [0] * len(grains),
-        "interleaved": [(g // 8) % 2 for g in range(len(grains))],
-        "segments": [int(g >= half) for g in range(len(grains))],
+        "interleaved": [(g // _GRAINS_PER_RANGE) % 2 for g in range(len(grains))],
+        "segments": segments,
     }
     learned, seconds = {}, {}
     for name, owner in deals.items():

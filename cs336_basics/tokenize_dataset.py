@@ -335,7 +335,7 @@ class _Claims:
     The grains are split into one contiguous segment per worker (by bytes). A worker claims from the front of its
     own segment, and once that is done, from the back of the segment with the most grains left; so each worker
     mostly sees one stretch of the file, and all stay busy until the end. (Each worker learns the pieces it meets
-    for the first time in its own tables; on english_mix_bench.txt 2 workers learn 1.16x the pieces 1 worker
+    for the first time in its own tables; on english_mix_bench.txt 2 workers learn 1.14x the pieces 1 worker
     learns this way, 1.21x when 4 MiB ranges are dealt in turn: `benchmarks/bench_tokenizer.py --duplication`.)
     A claim takes up to `most` consecutive grains, fewer as the work runs out (half a worker's share of what is
     left: guided self-scheduling), so the last claims are single grains and the workers finish together. Also
