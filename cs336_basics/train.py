@@ -47,7 +47,7 @@ from .model_info import MODEL_DEFAULTS, add_model_flags, model_config_from, peak
 from .model_info import training_flops_per_token as _training_flops_per_token
 from .nn_utils import cross_entropy, gradient_clipping
 from .optimizer import AdamW, get_lr_cosine_schedule
-from .serialization import read_checkpoint, save_checkpoint
+from .serialization import clean_state_dict, read_checkpoint, save_checkpoint
 
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d{6,})\.pt$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -100,6 +100,7 @@ class TrainConfig:
     checkpoint_interval: int = 1000  # 0: only the final checkpoint
     keep_checkpoints: int = 3  # 0: keep all
     resume: bool = False
+    init_from: str | None = None  # a checkpoint or run directory: start from its weights (step 0, fresh optimizer)
     stop_at_step: int | None = None  # stop this invocation after this step (with a checkpoint), as if preempted
     wandb: bool = False
     wandb_project: str = "cs336-basics"
@@ -177,6 +178,8 @@ def validate_config(config: TrainConfig) -> None:
     if config.dtype not in ("auto", *DTYPES):
         raise ValueError(f"dtype={config.dtype!r} must be one of 'auto', 'float32', 'bfloat16'")
     resolve_device(config.device)
+    if config.init_from is not None:
+        resolve_checkpoint(config.init_from, what="init_from")
     if config.wandb:
         _import_wandb()
     for name in ("train", "val"):
@@ -334,6 +337,32 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def resolve_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Path:
+    """A checkpoint file as given, or the newest ckpt_*.pt of a run directory; FileNotFoundError otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise FileNotFoundError(f"{what}={str(path)!r} is a directory with no ckpt_*.pt checkpoint in it")
+        return found[-1][1]
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}={str(path)!r} is neither a checkpoint file nor a run directory")
+    return path
+
+
+def model_config_of(path: str | os.PathLike, what: str = "checkpoint") -> ModelConfig:
+    """The ModelConfig saved in a checkpoint (file or run directory); ValueError when it has none."""
+    path = resolve_checkpoint(path, what)
+    saved = read_checkpoint(path).get("config")
+    if saved is None:
+        raise ValueError(f"{what}: checkpoint {str(path)!r} has no model config (it was not written by the trainer)")
+    return ModelConfig(**saved)
+
+
+# Settings that change how a model computes, not its weights: an --init-from model may differ in them.
+_COMPUTE_ONLY_FIELDS = ("attention_backend",)
+
+
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(
@@ -477,6 +506,20 @@ class _Run:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
+    def load_weights_from(self, path: Path) -> None:
+        """Load the model weights of checkpoint `path` (its model config must equal ours); optimizer, step and
+        RNG streams stay fresh."""
+        payload = read_checkpoint(path)
+        saved = payload.get("config")
+        if saved is None:
+            raise ValueError(f"init_from: checkpoint {str(path)!r} has no model config (not written by the trainer)")
+        theirs, ours = ModelConfig(**saved).to_dict(), self.model_config.to_dict()
+        diff = {k: (theirs[k], v) for k, v in ours.items() if theirs[k] != v and k not in _COMPUTE_ONLY_FIELDS}
+        if diff:
+            names = ", ".join(f"{k}={mine!r} (checkpoint: {ckpt!r})" for k, (ckpt, mine) in diff.items())
+            raise ValueError(f"init_from={str(path)!r}: the model config differs from the checkpoint's: {names}")
+        self.model.load_state_dict(clean_state_dict(payload["model"]))
+
     # ---- steps
 
     def wall_clock(self) -> float:
@@ -565,6 +608,8 @@ def _train(config: TrainConfig, existing: list[tuple[int, Path]]) -> dict:
         # Log lines written after that checkpoint (by the invocation that stopped) belong to steps that will be
         # run again: drop them, so log.jsonl reads as one uninterrupted run.
         run.records = [r for r in _read_log(log_path) if r["step"] <= run.step]
+    elif config.init_from is not None:
+        run.load_weights_from(resolve_checkpoint(config.init_from, what="init_from"))
     if main:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".ckpt_*.tmp"):  # left by a process killed while writing a checkpoint
@@ -581,6 +626,9 @@ def _train(config: TrainConfig, existing: list[tuple[int, Path]]) -> dict:
             "total_steps": run.total_steps,
             "schedule": run.schedule,
             "resumed_from_step": run.step if config.resume else None,
+            "init_from_checkpoint": (
+                str(resolve_checkpoint(config.init_from, "init_from")) if config.init_from is not None else None
+            ),
         }
         _write_json(out / "config.json", meta)
         atomic_write_bytes(log_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in run.records).encode()))
@@ -812,6 +860,13 @@ def add_parser(subparsers) -> None:
         default=s,
         help="continue from the newest checkpoint in --out (settings default to the run's config.json)",
     )
+    io.add_argument(
+        "--init-from",
+        default=s,
+        metavar="CHECKPOINT_OR_RUN_DIR",
+        help="start a new run (step 0, fresh optimizer) from the weights of this checkpoint or of the newest one in "
+        "this run directory; model settings default to the checkpoint's and must match it",
+    )
     add_model_flags(parser, suppress_defaults=True)
     opt = parser.add_argument_group("optimizer and schedule")
     opt.add_argument("--lr", type=float, default=s, help="peak learning rate; default 1e-3")
@@ -873,6 +928,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if given.get("resume") and out and (Path(out) / "config.json").is_file():
         saved = json.loads((Path(out) / "config.json").read_text())["train_config"]
         values.update({k: v for k, v in saved.items() if k not in ("resume", "stop_at_step", "progress")})
+    if given.get("init_from") and not values:  # not resuming: the model settings default to the checkpoint's
+        values.update(model_config_of(given["init_from"], what="--init-from").to_dict())
     if "config" in given:
         values.update(load_config_file(given.pop("config")))
     values["progress"] = not given.pop("no_progress", False)

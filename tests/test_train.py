@@ -426,3 +426,55 @@ def test_sidecar_vocab_size_is_checked_without_a_scan(tmp_path, token_files):
         check_token_file(path, 39, 16)
     path.with_name("t.bin.json").write_text(json.dumps(meta | {"vocab_size": 30}))
     assert check_token_file(path, 30, 16) == 50  # trusted: the tokenizer's ids are all < 30
+
+
+def test_init_from_starts_a_fresh_run_from_the_weights(tmp_path, token_files):
+    """--init-from a run directory (its newest checkpoint) or a file: the weights come over, the step, token count
+    and optimizer start from zero. With lr 0 the new run's weights stay exactly the source's."""
+    source = train(tiny_config(tmp_path / "a", token_files, steps=8))
+    for init_from in (str(tmp_path / "a" / "run"), source["checkpoint"]):
+        out = tmp_path / f"b{len(init_from)}"
+        config = tiny_config(out, token_files, steps=3, lr=0.0, min_lr=0.0, init_from=init_from)
+        summary = train(config)
+        assert summary["step"] == 3 and summary["tokens"] == 3 * config.tokens_per_step()
+        assert [s for s, _ in train_losses(config.out)] == [1, 2, 3]
+        a = torch.load(source["checkpoint"], weights_only=True)
+        b = torch.load(summary["checkpoint"], weights_only=True)
+        assert b["iteration"] == 3
+        for key, value in a["model"].items():
+            assert torch.equal(value, b["model"][key]), key
+        assert {s["step"] for s in b["optimizer"]["state"].values()} == {3}  # fresh AdamW: 3 steps, not 8 + 3
+        meta = json.loads((Path(config.out) / "config.json").read_text())
+        assert meta["init_from_checkpoint"] == source["checkpoint"]
+    # From scratch the first loss is near log(40) = 3.7; from the trained weights it starts far lower.
+    assert train_losses(config.out)[0][1] < read_log(tmp_path / "a" / "run")[0]["train_loss"] - 0.5
+
+
+def test_init_from_errors_name_the_problem(tmp_path, token_files, capsys):
+    source = train(tiny_config(tmp_path / "a", token_files, steps=2))
+    with pytest.raises(ValueError, match=r"d_model=64 \(checkpoint: 32\)"):
+        train(tiny_config(tmp_path / "b", token_files, d_model=64, init_from=source["checkpoint"]))
+    with pytest.raises(ValueError, match=r"num_layers=3 \(checkpoint: 2\).*norm='post' \(checkpoint: 'pre'\)"):
+        train(tiny_config(tmp_path / "b", token_files, num_layers=3, norm="post", init_from=source["checkpoint"]))
+    assert not (tmp_path / "b" / "run").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no ckpt_"):
+        train(tiny_config(tmp_path / "b", token_files, init_from=str(tmp_path / "empty")))
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint file nor a run directory"):
+        train(tiny_config(tmp_path / "b", token_files, init_from=str(tmp_path / "nope.pt")))
+    # attention_backend is how the model computes, not what it is: it may differ.
+    sdpa = tiny_config(tmp_path / "c", token_files, steps=1, attention_backend="sdpa", init_from=source["checkpoint"])
+    assert train(sdpa)["step"] == 1
+
+
+def test_init_from_cli_takes_the_model_settings_from_the_checkpoint(tmp_path, token_files, capsys):
+    source = train(tiny_config(tmp_path / "a", token_files, steps=2))
+    train_path, val_path = token_files
+    base = ["train", "--train", str(train_path), "--val", str(val_path), "--steps", "2", "--batch-size", "4"]
+    base += ["--eval-batches", "1", "--no-progress", "--no-plot"]
+    out = tmp_path / "b"
+    assert cli.main([*base, "--out", str(out), "--init-from", str(tmp_path / "a" / "run")]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 2
+    assert json.loads((out / "config.json").read_text())["model_config"]["d_model"] == 32
+    assert cli.main([*base, "--out", str(tmp_path / "c"), "--init-from", source["checkpoint"], "--d-model", "64"]) == 2
+    assert "d_model=64 (checkpoint: 32)" in capsys.readouterr().err
