@@ -1,7 +1,8 @@
 """Model layers against torch built-ins and independent float64 references, through the adapter contract.
 
 The float64 references below are written from ../shared/INTERFACE.md alone (they share no code with
-cs336_basics.layers): RMSNorm `x / sqrt(mean(x^2) + eps) * g`, RoPE as complex multiplication of the pairs
+cs336_basics.layers, except attention, whose plain reference lives in the package as `layers.reference_attention`
+and is checked here against torch's built-in kernel): RMSNorm `x / sqrt(mean(x^2) + eps) * g`, RoPE as complex multiplication of the pairs
 (x[2k], x[2k+1]) by exp(i * pos / theta^(2k/d_k)), per-head causal attention with scores Q K^T / sqrt(d_k), and the
 pre-norm LM `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`, `ln_final`, `lm_head`.
 """
@@ -18,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.testing import assert_close
 
-from cs336_basics import layers
+from cs336_basics import _attention, layers
 from cs336_basics.layers import ModelConfig, TransformerLM
 
 from . import adapters
@@ -54,10 +55,8 @@ def ref_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def ref_attention(q, k, v, mask=None):
-    scores = q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = torch.where(mask, scores, torch.tensor(float("-inf"), dtype=torch.float64))
-    return ref_softmax(scores, -1) @ v.double()
+    """The package's plain reference (itself checked against F.scaled_dot_product_attention below), in float64."""
+    return layers.reference_attention(q.double(), k.double(), v.double(), mask)
 
 
 def ref_mha(x, wq, wk, wv, wo, num_heads, theta=None, positions=None):
@@ -432,6 +431,76 @@ def test_sdpa_long_mask_with_a_fully_masked_row_gives_nan_like_the_formula():
     out = layers.scaled_dot_product_attention(q, k, v, mask)
     assert torch.isnan(out[150]).all()
     assert torch.isfinite(out[:150]).all() and torch.isfinite(out[151:]).all()
+
+
+@pytest.mark.parametrize("leading,tq,tk,d_k,d_v", ATTENTION_SHAPES)
+def test_reference_attention_matches_torch_in_float64_values_and_gradients(leading, tq, tk, d_k, d_v):
+    q, k = torch.randn(*leading, tq, d_k, dtype=torch.float64), torch.randn(*leading, tk, d_k, dtype=torch.float64)
+    v = torch.randn(*leading, tk, d_v, dtype=torch.float64)
+    mask = torch.rand(*leading, tq, tk) > 0.4
+    mask[..., 0] = True
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    out = layers.reference_attention(q, k, v, mask)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad((out * g).sum(), (q, k, v))
+    for got, want in zip(grads, torch.autograd.grad((expected * g).sum(), (q, k, v)), strict=True):
+        assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def _count_blocked_calls(monkeypatch) -> list:
+    calls = []
+    real = _attention._Attention._blocked_forward
+
+    def counting(ctx, *args):
+        calls.append(args[0].shape)
+        return real(ctx, *args)
+
+    monkeypatch.setattr(_attention._Attention, "_blocked_forward", staticmethod(counting))
+    return calls
+
+
+def test_blocked_cpu_attention_path_is_taken_for_long_causal_masks_only(monkeypatch):
+    """The blocked path is the CPU speed-up: causal masks from 2 blocks of queries on take it, short ones don't."""
+    calls = _count_blocked_calls(monkeypatch)
+    n = 2 * _attention._BLOCK_ROWS
+    q = torch.randn(2, n, 8)
+    layers.scaled_dot_product_attention(q, q, q, torch.ones(n, n, dtype=torch.bool).tril())
+    assert len(calls) == 1
+    short = n - 1
+    layers.scaled_dot_product_attention(q[:, :short], q[:, :short], q[:, :short], torch.ones(short, short).bool())
+    full = torch.ones(n, n, dtype=torch.bool)  # nothing to skip: the plain path
+    layers.scaled_dot_product_attention(q, q, q, full)
+    assert len(calls) == 1
+    # and the model's own attention takes it (TinyStories context 256: 4 blocks)
+    mha = layers.MultiHeadSelfAttention(32, 4, max_seq_len=256, theta=10000.0)
+    mha(torch.randn(1, 256, 32))
+    assert len(calls) == 2 and calls[-1][-2] == 256
+
+
+def test_token_id_checks_do_not_read_back_from_the_device():
+    """Off the CPU the range check is queued on the device, not read back (a sync per call on a GPU): on the meta
+    device, where a read-back is impossible, embedding and RoPE at given positions still run."""
+    emb = layers.Embedding(11, 4, device="meta")
+    assert emb(torch.randint(0, 11, (2, 5), device="meta")).shape == (2, 5, 4)
+    rope = layers.RotaryPositionalEmbedding(10000.0, 4, 8, device="meta")
+    x = torch.randn(2, 5, 4, device="meta")
+    assert rope(x, torch.randint(0, 8, (2, 5), device="meta")).shape == (2, 5, 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_token_id_checks_on_cuda_do_not_sync():
+    model = TransformerLM(ModelConfig(vocab_size=50, context_length=8, d_model=16, num_layers=1, num_heads=2), "cuda")
+    ids = torch.randint(0, 50, (2, 8), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(ids, torch.arange(8, device="cuda").expand(2, 8))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_sdpa_rejects_non_bool_mask():
