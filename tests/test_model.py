@@ -1,10 +1,10 @@
 """Model layers against torch built-ins and independent float64 references, through the adapter contract.
 
-The float64 references below are written from ../shared/INTERFACE.md alone (they share no code with
-cs336_basics.layers, except attention, whose plain reference lives in the package as `layers.reference_attention`
-and is checked here against torch's built-in kernel): RMSNorm `x / sqrt(mean(x^2) + eps) * g`, RoPE as complex multiplication of the pairs
-(x[2k], x[2k+1]) by exp(i * pos / theta^(2k/d_k)), per-head causal attention with scores Q K^T / sqrt(d_k), and the
-pre-norm LM `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`, `ln_final`, `lm_head`.
+The float64 references below are written from ../shared/INTERFACE.md alone and share no code with
+cs336_basics.layers, except attention, whose plain reference lives in the package (`layers.reference_attention`)
+and is checked here against torch's built-in kernel: RMSNorm `x / sqrt(mean(x^2) + eps) * g`, RoPE as complex
+multiplication of the pairs (x[2k], x[2k+1]) by exp(i * pos / theta^(2k/d_k)), per-head causal attention with scores
+Q K^T / sqrt(d_k), and the pre-norm LM `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`, `ln_final`, `lm_head`.
 """
 
 import math
