@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: dict[str, str] = {
     "eval": "cs336_basics.evaluate",
     "model-info": "cs336_basics.model_info",
     "probe": "cs336_basics.probes",
+    "sweep": "cs336_basics.commands.sweep",
 }
 
 
