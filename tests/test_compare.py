@@ -1,0 +1,128 @@
+"""`compare`: one figure line per run, a table whose numbers are the logs' and whose extra columns are exactly the
+settings that differ; sweep directories count as their runs; diverged runs marked."""
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cs336_basics import cli
+from cs336_basics.compare import collect_runs, compare
+from cs336_basics.sweep import parse_axes, run_sweep
+from cs336_basics.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def write_tokens(path: Path, n: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    ids = (np.arange(n) * 7 % 37 + rng.integers(0, 3, n)).astype(np.uint16)
+    ids.tofile(path)
+    path.with_name(path.name + ".json").write_text(json.dumps({"dtype": "uint16", "num_tokens": n}))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """A sweep over lr (one diverging) and a standalone run with a different width: three tiny runs (~1 s)."""
+    root = tmp_path_factory.mktemp("compare")
+    base = dict(
+        train=write_tokens(root / "train.bin", 6000, 0),
+        val=write_tokens(root / "val.bin", 1500, 1),
+        vocab_size=40,
+        context_length=16,
+        d_model=32,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        batch_size=4,
+        steps=12,
+        lr=3e-3,
+        warmup_steps=3,
+        eval_interval=4,
+        eval_batches=2,
+        log_interval=2,
+        checkpoint_interval=0,
+        device="cpu",
+        plot=False,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # (module-scoped: set up before the one_torch_thread fixture)
+    try:
+        run_sweep(base, parse_axes(["lr=3e-3,1e30"]), [], root / "sweep")
+        train(TrainConfig(**{**base, "d_model": 16, "out": str(root / "narrow")}))
+    finally:
+        torch.set_num_threads(threads)
+    return {"root": root, "sweep": root / "sweep", "narrow": root / "narrow"}
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_compare_writes_a_figure_line_per_run_and_a_table_equal_to_the_logs(runs, tmp_path):
+    report = compare([runs["sweep"], runs["narrow"]], tmp_path / "report", x="tokens", show_train=True)
+    assert Path(report["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["labels"] == ["lr=0.003", "lr=1e+30 (train) (diverged)", "narrow"]
+    # the settings that differ, and nothing else (train/val/out etc. are equal or not settings)
+    assert report["columns"][-2:] == ["d_model", "lr"]
+
+    with open(report["csv"]) as f:
+        table = {row["run"]: row for row in csv.DictReader(f)}
+    assert list(table) == ["lr=0.003", "lr=1e+30", "narrow"]
+    for name, run_dir in (("lr=0.003", runs["sweep"] / "lr=0.003"), ("narrow", runs["narrow"])):
+        log, row = read_log(run_dir), table[name]
+        val = [r["val_loss"] for r in log if "val_loss" in r]
+        assert row["status"] == "finished"
+        assert float(row["final_val_loss"]) == val[-1] and float(row["best_val_loss"]) == min(val)
+        assert int(row["steps"]) == log[-1]["step"] == 12 and int(row["tokens"]) == log[-1]["tokens"]
+        assert float(row["wall_clock_s"]) == log[-1]["wall_clock_s"]
+        assert float(row["tokens_per_s"]) == statistics.median(r["tokens_per_s"] for r in log if "tokens_per_s" in r)
+        assert row["mfu"] == ""  # not a known GPU
+    assert table["lr=1e+30"]["status"] == "diverged" and table["lr=1e+30"]["final_val_loss"] == ""
+    assert (table["narrow"]["d_model"], table["lr=0.003"]["d_model"], table["lr=1e+30"]["lr"]) == ("16", "32", "1e+30")
+
+    markdown = Path(report["markdown"]).read_text().splitlines()
+    assert markdown[0].startswith("| run | status | final_val_loss |") and len(markdown) == 2 + 3
+    assert f"| {float(table['narrow']['final_val_loss']):.4f} |" in markdown[4]
+
+
+def test_status_from_the_log_without_a_sweep(runs, tmp_path):
+    """A run whose log holds a NaN is diverged; one without summary.json is incomplete."""
+    run_dir = tmp_path / "nan"
+    run_dir.mkdir()
+    (run_dir / "log.jsonl").write_text('{"step": 1, "tokens": 8, "train_loss": 3.0}\n{"step": 2, "train_loss": NaN}\n')
+    [run] = collect_runs([run_dir])
+    assert run.status == "diverged"
+    assert collect_runs([runs["narrow"]])[0].status == "finished"
+    (run_dir / "log.jsonl").write_text('{"step": 1, "tokens": 8, "train_loss": 3.0}\n')
+    assert collect_runs([run_dir])[0].status == "incomplete"
+    assert math.isnan(json.loads("NaN"))
+
+
+def test_clashing_run_names_get_their_parent_and_bad_inputs_are_clear(runs, tmp_path):
+    other = tmp_path / "copy"
+    (other / "narrow").mkdir(parents=True)
+    (other / "narrow" / "log.jsonl").write_bytes((runs["narrow"] / "log.jsonl").read_bytes())
+    names = [r.name for r in collect_runs([runs["narrow"], other])]
+    assert names == [f"{runs['root'].name}/narrow", "copy/narrow"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        compare([tmp_path / "missing"], tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no log.jsonl and no run directories"):
+        compare([tmp_path / "empty"], tmp_path / "out")
+    with pytest.raises(ValueError, match="x='epochs' must be one of"):
+        compare([runs["narrow"]], tmp_path / "out", x="epochs")
+
+
+def test_cli_compare(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert cli.main(["compare", str(runs["sweep"]), "--x", "time", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| lr=0.003 | finished |" in printed and "loss.png" in printed
+    assert {p.name for p in out.iterdir()} == {"loss.png", "table.md", "table.csv"}
