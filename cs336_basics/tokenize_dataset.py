@@ -26,7 +26,6 @@ import json
 import multiprocessing
 import os
 import pickle
-import re
 import sys
 import time
 from operator import itemgetter
@@ -38,13 +37,13 @@ import regex
 from cs336_basics import _piece_table, tokenizer_files
 from cs336_basics import tokenizer as tokenizer_module
 from cs336_basics.files import atomic_write_bytes
+from cs336_basics.pretokenize import SpecialTokens, first_safe_cut
 from cs336_basics.tokenizer import Tokenizer
 from cs336_basics.tokenizer_files import MERGES_FILE, SPECIAL_TOKENS_FILE, VOCAB_FILE, load_tokenizer_dir
 
 DEFAULT_RANGE_BYTES = 4 << 20  # 4 MiB of text per task: ~0.3 s of work, large next to the IPC and bookkeeping
 _SEARCH_WINDOWS = (1 << 12, 1 << 16)  # bytes scanned past a target offset for a cut, then more, then give up
 _GRAINS_PER_RANGE = 8  # with several workers, ranges are cut 8x finer and claimed 1 to 8 at a time
-_ASCII_WS_CUT = re.compile(rb"[\x21-\x7e](?=[ \n])")  # printable ASCII (never Unicode whitespace) then " " / "\n"
 
 
 def tokenizer_fingerprint(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str]) -> str:
@@ -130,68 +129,38 @@ def _tokenizer_cache_path(directory: Path) -> Path | None:
 
 def find_cuts(path: str | os.PathLike, special_tokens: list[str], range_bytes: int = DEFAULT_RANGE_BYTES) -> list[int]:
     """Byte offsets [0, c1, ..., size] splitting the file into ranges of about `range_bytes` that encode
-    independently (exactly): each cut is the first valid one at or after its target offset.
-
-    A cut c is valid when no occurrence of a special token spans it (starts before c and ends after c), and c is
-    either the start of a special-token occurrence (then that occurrence is a match: matching restarts there) or
-    sits between a printable ASCII byte and " " / "\\n" (a non-space followed by a space is a pre-token boundary
-    whatever surrounds it). ASCII bytes never occur inside a multi-byte UTF-8 character, so cuts fall between
-    characters. Only a small window after each target offset is read.
+    independently (exactly): each cut is the first one `pretokenize.first_safe_cut` finds at or after its target
+    offset (the start of a special token, or a printable ASCII byte followed by " " / "\\n", never inside any
+    occurrence of a special token). Only a small window after each target offset is read.
     """
     size = os.path.getsize(path)
-    specials = [s.encode("utf-8") for s in special_tokens]
+    specials = SpecialTokens(special_tokens).encoded
     max_len = max(map(len, specials), default=1)
     cuts = [0]
     with open(path, "rb") as f:
         target = range_bytes
         while target < size:
-            base = max(0, target - max_len)
+            base = max(0, target - max_len)  # the window holds every occurrence that could straddle a cut
             cut = None
             for window_size in _SEARCH_WINDOWS:  # usually a cut is near: read a little first
                 f.seek(base)
-                cut = _cut_in_window(f.read(window_size + 2 * max_len), base, target, specials, max_len)
-                if cut is not None:
+                window = f.read(target - base + window_size + max_len)
+                at_eof = base + len(window) >= size
+                cut = first_safe_cut(window, target - base, specials, at_eof=at_eof)
+                if cut is not None or at_eof:
                     break
-            if cut is None:  # no valid cut in the largest window (one enormous word): try further on
+            if cut is None:  # no cut in the largest window (one enormous word): try further on
+                if at_eof:
+                    break
                 target += _SEARCH_WINDOWS[-1]
                 continue
+            cut += base
             if cut >= size:
                 break
             cuts.append(cut)
             target = cut + range_bytes
     cuts.append(size)
     return cuts
-
-
-def _cut_in_window(window: bytes, base: int, target: int, specials: list[bytes], max_len: int) -> int | None:
-    """The first valid cut at or after `target` (an absolute offset) inside `window` (which starts at `base`)."""
-    lo = target - base
-    hi = len(window) - max_len  # keep room on the right to see any special token spanning the cut
-    if hi < lo:  # (only a read cut short by the end of the file is this small)
-        return base + len(window)
-    candidates = []
-    for special in specials:
-        at = window.find(special, lo, hi + len(special))
-        if 0 <= at <= hi:
-            candidates.append(at)
-    m = _ASCII_WS_CUT.search(window, lo, hi + 1)
-    if m is not None:
-        candidates.append(m.end())
-    for cut in sorted(candidates):
-        if not any(_occurrence_spans(window, cut, s) for s in specials):
-            return base + cut
-    return None
-
-
-def _occurrence_spans(window: bytes, cut: int, special: bytes) -> bool:
-    """Whether some occurrence of `special` starts before `cut` and ends after it."""
-    start = max(0, cut - len(special) + 1)
-    at = window.find(special, start, cut + len(special) - 1)
-    while 0 <= at < cut:
-        if at + len(special) > cut:
-            return True
-        at = window.find(special, at + 1, cut + len(special) - 1)
-    return False
 
 
 class _MemoryCap:

@@ -29,50 +29,34 @@ Both caches are bounded (cleared when full), so encoding an arbitrarily large st
 
 import gc
 import os
-import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import chain, filterfalse
 from operator import itemgetter
 
 import numpy as np
-import regex
 
 from cs336_basics._piece_table import IntMap, PieceTable, PieceWords, WhitespaceMask, cached_ids, ragged_arange
+from cs336_basics.pretokenize import (
+    GPT2_ASCII_RE,
+    GPT2_PATTERN,
+    GPT2_RE,
+    PIECE_RE,
+    WHITESPACE_CHARS,
+    SpecialTokens,
+    last_safe_cut,
+)
 from cs336_basics.tokenizer_files import load_tokenizer_dir, load_vocab_and_merges
 
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+__all__ = ["GPT2_PATTERN", "WHITESPACE_CHARS", "Tokenizer"]
 
-# The code points `regex` (and tiktoken's Rust regex) match with \s: Unicode White_Space. The stdlib `re` also
-# matches U+001C..U+001F with \s, so the piece splitter spells the class out; a test checks it against `regex`.
-WHITESPACE_CHARS = (
-    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-    "\u2028\u2029\u202f\u205f\u3000"
-)
-_WS = "[" + re.escape(WHITESPACE_CHARS) + "]"
-_NON_WS = "[^" + re.escape(WHITESPACE_CHARS) + "]"
-_PIECE_RE = re.compile(f"{_WS}*{_NON_WS}+|{_WS}+")
 _WHITESPACE_SET = frozenset(WHITESPACE_CHARS)
 _WHITESPACE_MASK = WhitespaceMask(WHITESPACE_CHARS)
-_GPT2_RE = regex.compile(GPT2_PATTERN)
-# GPT2_PATTERN for ASCII-only text, in the stdlib `re` (2-3x faster than `regex`): in ASCII, \p{L} is [A-Za-z],
-# \p{N} is [0-9] and White_Space is [\t\n\x0b\x0c\r ] (not \x1c-\x1f, which `re`'s \s would add). A test checks
-# it against _GPT2_RE on ASCII text.
-_ASCII_GPT2_RE = re.compile(
-    r"'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^\t\n\x0b\x0c\r A-Za-z0-9]+"
-    r"|[\t\n\x0b\x0c\r ]+(?![^\t\n\x0b\x0c\r ])|[\t\n\x0b\x0c\r ]+"
-)
 _GROUP_ROUNDS = 8  # pieces with up to this many pre-tokens get their ids by vectorized concatenation
 _BATCH_BPE_MIN = 256  # new pre-tokens in one block from which numpy batch BPE beats the per-word loop
 _BATCH_BPE_TAIL = 64  # words left in a batch below which the rest finish in the per-word loop
 _TABLE_MIN_CHARS = 4096  # texts at least this long go through the numpy piece table (see _piece_table)
 _BLOCK_CHARS = 1 << 20  # encode long texts in blocks of about this many chars: bounded lists, a meaningful cache bound
-_WS_CUT_FORWARD_RE = regex.compile(r"\S(?=\s)")
-# Safe streaming cut: a non-whitespace character followed by whitespace (searched from the right).
-_WS_CUT_RE = regex.compile(r"\S(?=\s)", flags=regex.REVERSE)
-# Further pre-token boundaries that hold whatever surrounds them: letter|(digit or other), digit|(letter or other),
-# other|digit. (other|letter is not one: "'s" is a single pre-token.) Used only inside very long non-space runs.
-_CLASS_CUT_RE = regex.compile(r"\p{L}(?=[^\s\p{L}])|\p{N}(?=[^\s\p{N}])|[^\s\p{L}\p{N}](?=\p{N})", flags=regex.REVERSE)
 
 _NO_RANK = 1 << 100  # larger than any (rank << shift) | id
 # Entries per cache: the dict of the short-text path (pieces + pre-tokens, ~150 bytes each) and each numpy table
@@ -182,13 +166,9 @@ class Tokenizer:
                 next_id += 1
             self._special_ids[special] = self._token_to_id[token]
             self.special_tokens.append(special)
-        by_length = sorted(self.special_tokens, key=len, reverse=True)  # longest first: the alternation tries in order
-        self._special_re = re.compile("(" + "|".join(map(re.escape, by_length)) + ")") if by_length else None
-        # The same alternation on UTF-8 bytes (it matches at the same places: UTF-8 is self-synchronizing).
-        self._special_bytes_re = (
-            re.compile(b"|".join(re.escape(s.encode("utf-8")) for s in by_length)) if by_length else None
-        )
-        self._max_special_len = max(map(len, by_length), default=0)
+        self._specials = SpecialTokens(self.special_tokens)
+        self._special_re = self._specials.regex
+        self._special_bytes_re = self._specials.bytes_regex
 
         # One cache for pieces and pre-tokens alike: text -> ids of encoding that text on its own (a pre-token on
         # its own is still one pre-token, so both kinds of key mean the same thing).
@@ -237,31 +217,18 @@ class Tokenizer:
                 gc.enable()
 
     def _encode(self, text: str) -> list[int]:
-        if self._special_re is None:
-            return self._encode_ordinary(text)
-        parts = self._special_re.split(text)  # [text, special, text, special, ..., text]
+        """Ids of a short text (under _TABLE_MIN_CHARS): its pieces through the dict cache, special tokens as their
+        own cache keys (no ordinary piece can equal one: it would have been split off)."""
+        parts = self._specials.split(text)  # [text, special, text, special, ..., text]
         if len(parts) == 1:
-            return self._encode_ordinary(text)
-        # Special tokens go into the piece list as their own cache keys (no ordinary piece can equal one: it would
-        # have been split off), so short documents are encoded together in blocks, not one call each.
-        ids: list[int] = []
+            return self._encode_pieces(PIECE_RE.findall(text))
         pieces: list[str] = []
-        chars = 0
         for i, part in enumerate(parts):
             if i % 2:
                 pieces.append(part)
-            elif len(part) > _BLOCK_CHARS:
-                ids += self._encode_pieces(pieces)
-                pieces, chars = [], 0
-                ids += self._encode_ordinary(part)
             elif part:
-                pieces += _PIECE_RE.findall(part)
-                chars += len(part)
-                if chars > _BLOCK_CHARS:
-                    ids += self._encode_pieces(pieces)
-                    pieces, chars = [], 0
-        ids += self._encode_pieces(pieces)
-        return ids
+                pieces += PIECE_RE.findall(part)
+        return self._encode_pieces(pieces)
 
     def encode_to_array(self, text: str) -> np.ndarray:
         """`encode` as a numpy int64 array (what the dataset CLI writes; no list of Python ints is made)."""
@@ -335,11 +302,11 @@ class Tokenizer:
         groups = [np.flatnonzero(joinable & ascii_), np.flatnonzero(joinable & ~ascii_), np.flatnonzero(~joinable)]
         order = np.concatenate(groups)  # positions in reps, in the order their pre-tokens are listed
         group_bytes = [raw_bytes_of(raw, starts[g], lengths[g]) for g in groups]
-        pretokens = _ASCII_GPT2_RE.findall(group_bytes[0].decode("ascii"))
+        pretokens = GPT2_ASCII_RE.findall(group_bytes[0].decode("ascii"))
         byte_lengths = list(map(len, pretokens))
-        more = _GPT2_RE.findall(group_bytes[1].decode("utf-8"))
+        more = GPT2_RE.findall(group_bytes[1].decode("utf-8"))
         for a, m in zip(starts[groups[2]].tolist(), lengths[groups[2]].tolist(), strict=True):
-            more += _GPT2_RE.findall(raw[a : a + m].decode("utf-8"))
+            more += GPT2_RE.findall(raw[a : a + m].decode("utf-8"))
         pretokens += more
         byte_lengths += [len(t.encode("utf-8")) for t in more]
         plen = np.array(byte_lengths, dtype=np.int64)
@@ -404,53 +371,9 @@ class Tokenizer:
             yield from self.encode(text)
 
     def find_safe_cut(self, text: str) -> int:
-        """The largest i such that encode(text[:i] + rest) == encode(text[:i]) + encode(rest) for EVERY rest (0: none).
-
-        Candidates: a non-space followed by a space, the end of a special-token match, or (inside a long run
-        without spaces) a letter/digit/other class change that is always a pre-token boundary. The last
-        `max special length - 1` characters are never cut: a longer special token starting before the cut could
-        still win over a shorter one, so only matches that start before that margin are final.
-        """
-        n = len(text)
-        limit = n - self._max_special_len + 1 if self._max_special_len else n  # chars right of i that must be known
-        if limit <= 0:
-            return 0
-        cut = 0
-        m = _WS_CUT_RE.search(text, 0, min(limit, n - 1) + 1)  # "\S" at cut-1 with "\s" at cut, cut <= limit
-        if m is not None:
-            cut = m.end()
-        elif n > 4096:  # no space in a long run: fall back to class changes (rare; keeps the buffer bounded)
-            m = _CLASS_CUT_RE.search(text, 0, min(limit, n - 1) + 1)
-            if m is not None:
-                cut = m.end()
-        if self._special_re is not None:
-            # Matches that start before `limit` are final: all text they depend on is in `text`. A match's end is a
-            # hard boundary, and a space cut inside a match is overtaken by that match's end, so take the maximum.
-            for sm in self._special_re.finditer(text):
-                if sm.start() >= limit:
-                    break
-                cut = max(cut, sm.end())
-        return cut
-
-    def _encode_ordinary(self, text: str) -> list[int]:
-        """Ids of text that contains no special token, in blocks of about _BLOCK_CHARS cut at safe positions."""
-        if len(text) <= _BLOCK_CHARS:
-            return self._encode_block(text)
-        ids: list[int] = []
-        start = 0
-        while len(text) - start > _BLOCK_CHARS:
-            m = _WS_CUT_RE.search(text, start + 1, start + _BLOCK_CHARS)  # last "\S\s" in the window
-            if m is None:
-                m = _WS_CUT_FORWARD_RE.search(text, start + _BLOCK_CHARS)  # one long run: its end
-                if m is None:
-                    break
-            ids += self._encode_block(text[start : m.end()])
-            start = m.end()
-        ids += self._encode_block(text[start:])
-        return ids
-
-    def _encode_block(self, text: str) -> list[int]:
-        return self._encode_pieces(_PIECE_RE.findall(text))
+        """A position i where encode(text[:i] + rest) == encode(text[:i]) + encode(rest) for every `rest`, or 0
+        (`pretokenize.last_safe_cut`: the last such cut of a few cheap kinds, not necessarily the largest)."""
+        return last_safe_cut(text, self._specials)
 
     def _encode_pieces(self, pieces: list[str]) -> list[int]:
         """Pieces through the cache in one C pass (map(cache[...]), chain); misses are filled in afterwards."""
@@ -491,9 +414,9 @@ class Tokenizer:
         # pre-tokens of the joined pieces, in order: ASCII pieces first, then the others (both tile their text)
         joinable = ascii_joinable + other_joinable
         joinable_pieces = [pieces[i] for i in joinable]
-        pretokens = _ASCII_GPT2_RE.findall("".join(joinable_pieces[: len(ascii_joinable)]))
-        pretokens += _GPT2_RE.findall("".join(joinable_pieces[len(ascii_joinable) :]))
-        other_pretokens = [_GPT2_RE.findall(pieces[i]) for i in others]
+        pretokens = GPT2_ASCII_RE.findall("".join(joinable_pieces[: len(ascii_joinable)]))
+        pretokens += GPT2_RE.findall("".join(joinable_pieces[len(ascii_joinable) :]))
+        other_pretokens = [GPT2_RE.findall(pieces[i]) for i in others]
         new_pretokens = list(set(filterfalse(cache.__contains__, chain(pretokens, *other_pretokens))))
         if len(new_pretokens) >= _BATCH_BPE_MIN:
             cache.update(zip(new_pretokens, self._bpe_batch(new_pretokens), strict=True))
