@@ -14,6 +14,7 @@ import sys
 # subcommand -> module that defines it (in the order `--help` lists them)
 SUBCOMMAND_MODULES: dict[str, str] = {
     "quickstart": "cs336_basics.quickstart",
+    "prepare": "cs336_basics.commands.prepare",
     "train-bpe": "cs336_basics.bpe",
     "tokenize": "cs336_basics.tokenize_dataset",
     "train": "cs336_basics.train",
