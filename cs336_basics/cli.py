@@ -22,8 +22,6 @@ SUBCOMMAND_MODULES: dict[str, str] = {
     "eval": "cs336_basics.evaluate",
     "model-info": "cs336_basics.model_info",
     "probe": "cs336_basics.probes",
-    "export": "cs336_basics.commands.export",
-    "import": "cs336_basics.commands.import_hf",
     "sweep": "cs336_basics.commands.sweep",
     "compare": "cs336_basics.commands.compare",
 }
