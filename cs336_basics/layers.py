@@ -6,7 +6,8 @@ Design (CS336 Assignment 1 defaults; every switch lives in ModelConfig):
 - rotary position embeddings on Q and K (pairs (x[2k], x[2k+1])), shared by every layer;
 - SwiGLU feed-forward `w2(silu(w1 x) * w3 x)`;
 - untied input/output embeddings unless `tie_embeddings`.
-Switches for ablations, all off by default: norm placement `pre | post | none`, positions `rope | none`,
+Switches for ablations, all off by default: norm placement `pre | post | none`, positions
+`rope | sinusoidal | learned | none` (absolute ones are added to the token embeddings),
 feed-forward `swiglu | silu`, tied embeddings, and the opt-in fused attention kernel (`attention_backend="sdpa"`).
 
 All weight matrices are stored (d_out, d_in) and applied as `y = x @ W.T`.
@@ -16,7 +17,7 @@ Shape letters: B batch, T sequence, H heads, D head dim (d_k), V vocabulary, "..
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from einops import rearrange
@@ -169,6 +170,52 @@ class RotaryPositionalEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}"
+
+
+def sinusoidal_table(max_seq_len: int, d_model: int) -> Float[Tensor, " max_seq_len d_model"]:
+    """The fixed positions of "Attention Is All You Need" (§3.5), float64:
+    P[pos, 2i] = sin(pos / 10000^(2i/d_model)), P[pos, 2i+1] = cos(pos / 10000^(2i/d_model))."""
+    _check_positive(max_seq_len=max_seq_len, d_model=d_model)
+    inv_freq = 10_000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (ceil(d/2),)
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, ceil(d/2))
+    table = torch.empty(max_seq_len, d_model, dtype=torch.float64)
+    table[:, 0::2] = angles.sin()
+    table[:, 1::2] = angles[:, : d_model // 2].cos()
+    return table
+
+
+class AbsolutePositionalEmbedding(nn.Module):
+    """Absolute positions, one vector per position added to the token embeddings: `sinusoidal` (a fixed table, a
+    non-persistent buffer like RoPE's) or `learned` (a trained table `weight`, as GPT-2's wpe, initialized like the
+    token embeddings: std 1, truncated at ±3σ). Positions must be < max_seq_len (the context length)."""
+
+    def __init__(self, kind: str, max_seq_len: int, d_model: int, device=None, dtype=None):
+        super().__init__()
+        if kind not in ("sinusoidal", "learned"):
+            raise ValueError(f"kind={kind!r} must be 'sinusoidal' or 'learned'")
+        self.kind = kind
+        self.max_seq_len = max_seq_len
+        if kind == "sinusoidal":
+            table = sinusoidal_table(max_seq_len, d_model).to(device=device, dtype=dtype or torch.float32)
+            self.register_buffer("table", table, persistent=False)
+        else:
+            self.weight = nn.Parameter(torch.empty(max_seq_len, d_model, device=device, dtype=dtype))
+            nn.init.trunc_normal_(self.weight, mean=0.0, std=1.0, a=-3.0, b=3.0)  # std 1, trunc_normal_ at ±3σ
+
+    def forward(self, token_positions: Int[Tensor, " ... seq"]) -> Float[Tensor, " ... seq d_model"]:
+        table = self.table if self.kind == "sinusoidal" else self.weight
+        if token_positions.numel() and not torch.compiler.is_compiling():
+            lo, hi = int(token_positions.min()), int(token_positions.max())
+            if lo < 0 or hi >= self.max_seq_len:
+                raise ValueError(
+                    f"position {lo if lo < 0 else hi} is outside the {self.kind} position table of "
+                    f"max_seq_len={self.max_seq_len} positions (the context length); truncate the input or use a "
+                    "longer context_length"
+                )
+        return table[token_positions]
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, max_seq_len={self.max_seq_len}"
 
 
 def softmax(x: Float[Tensor, " ..."], dim: int) -> Float[Tensor, " ..."]:
@@ -325,7 +372,7 @@ class MultiHeadSelfAttention(nn.Module):
 # Blocks and the language model
 
 NormPlacement = Literal["pre", "post", "none"]
-PositionKind = Literal["rope", "none"]
+PositionKind = Literal["rope", "sinusoidal", "learned", "none"]
 FeedForwardKind = Literal["swiglu", "silu"]
 
 
@@ -409,7 +456,7 @@ class ModelConfig:
             _check_positive(d_ff=self.d_ff)
         for name, allowed in (
             ("norm", ("pre", "post", "none")),
-            ("positions", ("rope", "none")),
+            ("positions", get_args(PositionKind)),
             ("ffn", ("swiglu", "silu")),
             ("attention_backend", ("scratch", "sdpa")),
         ):
@@ -445,6 +492,11 @@ class TransformerLM(nn.Module):
         self.config = config
         kw = dict(device=device, dtype=dtype)
         self.token_embeddings = Embedding(config.vocab_size, config.d_model, **kw)
+        self.position_embeddings = (
+            AbsolutePositionalEmbedding(config.positions, config.context_length, config.d_model, **kw)
+            if config.positions in ("sinusoidal", "learned")
+            else None
+        )
         d_k = config.d_model // config.num_heads
         rope = (
             RotaryPositionalEmbedding(config.rope_theta, d_k, config.context_length, device=device)
@@ -490,6 +542,9 @@ class TransformerLM(nn.Module):
                 "truncate the input or build the model with a longer context"
             )
         x = self.token_embeddings(in_indices)
+        if self.position_embeddings is not None:
+            positions = torch.arange(past, past + seq_len, device=in_indices.device)
+            x = x + self.position_embeddings(positions if token_positions is None else token_positions)
         for i, layer in enumerate(self.layers):
             x = layer(x, token_positions, None if kv_cache is None else kv_cache.layers[i])
         if self.config.norm != "none":

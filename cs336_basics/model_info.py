@@ -18,8 +18,9 @@ and once: the embedding output BTd, final RMSNorm BTd, logits BTV and the cross-
 
 import argparse
 import json
+from typing import get_args
 
-from .layers import ModelConfig
+from .layers import ModelConfig, PositionKind
 
 BYTES_FP32 = 4
 
@@ -50,12 +51,14 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     embedding = v * d
     lm_head = v * d
     final_norm = d if config.norm != "none" else 0
-    total = per_layer * n_layers + final_norm + lm_head + (0 if config.tie_embeddings else embedding)
+    positions = config.context_length * d if config.positions == "learned" else 0  # GPT-2-style table
+    total = per_layer * n_layers + final_norm + lm_head + positions + (0 if config.tie_embeddings else embedding)
     return {
         "embedding": embedding,
         "per_layer": per_layer,
         "layers": per_layer * n_layers,
         "final_norm": final_norm,
+        "positions": positions,
         "lm_head": lm_head,
         "total": total,
         "non_embedding": total - (0 if config.tie_embeddings else embedding),
@@ -165,7 +168,10 @@ def add_model_flags(parser: argparse.ArgumentParser, suppress_defaults: bool = F
         "--norm", choices=("pre", "post", "none"), default=default("norm"), help="RMSNorm placement; default pre"
     )
     group.add_argument(
-        "--positions", choices=("rope", "none"), default=default("positions"), help="position encoding; default rope"
+        "--positions",
+        choices=get_args(PositionKind),
+        default=default("positions"),
+        help="position encoding; default rope",
     )
     group.add_argument(
         "--ffn", choices=("swiglu", "silu"), default=default("ffn"), help="feed-forward kind; default swiglu"

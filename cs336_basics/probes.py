@@ -37,6 +37,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ from torch import Tensor
 
 from .files import atomic_write_text
 from .generation import generate
-from .layers import ModelConfig, TransformerLM
+from .layers import ModelConfig, PositionKind, TransformerLM
 from .nn_utils import cross_entropy, gradient_clipping
 from .optimizer import AdamW, get_lr_cosine_schedule
 
@@ -648,7 +649,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--positions",
-        choices=("rope", "none"),
+        choices=get_args(PositionKind),
         default=d.positions,
         help=f"position information (default {d.positions})",
     )

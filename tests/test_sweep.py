@@ -164,9 +164,16 @@ def test_cli_sweep_with_set_and_dry_run(base, tmp_path, capsys):
     toml.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in base.items() if k != "train"))
     out = tmp_path / "sweep"
     args = ["sweep", "--config", str(toml), "--set", f"train={base['train']}", "--out", str(out)]
-    assert cli.main([*args, "--grid", "lr=3e-3", "--ablations", "norm=none", "--dry-run"]) == 0
-    assert capsys.readouterr().out.split() == [f"{out}/lr=0.003", "to", "run", f"{out}/lr=0.003,norm=none", "to", "run"]
-    assert cli.main([*args, "--grid", "lr=3e-3", "--ablations", "norm=none"]) == 0
+    assert cli.main([*args, "--grid", "lr=3e-3", "--ablations", "positions=sinusoidal", "--dry-run"]) == 0
+    assert capsys.readouterr().out.split() == [
+        f"{out}/lr=0.003",
+        "to",
+        "run",
+        f"{out}/lr=0.003,positions=sinusoidal",
+        "to",
+        "run",
+    ]
+    assert cli.main([*args, "--grid", "lr=3e-3", "--ablations", "positions=sinusoidal"]) == 0
     assert "2 finished" in capsys.readouterr().out
     assert cli.main([*args, "--grid", "lr=3e-3,1e30"]) == 0  # a diverged run is a result, not a failure
     assert "already finished, skipped" in capsys.readouterr().out
