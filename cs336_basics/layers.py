@@ -8,7 +8,9 @@ Design (CS336 Assignment 1 defaults; every switch lives in ModelConfig):
 - untied input/output embeddings unless `tie_embeddings`.
 Switches for ablations, all off by default: norm placement `pre | post | none`, positions
 `rope | sinusoidal | learned | none` (absolute ones are added to the token embeddings),
-feed-forward `swiglu | silu`, tied embeddings, and the opt-in fused attention kernel (`attention_backend="sdpa"`).
+feed-forward `swiglu | silu`, tied embeddings, the opt-in fused attention kernel (`attention_backend="sdpa"`), and
+opt-in Triton kernels for attention, RMSNorm and RoPE on CUDA (`kernels="triton"`, cs336_basics/_triton.py), each
+parity-tested against the plain code here, which stays the default.
 
 All weight matrices are stored (d_out, d_in) and applied as `y = x @ W.T`.
 
@@ -24,7 +26,7 @@ from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from . import _attention
+from . import _attention, _triton
 from ._attention import softmax_inplace_
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -72,16 +74,20 @@ class Embedding(nn.Module):
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * g over the last dim, computed in (at least) float32 and cast back."""
 
-    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None):
+    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None, kernels: "KernelKind" = "torch"):
         super().__init__()
         _check_positive(d_model=d_model)
         if not eps > 0:
             raise ValueError(f"eps={eps} must be > 0")
+        _check_kernels(kernels)
         self.d_model = d_model
         self.eps = eps
+        self.kernels = kernels
         self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
 
     def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
+        if self.kernels == "triton" and _triton.supports(x):
+            return _triton.rms_norm(x, self.weight, self.eps)  # the fused kernel; the lines below are its oracle
         in_dtype = x.dtype
         x = x.to(torch.promote_types(in_dtype, torch.float32))  # bf16/fp16 -> fp32; fp64 stays fp64
         inv_rms = torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + self.eps)
@@ -285,6 +291,8 @@ def _fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 AttentionBackend = Literal["scratch", "sdpa"]
+KernelKind = Literal["torch", "triton"]
+KERNEL_KINDS = ("torch", "triton")
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -305,9 +313,11 @@ class MultiHeadSelfAttention(nn.Module):
         attention_backend: AttentionBackend = "scratch",
         device=None,
         dtype=None,
+        kernels: "KernelKind" = "torch",
     ):
         super().__init__()
         _check_positive(d_model=d_model, num_heads=num_heads)
+        _check_kernels(kernels, attention_backend)
         if d_model % num_heads != 0:
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
         if attention_backend not in ("scratch", "sdpa"):
@@ -316,6 +326,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.num_heads = num_heads
         self.d_k = d_model // num_heads
         self.attention_backend = attention_backend
+        self.kernels = kernels
         self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
@@ -339,13 +350,20 @@ class MultiHeadSelfAttention(nn.Module):
         v = rearrange(self.v_proj(x), "... t (h d) -> ... h t d", h=self.num_heads)
         if kv_cache is not None:
             return self._forward_cached(q, k, v, token_positions, kv_cache)
+        # kernels="triton": the fused kernels for (B, H, T, D) inputs; the plain code below stays their oracle
+        triton = self.kernels == "triton" and q.dim() == 4 and _triton.supports(q) and q.dtype == v.dtype
         if self.rope is not None:
-            # The same rotation for every head: positions (..., T) broadcast over the head axis.
-            positions = None if token_positions is None else token_positions.unsqueeze(-2)
-            q, k = self.rope(q, positions), self.rope(k, positions)
+            if triton and token_positions is None:
+                q, k = _triton.rope_qk(q, k, self.rope.cos, self.rope.sin)
+            else:
+                # The same rotation for every head: positions (..., T) broadcast over the head axis.
+                positions = None if token_positions is None else token_positions.unsqueeze(-2)
+                q, k = self.rope(q, positions), self.rope(k, positions)
         seq_len = x.shape[-2]
         if self.attention_backend == "sdpa":
             out = _fused_causal_attention(q, k, v)
+        elif triton:
+            out = _triton.flash_attention(q, k, v)
         else:
             causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=x.device).tril_()  # (T, T)
             out = scaled_dot_product_attention(q, k, v, causal)
@@ -394,6 +412,7 @@ class TransformerBlock(nn.Module):
         norm_eps: float = 1e-5,
         device=None,
         dtype=None,
+        kernels: "KernelKind" = "torch",
     ):
         super().__init__()
         if norm not in ("pre", "post", "none"):
@@ -402,11 +421,13 @@ class TransformerBlock(nn.Module):
             raise ValueError(f"ffn={ffn!r} must be 'swiglu' or 'silu'")
         self.norm = norm
         kw = dict(device=device, dtype=dtype)
-        self.attn = MultiHeadSelfAttention(d_model, num_heads, max_seq_len, theta, rope, attention_backend, **kw)
+        self.attn = MultiHeadSelfAttention(
+            d_model, num_heads, max_seq_len, theta, rope, attention_backend, **kw, kernels=kernels
+        )
         self.ffn = (SwiGLU if ffn == "swiglu" else SiLUFeedForward)(d_model, d_ff, **kw)
         if norm != "none":
-            self.ln1 = RMSNorm(d_model, eps=norm_eps, **kw)
-            self.ln2 = RMSNorm(d_model, eps=norm_eps, **kw)
+            self.ln1 = RMSNorm(d_model, eps=norm_eps, **kw, kernels=kernels)
+            self.ln2 = RMSNorm(d_model, eps=norm_eps, **kw, kernels=kernels)
 
     def forward(
         self,
@@ -441,6 +462,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     attention_backend: AttentionBackend = "scratch"  # "sdpa": opt-in fused kernel, parity-tested with "scratch"
     norm_eps: float = 1e-5
+    kernels: KernelKind = "torch"  # "triton": opt-in fused kernels (cs336_basics/_triton.py) on CUDA
 
     def __post_init__(self):
         _check_positive(
@@ -462,6 +484,7 @@ class ModelConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be one of {allowed}")
+        _check_kernels(self.kernels, self.attention_backend)
         if self.positions == "rope" and (self.d_model // self.num_heads) % 2 != 0:
             raise ValueError(
                 f"RoPE needs an even head dim, but d_model={self.d_model} / num_heads={self.num_heads} is odd"
@@ -513,12 +536,13 @@ class TransformerLM(nn.Module):
                 ffn=config.ffn,
                 attention_backend=config.attention_backend,
                 norm_eps=config.norm_eps,
+                kernels=config.kernels,
                 **kw,
             )
             for _ in range(config.num_layers)
         )
         if config.norm != "none":
-            self.ln_final = RMSNorm(config.d_model, eps=config.norm_eps, **kw)
+            self.ln_final = RMSNorm(config.d_model, eps=config.norm_eps, **kw, kernels=config.kernels)
         self.lm_head = Linear(config.d_model, config.vocab_size, **kw)
         if config.tie_embeddings:
             # One matrix serves as both. It keeps lm_head's init (std sqrt(2/(V+d))): the embedding's std 1 would
@@ -610,6 +634,18 @@ def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def _check_kernels(kernels: str, attention_backend: str = "scratch") -> None:
+    """kernels: "torch" (the plain code, the default) or "triton" (the fused kernels, which need Triton)."""
+    if kernels not in KERNEL_KINDS:
+        raise ValueError(f"kernels={kernels!r} must be one of {KERNEL_KINDS}")
+    if kernels == "triton":
+        _triton.check_available()
+        if attention_backend != "scratch":
+            raise ValueError(
+                f"kernels='triton' brings its own attention; attention_backend={attention_backend!r} must be 'scratch'"
+            )
 
 
 def _check_token_ids(ids: Tensor, upper: int, what: str = "token ids") -> None:
