@@ -17,7 +17,7 @@ SUBCOMMAND_MODULES: dict[str, str] = {
     "prepare": "cs336_basics.commands.prepare",
     "train-bpe": "cs336_basics.bpe",
     "tokenize": "cs336_basics.tokenize_dataset",
-    "train": "cs336_basics.train",
+    "train": "cs336_basics.commands.train",
     "generate": "cs336_basics.generation",
     "eval": "cs336_basics.evaluate",
     "model-info": "cs336_basics.model_info",

@@ -1,36 +1,32 @@
-"""The trainer: token files in, a run directory with checkpoints, logs and loss curves out; resumable to the bit.
+"""The training loop: token files in, a run directory with checkpoints, logs and loss curves out; resumable to the bit.
 
     cs336-basics train --train data/train.bin --val data/val.bin --out runs/tiny --vocab-size 10000 \\
         --context-length 64 --d-model 64 --d-ff 192 --num-layers 2 --num-heads 4 --batch-size 16 --steps 200 \\
         --eval-interval 50 --device cpu
 
-Run directory: `config.json` (the full training config, git SHA, command line, versions), `log.jsonl` (one JSON
-record per logged step: step, tokens, lr, train_loss, grad_norm, tokens_per_s, mfu, wall_clock_s, and val_loss
-at evaluation steps), `ckpt_{step:06d}.pt` (atomic; the last `keep_checkpoints` are kept) and `loss.png`.
+Settings: `train_config.TrainConfig`. Run directory: `config.json`, `log.jsonl`, `summary.json`, `loss.png`
+(`run_files`) and `ckpt_{step:06d}.pt` (`checkpoints`; the last `keep_checkpoints` are kept).
 
-Exact resume: a checkpoint holds the model, the optimizer, the step, the data sampler's numpy RNG state and the
-torch/python RNG states; the learning rate is a pure function of the step. `--resume` restarts from the newest
-checkpoint and the run continues as if it had never stopped: on the same machine the losses are bitwise equal.
+Exact resume: a checkpoint holds the model, the optimizer, the step, the token count, the data sampler's numpy RNG
+state and the torch/python RNG states; the learning rate is a pure function of the step. `resume` restarts from
+the newest checkpoint and the run continues as if it had never stopped: on the same machine the losses are
+bitwise equal. `init_from` instead starts a new run (step 0, fresh optimizer) from a checkpoint's weights.
 
-Batches: each step draws `batch_size × grad_accum_steps × world_size` window starts from one seeded numpy
-Generator shared (in lockstep) by every rank; rank r reads its slice. A DDP run under torchrun with batch B per
-rank therefore trains on exactly the batches of a single process with batch world_size·B.
+Batches (`data.sample_starts` + `data.read_windows`): each step draws `batch_size × grad_accum_steps ×
+world_size` window starts from one seeded numpy Generator shared (in lockstep) by every rank; rank r reads its
+slice. A DDP run under torchrun with batch B per rank therefore trains on exactly the batches of a single process
+with batch world_size·B.
 
     torchrun --standalone --nproc_per_node 2 -m cs336_basics.cli train ...   # same flags; batch is per rank
 """
 
-import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import random
-import re
-import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,226 +36,24 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .data import _resolve_device
-from .files import atomic_write_bytes
-from .layers import ModelConfig, TransformerLM
-from .model_info import MODEL_DEFAULTS, add_model_flags, model_config_from, peak_flops
-from .model_info import training_flops_per_token as _training_flops_per_token
+from . import checkpoints
+from .checkpoints import list_checkpoints
+from .data import check_token_file, load_tokens, read_windows, resolve_device, sample_starts
+from .layers import TransformerLM
+from .model_info import peak_flops, training_flops_per_token
 from .nn_utils import cross_entropy, gradient_clipping
 from .optimizer import AdamW, get_lr_cosine_schedule
+from .run_files import append_log, git_sha, plot_losses, read_log, write_json, write_log
 from .serialization import clean_state_dict, read_checkpoint, save_checkpoint
+from .train_config import TrainConfig, import_wandb, load_config_file, resolve_settings, validate_config
 
-CHECKPOINT_RE = re.compile(r"^ckpt_(\d{6,})\.pt$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-@dataclass(kw_only=True)
-class TrainConfig:
-    """Every setting of a training run; the CLI flags are these names in kebab case (see `add_parser`)."""
-
-    train: str
-    val: str
-    out: str
-    # model (the CS336 TinyStories configuration by default)
-    vocab_size: int = MODEL_DEFAULTS["vocab_size"]
-    context_length: int = MODEL_DEFAULTS["context_length"]
-    d_model: int = MODEL_DEFAULTS["d_model"]
-    d_ff: int | None = MODEL_DEFAULTS["d_ff"]
-    num_layers: int = MODEL_DEFAULTS["num_layers"]
-    num_heads: int = MODEL_DEFAULTS["num_heads"]
-    rope_theta: float = MODEL_DEFAULTS["rope_theta"]
-    norm: str = MODEL_DEFAULTS["norm"]
-    positions: str = MODEL_DEFAULTS["positions"]
-    ffn: str = MODEL_DEFAULTS["ffn"]
-    tie_embeddings: bool = MODEL_DEFAULTS["tie_embeddings"]
-    attention_backend: str = MODEL_DEFAULTS["attention_backend"]
-    # optimizer and schedule
-    lr: float = 1e-3
-    min_lr: float | None = None  # None: lr / 10
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    warmup_steps: int | None = None  # None: 5% of the steps
-    cosine_steps: int | None = None  # None: the total number of steps
-    grad_clip: float = 1.0  # 0: no clipping (the norm is still logged)
-    # batches and length
-    batch_size: int = 128  # sequences per rank per micro-step
-    grad_accum_steps: int = 1
-    steps: int | None = None
-    max_tokens: int | None = None  # a token budget instead of `steps`
-    # run
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 elsewhere
-    compile: bool = False
-    deterministic: bool = False  # deterministic CUDA kernels (slower): bitwise-reproducible GPU runs and resumes
-    eval_interval: int = 500  # 0: only the final evaluation
-    eval_batches: int = 20
-    log_interval: int = 10
-    checkpoint_interval: int = 1000  # 0: only the final checkpoint
-    keep_checkpoints: int = 3  # 0: keep all
-    resume: bool = False
-    init_from: str | None = None  # a checkpoint or run directory: start from its weights (step 0, fresh optimizer)
-    stop_at_step: int | None = None  # stop this invocation after this step (with a checkpoint), as if preempted
-    wandb: bool = False
-    wandb_project: str = "cs336-basics"
-    wandb_run_name: str | None = None
-    progress: bool = False
-    plot: bool = True  # refresh loss.png at every evaluation and checkpoint
-
-    def model_config(self) -> ModelConfig:
-        return model_config_from(dataclasses.asdict(self))
-
-    def tokens_per_step(self, world_size: int = 1) -> int:
-        return self.batch_size * self.grad_accum_steps * world_size * self.context_length
-
-    def total_steps(self, world_size: int = 1) -> int:
-        if self.steps is not None:
-            return self.steps
-        return math.ceil(self.max_tokens / self.tokens_per_step(world_size))
-
-    def schedule(self, world_size: int = 1) -> dict[str, float | int]:
-        """Keyword arguments of get_lr_cosine_schedule; the LR of step s (1-based) is its value at it=s."""
-        steps = self.total_steps(world_size)
-        warmup = self.warmup_steps if self.warmup_steps is not None else round(0.05 * steps)
-        cosine = self.cosine_steps if self.cosine_steps is not None else steps
-        return dict(
-            max_learning_rate=self.lr,
-            min_learning_rate=self.min_lr if self.min_lr is not None else self.lr / 10,
-            warmup_iters=warmup,
-            cosine_cycle_iters=max(cosine, warmup),
-        )
+# Settings that change how a model computes, not its weights: an init_from model may differ in them.
+COMPUTE_ONLY_FIELDS = ("attention_backend",)
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf; the message names the step and the last good checkpoint."""
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Validation: everything that can be checked is checked before any work starts
-
-
-def validate_config(config: TrainConfig) -> None:
-    """Raise ValueError/FileNotFoundError for any bad setting or input file, before any work starts."""
-    model_config = config.model_config()  # checks the model dims
-    positive = ("batch_size", "grad_accum_steps", "eval_batches", "log_interval")
-    for name in positive:
-        value = getattr(config, name)
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
-    for name in ("eval_interval", "checkpoint_interval", "keep_checkpoints"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name}={value!r} must be an integer >= 0")
-    if (config.steps is None) == (config.max_tokens is None):
-        raise ValueError(
-            f"give exactly one of steps={config.steps} and max_tokens={config.max_tokens} (--steps or --max-tokens)"
-        )
-    if config.steps is not None and (not isinstance(config.steps, int) or config.steps <= 0):
-        raise ValueError(f"steps={config.steps!r} must be a positive integer")
-    if config.max_tokens is not None and (not isinstance(config.max_tokens, int) or config.max_tokens <= 0):
-        raise ValueError(f"max_tokens={config.max_tokens!r} must be a positive integer")
-    if config.stop_at_step is not None and config.stop_at_step <= 0:
-        raise ValueError(f"stop_at_step={config.stop_at_step} must be positive")
-    if not config.lr >= 0 or (config.min_lr is not None and not config.min_lr >= 0):
-        raise ValueError(f"lr={config.lr} and min_lr={config.min_lr} must be >= 0")
-    for name in ("beta1", "beta2"):
-        if not 0 <= getattr(config, name) < 1:
-            raise ValueError(f"{name}={getattr(config, name)} must be in [0, 1)")
-    if not config.eps >= 0 or not config.weight_decay >= 0 or not config.grad_clip >= 0:
-        raise ValueError(
-            f"eps={config.eps}, weight_decay={config.weight_decay} and grad_clip={config.grad_clip} must be >= 0"
-        )
-    if config.warmup_steps is not None and config.warmup_steps < 0:
-        raise ValueError(f"warmup_steps={config.warmup_steps} must be >= 0")
-    if config.cosine_steps is not None and config.cosine_steps < 0:
-        raise ValueError(f"cosine_steps={config.cosine_steps} must be >= 0")
-    if config.dtype not in ("auto", *DTYPES):
-        raise ValueError(f"dtype={config.dtype!r} must be one of 'auto', 'float32', 'bfloat16'")
-    resolve_device(config.device)
-    if config.init_from is not None:
-        resolve_checkpoint(config.init_from, what="init_from")
-    if config.wandb:
-        _import_wandb()
-    for name in ("train", "val"):
-        check_token_file(getattr(config, name), model_config.vocab_size, model_config.context_length, what=name)
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda, then mps, then cpu; otherwise the named device, which must exist on this machine."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return _resolve_device(device)
-    except RuntimeError as e:  # "cuda:3" on a one-GPU machine, "mps" off a Mac, or a malformed name
-        raise ValueError(f"device={device!r}: {e}") from e
-
-
-def check_token_file(path: str | os.PathLike, vocab_size: int, context_length: int, what: str = "token file") -> int:
-    """Check a token file (flat uint16/uint32 ids + FILE.json sidecar) against the model; return its length.
-
-    Raises FileNotFoundError when it or its sidecar is missing, ValueError when its size disagrees with the
-    sidecar, it is shorter than one window, or an id is >= vocab_size. The id scan reads the file in chunks; it is
-    skipped for uint16 files when vocab_size >= 65536, and when the sidecar records the tokenizer's `vocab_size`
-    (<= vocab_size, as `tokenize` writes it) or a `max_token_id`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} token file {str(path)!r} does not exist")
-    sidecar = path.with_name(path.name + ".json")
-    if path.suffix != ".npy":
-        if not sidecar.is_file():
-            raise FileNotFoundError(
-                f"{what} token file {str(path)!r} has no sidecar {sidecar.name} (written by `cs336-basics tokenize`)"
-            )
-        meta = json.loads(sidecar.read_text())
-        if meta.get("dtype") not in ("uint16", "uint32"):
-            raise ValueError(f"{sidecar}: dtype={meta.get('dtype')!r} must be 'uint16' or 'uint32'")
-        itemsize = np.dtype(meta["dtype"]).itemsize
-        size = path.stat().st_size
-        if size % itemsize != 0 or ("num_tokens" in meta and size // itemsize != meta["num_tokens"]):
-            raise ValueError(
-                f"{what} token file {str(path)!r} has {size} bytes, but its sidecar says "
-                f"num_tokens={meta.get('num_tokens')} of {meta['dtype']}; the file is truncated or stale"
-            )
-        data = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r") if size else np.zeros(0, np.uint16)
-    else:
-        meta = {}
-        data = np.load(path, mmap_mode="r")
-    if len(data) < context_length + 1:
-        raise ValueError(
-            f"{what} token file {str(path)!r} has {len(data)} tokens; one window of context_length="
-            f"{context_length} needs {context_length + 1}"
-        )
-    if data.dtype == np.uint16 and vocab_size >= 2**16:
-        return len(data)
-    if isinstance(meta.get("vocab_size"), int) and meta["vocab_size"] <= vocab_size:
-        return len(data)  # written by `tokenize` with a tokenizer whose ids all fit
-    max_id = meta.get("max_token_id")
-    if max_id is None:
-        chunk = 1 << 24
-        max_id = max(int(data[i : i + chunk].max()) for i in range(0, len(data), chunk))
-    if max_id >= vocab_size:
-        raise ValueError(
-            f"{what} token file {str(path)!r} holds token id {max_id}, which is >= vocab_size={vocab_size}; "
-            "train with the tokenizer's vocabulary size (--vocab-size)"
-        )
-    return len(data)
-
-
-def _load_data(path: str) -> np.ndarray:
-    from .data import load_tokens
-
-    return load_tokens(path)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The training loop
 
 
 class _WithLoss(nn.Module):
@@ -277,7 +71,6 @@ class _WithLoss(nn.Module):
 class _Dist:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -289,27 +82,16 @@ class _Dist:
 
 
 def _init_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
+    """Join the torchrun process group when WORLD_SIZE > 1 (each rank on its LOCAL_RANK GPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return _Dist(), device
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size(), local_rank), device
-
-
-def _read_windows(data: np.ndarray, starts: np.ndarray, context_length: int, device: torch.device):
-    """(x, y) int64 (len(starts), T): windows data[s : s+T+1] split into inputs and next-token targets."""
-    windows = data[starts[:, None] + np.arange(context_length + 1)].astype(np.int64)  # (B, T+1)
-    batch = torch.from_numpy(windows)
-    if device.type == "cuda":
-        batch = batch.pin_memory().to(device, non_blocking=True)
-    else:
-        batch = batch.to(device)
-    return batch[:, :-1], batch[:, 1:]
+    return _Dist(dist.get_rank(), dist.get_world_size()), device
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -318,108 +100,36 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _resolve_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
-    if config.dtype == "auto":
+def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return DTYPES[config.dtype]
+    return DTYPES[dtype]
 
 
-def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """(step, path) of every ckpt_{step:06d}.pt in run_dir, oldest first."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = []
-    for path in run_dir.iterdir():
-        match = CHECKPOINT_RE.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
-def resolve_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Path:
-    """A checkpoint file as given, or the newest ckpt_*.pt of a run directory; FileNotFoundError otherwise."""
-    path = Path(path)
-    if path.is_dir():
-        found = list_checkpoints(path)
-        if not found:
-            raise FileNotFoundError(f"{what}={str(path)!r} is a directory with no ckpt_*.pt checkpoint in it")
-        return found[-1][1]
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}={str(path)!r} is neither a checkpoint file nor a run directory")
-    return path
-
-
-def model_config_of(path: str | os.PathLike, what: str = "checkpoint") -> ModelConfig:
-    """The ModelConfig saved in a checkpoint (file or run directory); ValueError when it has none."""
-    path = resolve_checkpoint(path, what)
-    saved = read_checkpoint(path).get("config")
-    if saved is None:
-        raise ValueError(f"{what}: checkpoint {str(path)!r} has no model config (it was not written by the trainer)")
-    return ModelConfig(**saved)
-
-
-# Settings that change how a model computes, not its weights: an --init-from model may differ in them.
-_COMPUTE_ONLY_FIELDS = ("attention_backend",)
-
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _import_wandb():
-    try:
-        import wandb
-    except ImportError as e:
-        raise ValueError(
-            "wandb=True (--wandb) needs the wandb package: `uv add wandb` (or `pip install wandb`); "
-            "set WANDB_MODE=offline to log without an account"
-        ) from e
-    return wandb
+def _seed_everything(config: TrainConfig) -> None:
+    if config.deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; the embedding backward (index_put with
+        # accumulate) otherwise uses atomics on CUDA, whose order changes from run to run.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
 
 
 class _Run:
-    """State of one training invocation (model, optimizer, data, RNGs); `train()` drives it."""
+    """State of one training invocation (model, optimizer, data, RNGs, counters); `train()` drives it."""
 
     def __init__(self, config: TrainConfig):
         self.config = config
         self.model_config = config.model_config()
-        device = resolve_device(config.device)
-        self.dist, self.device = _init_distributed(device)
-        self.dtype = _resolve_dtype(config, self.device)
+        self.dist, self.device = _init_distributed(resolve_device(config.device))
+        self.dtype = _resolve_dtype(config.dtype, self.device)
         self.out = Path(config.out)
         self.total_steps = config.total_steps(self.dist.world_size)
         self.schedule = config.schedule(self.dist.world_size)
-        self.train_data = _load_data(config.train)
-        self.val_data = _load_data(config.val)
-
-        if config.deterministic:
-            # cuBLAS needs a fixed workspace to be deterministic; the embedding backward (index_put with
-            # accumulate) otherwise uses atomics on CUDA, whose order changes from run to run.
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
+        self.train_data = load_tokens(config.train)
+        self.val_data = load_tokens(config.val)
+        _seed_everything(config)
         self.model = TransformerLM(self.model_config, device=self.device)
         self.optimizer = AdamW(
             self.model.parameters(),
@@ -430,95 +140,68 @@ class _Run:
         )
         self.data_rng = np.random.default_rng([config.seed, 0])
         # The validation batches are drawn once, from their own stream: the same for every evaluation and rank.
+        eval_shape = (config.eval_batches, config.batch_size * self.dist.world_size)
         eval_rng = np.random.default_rng([config.seed, 1])
-        n_starts = len(self.val_data) - config.context_length
-        global_batch = config.batch_size * self.dist.world_size
-        self.eval_starts = eval_rng.integers(0, n_starts, size=(config.eval_batches, global_batch))
+        self.eval_starts = sample_starts(len(self.val_data), config.context_length, eval_shape, eval_rng)
+        self.step_module, self.eval_module = self._wrap_model()
+        self.step = 0
+        self.tokens = 0
+        self.wall_clock_before = 0.0  # seconds spent by earlier invocations of a resumed run
+        self.started = time.perf_counter()
+        self.records: list[dict] = []  # log.jsonl's records
+        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
+        peak = peak_flops(gpu, "bfloat16" if self.dtype == torch.bfloat16 else "float32") if gpu else None
+        self.peak_flops = peak * self.dist.world_size if peak else None
+        self.flops_per_token = training_flops_per_token(self.model_config)
 
+    def _wrap_model(self) -> tuple[nn.Module, nn.Module]:
+        """The modules that compute the loss: for training (DDP, compiled as configured) and for evaluation."""
         step_module: nn.Module = _WithLoss(self.model)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             step_module = DistributedDataParallel(step_module, device_ids=ids)
-        if config.compile:
-            step_module = torch.compile(step_module)
-        self.step_module = step_module
-        self.eval_module = torch.compile(_WithLoss(self.model)) if config.compile else _WithLoss(self.model)
-
-        self.step = 0
-        self.tokens = 0
-        self.wall_clock_before = 0.0  # seconds spent by earlier invocations of a resumed run
-        self.records: list[dict] = []
-        flops_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
-        peak = peak_flops(flops_name, "bfloat16" if self.dtype == torch.bfloat16 else "float32") if flops_name else None
-        self.peak_flops = peak * self.dist.world_size if peak else None
-        self.flops_per_token = _training_flops_per_token(self.model_config)
+        eval_module: nn.Module = _WithLoss(self.model)
+        if self.config.compile:
+            step_module, eval_module = torch.compile(step_module), torch.compile(eval_module)
+        return step_module, eval_module
 
     # ---- checkpoints
 
-    def checkpoint_path(self, step: int) -> Path:
-        return self.out / f"ckpt_{step:06d}.pt"
-
     def save(self) -> Path | None:
+        """Write ckpt_{step}.pt (rank 0 only), prune old ones; return its path (None on other ranks)."""
         if not self.dist.main:
             return None
-        rng = {
-            "numpy": self.data_rng.bit_generator.state,
-            "torch": torch.get_rng_state(),
-            "python": random.getstate(),
-        }
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        path = self.checkpoint_path(self.step)
+        path = checkpoints.checkpoint_path(self.out, self.step)
         extra = {
             "train_config": dataclasses.asdict(self.config),
-            "rng": rng,
+            "rng": checkpoints.capture_rng_state(self.data_rng, self.device),
             "tokens": self.tokens,
             "wall_clock_s": self.wall_clock(),
         }
         save_checkpoint(self.model, self.optimizer, self.step, path, config=self.model_config.to_dict(), extra=extra)
-        if self.config.keep_checkpoints:
-            for _, old in list_checkpoints(self.out)[: -self.config.keep_checkpoints]:
-                old.unlink(missing_ok=True)
+        checkpoints.prune_checkpoints(self.out, self.config.keep_checkpoints)
         return path
 
     def restore(self, path: Path) -> None:
+        """Continue from checkpoint `path`: weights, optimizer, counters and RNG streams."""
         payload = read_checkpoint(path)
-        saved = payload.get("config")
-        if saved is not None and saved != self.model_config.to_dict():
-            diff = {k: (saved.get(k), v) for k, v in self.model_config.to_dict().items() if saved.get(k) != v}
-            raise ValueError(
-                f"--resume: checkpoint {path} was trained with a different model; (checkpoint, now) = {diff}"
-            )
-        self.model.load_state_dict(payload["model"])
+        saved = checkpoints.model_config_of(path, what="resume")
+        checkpoints.check_same_model(saved, self.model_config, what=f"--resume from {path}")
+        self.model.load_state_dict(clean_state_dict(payload["model"]))
         self.optimizer.load_state_dict(payload["optimizer"])
         self.step = int(payload["iteration"])
         self.tokens = int(payload.get("tokens", 0))
         self.wall_clock_before = float(payload.get("wall_clock_s", 0.0))
-        rng = payload.get("rng", {})
-        if "numpy" in rng:
-            self.data_rng.bit_generator.state = rng["numpy"]
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "python" in rng:
-            random.setstate(_as_python_random_state(rng["python"]))
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        checkpoints.restore_rng_state(payload.get("rng", {}), self.data_rng, self.device)
 
     def load_weights_from(self, path: Path) -> None:
-        """Load the model weights of checkpoint `path` (its model config must equal ours); optimizer, step and
-        RNG streams stay fresh."""
-        payload = read_checkpoint(path)
-        saved = payload.get("config")
-        if saved is None:
-            raise ValueError(f"init_from: checkpoint {str(path)!r} has no model config (not written by the trainer)")
-        theirs, ours = ModelConfig(**saved).to_dict(), self.model_config.to_dict()
-        diff = {k: (theirs[k], v) for k, v in ours.items() if theirs[k] != v and k not in _COMPUTE_ONLY_FIELDS}
-        if diff:
-            names = ", ".join(f"{k}={mine!r} (checkpoint: {ckpt!r})" for k, (ckpt, mine) in diff.items())
-            raise ValueError(f"init_from={str(path)!r}: the model config differs from the checkpoint's: {names}")
-        self.model.load_state_dict(clean_state_dict(payload["model"]))
+        """Start from checkpoint `path`'s weights (its model config must equal ours, but for how it computes);
+        the optimizer, the counters and the RNG streams stay fresh."""
+        saved = checkpoints.model_config_of(path, what="init_from")
+        checkpoints.check_same_model(saved, self.model_config, f"init_from={str(path)!r}", COMPUTE_ONLY_FIELDS)
+        self.model.load_state_dict(clean_state_dict(read_checkpoint(path)["model"]))
 
     # ---- steps
 
@@ -527,26 +210,26 @@ class _Run:
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step; returns (mean loss, grad norm) as device tensors and the learning rate."""
-        config, world, rank = self.config, self.dist.world_size, self.dist.rank
+        config, world, rank, accum = self.config, self.dist.world_size, self.dist.rank, self.config.grad_accum_steps
         lr = get_lr_cosine_schedule(self.step + 1, **self.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        n_starts = len(self.train_data) - config.context_length
-        starts = self.data_rng.integers(0, n_starts, size=(config.grad_accum_steps, world, config.batch_size))
+        shape = (accum, world, config.batch_size)
+        starts = sample_starts(len(self.train_data), config.context_length, shape, self.data_rng)
         loss_sum = torch.zeros((), device=self.device)
-        for micro in range(config.grad_accum_steps):
-            x, y = _read_windows(self.train_data, starts[micro, rank], config.context_length, self.device)
-            sync = micro == config.grad_accum_steps - 1 or not self.dist.enabled
+        for micro in range(accum):
+            x, y = read_windows(self.train_data, starts[micro, rank], config.context_length, self.device)
+            sync = micro == accum - 1 or not self.dist.enabled
             with contextlib.nullcontext() if sync else self.step_module.no_sync(), _autocast(self.device, self.dtype):
                 loss = self.step_module(x, y)
-            (loss / config.grad_accum_steps).backward()
+            (loss / accum).backward()
             loss_sum += loss.detach().float()
         grad_norm = gradient_clipping(self.model.parameters(), config.grad_clip or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens += config.tokens_per_step(world)
-        return loss_sum / config.grad_accum_steps, grad_norm, lr
+        return loss_sum / accum, grad_norm, lr
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -555,7 +238,7 @@ class _Run:
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         mine = slice(self.dist.rank * self.config.batch_size, (self.dist.rank + 1) * self.config.batch_size)
         for starts in self.eval_starts:
-            x, y = _read_windows(self.val_data, starts[mine], self.config.context_length, self.device)
+            x, y = read_windows(self.val_data, starts[mine], self.config.context_length, self.device)
             with _autocast(self.device, self.dtype):
                 total += self.eval_module(x, y).double()
         total = self.all_reduce_mean(total)
@@ -570,54 +253,120 @@ class _Run:
         return values
 
 
-def _as_python_random_state(state):
-    # torch.load gives back lists where random.getstate() had tuples.
-    version, internal, gauss = state
-    return (version, tuple(internal), gauss)
+class _Meter:
+    """Train loss, grad norm and tokens/s since the last log line, kept on the device (one sync per log line),
+    and the first step whose loss was not finite. Time spent evaluating and checkpointing is not counted."""
+
+    def __init__(self, run: _Run):
+        self.run = run
+        self.sums = torch.zeros(2, device=run.device, dtype=torch.float64)  # (loss sum, grad norm sum)
+        self.first_bad = torch.zeros((), dtype=torch.long, device=run.device)
+        self.steps, self.tokens, self.paused = 0, 0, 0.0
+        self.interval_start = time.perf_counter()
+        self.run_start_tokens, self.train_time = run.tokens, 0.0
+        self.last_train_loss: float | None = None
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.first_bad = torch.where((self.first_bad == 0) & ~torch.isfinite(loss), self.run.step, self.first_bad)
+        self.sums += torch.stack([loss.double(), grad_norm.double()])
+        self.steps += 1
+        self.tokens += self.run.config.tokens_per_step(self.run.dist.world_size)
+
+    def record(self, lr: float, last_checkpoint: tuple[Path, int] | None) -> dict[str, Any]:
+        """The log record of the interval that ends now (raises NonFiniteLossError first); starts a new one."""
+        means = self.run.all_reduce_mean(self.sums).tolist()  # syncs with the device
+        self.check_finite(last_checkpoint)
+        now = time.perf_counter()
+        elapsed = now - self.interval_start - self.paused
+        self.train_time += elapsed
+        tokens_per_s = self.tokens / elapsed if elapsed > 0 else float("nan")
+        self.last_train_loss = means[0] / self.steps
+        record = {
+            "step": self.run.step,
+            "tokens": self.run.tokens,
+            "lr": lr,
+            "train_loss": self.last_train_loss,
+            "grad_norm": means[1] / self.steps,
+            "tokens_per_s": tokens_per_s,
+            "wall_clock_s": self.run.wall_clock(),
+        }
+        if self.run.peak_flops:
+            record["mfu"] = tokens_per_s * self.run.flops_per_token / self.run.peak_flops
+        self.sums.zero_()
+        self.steps, self.tokens, self.paused, self.interval_start = 0, 0, 0.0, now
+        return record
+
+    def check_finite(self, last_checkpoint: tuple[Path, int] | None) -> None:
+        worst = self.first_bad.clone()
+        if self.run.dist.enabled:
+            dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        bad = int(worst.item())
+        if bad:
+            saved = last_checkpoint is not None and last_checkpoint[0] is not None
+            where = (
+                f"{last_checkpoint[0]} (step {last_checkpoint[1]})" if saved else "none (no checkpoint was written yet)"
+            )
+            raise NonFiniteLossError(
+                f"the training loss became NaN or inf at step {bad}; stopped without saving. Last good checkpoint: "
+                f"{where}. Try a lower --lr, a longer --warmup-steps or --grad-clip 1.0, then --resume."
+            )
+
+    @contextlib.contextmanager
+    def pause(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused += time.perf_counter() - start
+
+    def tokens_per_s(self) -> float | None:
+        """Training throughput of this invocation (logged intervals only)."""
+        return (self.run.tokens - self.run_start_tokens) / self.train_time if self.train_time > 0 else None
 
 
 def train(config: TrainConfig) -> dict:
     """Run (or, with config.resume, continue) training; return a summary dict.
 
-    Summary keys: run_dir, step, tokens, train_loss, val_loss (final evaluation), val_perplexity, wall_clock_s,
-    tokens_per_s (training throughput of this invocation), checkpoint (the last one written), stopped_early.
-    Raises NonFiniteLossError when the loss turns NaN/inf (no checkpoint is written after that point).
+    Summary keys: run_dir, step, total_steps, tokens, train_loss, val_loss (final evaluation), val_perplexity,
+    wall_clock_s, tokens_per_s (training throughput of this invocation), checkpoint (the last one written),
+    stopped_early. Raises NonFiniteLossError when the loss turns NaN/inf (no checkpoint is written after that).
     """
     validate_config(config)
-    out = Path(config.out)
-    existing = list_checkpoints(out)
+    existing = list_checkpoints(config.out)
     if existing and not config.resume:
         raise FileExistsError(
-            f"out={str(out)!r} already has checkpoints (newest {existing[-1][1].name}); pass --resume to continue "
+            f"out={config.out!r} already has checkpoints (newest {existing[-1][1].name}); pass --resume to continue "
             "that run or choose a new --out"
         )
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(config, existing)
+        run = _Run(config)
+        last_checkpoint = _start(run, existing[-1][1] if existing else None)
+        return _loop(run, last_checkpoint)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
 
 
-def _train(config: TrainConfig, existing: list[tuple[int, Path]]) -> dict:
-    out = Path(config.out)
-    run = _Run(config)
-    main = run.dist.main
-    log_path, plot_path = out / "log.jsonl", out / "loss.png"
-    if config.resume and existing:
-        run.restore(existing[-1][1])
+def _start(run: _Run, newest: Path | None) -> tuple[Path, int] | None:
+    """Resume from `newest` or load the init_from weights; write config.json and log.jsonl. Returns the
+    (checkpoint, step) the run continues from, if any."""
+    config, out = run.config, run.out
+    init_from = None
+    if newest is not None:
+        run.restore(newest)
         # Log lines written after that checkpoint (by the invocation that stopped) belong to steps that will be
         # run again: drop them, so log.jsonl reads as one uninterrupted run.
-        run.records = [r for r in _read_log(log_path) if r["step"] <= run.step]
+        run.records = [r for r in read_log(out / "log.jsonl") if r["step"] <= run.step]
     elif config.init_from is not None:
-        run.load_weights_from(resolve_checkpoint(config.init_from, what="init_from"))
-    if main:
+        init_from = checkpoints.resolve_checkpoint(config.init_from, what="init_from")
+        run.load_weights_from(init_from)
+    if run.dist.main:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".ckpt_*.tmp"):  # left by a process killed while writing a checkpoint
-            stale.unlink(missing_ok=True)
+        checkpoints.remove_stale_temps(out)
         meta = {
             "train_config": dataclasses.asdict(config),
             "model_config": run.model_config.to_dict(),
-            "git_sha": _git_sha(),
+            "git_sha": git_sha(),
             "command_line": sys.argv,
             "torch_version": torch.__version__,
             "device": str(run.device),
@@ -626,102 +375,58 @@ def _train(config: TrainConfig, existing: list[tuple[int, Path]]) -> dict:
             "total_steps": run.total_steps,
             "schedule": run.schedule,
             "resumed_from_step": run.step if config.resume else None,
-            "init_from_checkpoint": (
-                str(resolve_checkpoint(config.init_from, "init_from")) if config.init_from is not None else None
-            ),
+            "init_from_checkpoint": str(init_from) if init_from is not None else None,
         }
-        _write_json(out / "config.json", meta)
-        atomic_write_bytes(log_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in run.records).encode()))
+        write_json(out / "config.json", meta)
+        write_log(out / "log.jsonl", run.records)
+    return (newest, run.step) if newest is not None else None
+
+
+def _loop(run: _Run, last_checkpoint: tuple[Path, int] | None) -> dict:
+    """Train until total_steps (or stop_at_step): log, evaluate, checkpoint and plot at their intervals."""
+    config, main = run.config, run.dist.main
     wandb_run = None
     if config.wandb and main:
-        wandb_run = _import_wandb().init(
-            project=config.wandb_project, name=config.wandb_run_name, config=dataclasses.asdict(config), resume="allow"
+        config_dict = dataclasses.asdict(config)
+        wandb_run = import_wandb().init(
+            project=config.wandb_project, name=config.wandb_run_name, config=config_dict, resume="allow"
         )
-
     from tqdm import tqdm
 
-    bar = tqdm(
-        total=run.total_steps, initial=run.step, disable=not (config.progress and main), unit="step", dynamic_ncols=True
-    )
+    show = config.progress and main
+    bar = tqdm(total=run.total_steps, initial=run.step, disable=not show, unit="step", dynamic_ncols=True)
     run.started = time.perf_counter()
-    last_ckpt = existing[-1][1] if existing and config.resume else None
-    last_ckpt_step = run.step if last_ckpt else 0
-    interval_start, interval_tokens, paused = time.perf_counter(), 0, 0.0
-    run_start_tokens, run_train_time = run.tokens, 0.0
-    loss_acc = torch.zeros(2, device=run.device, dtype=torch.float64)  # (loss sum, grad norm sum) since last log
-    steps_in_interval = 0
-    first_bad = torch.zeros((), dtype=torch.long, device=run.device)  # first step whose loss was not finite
-    last_train_loss = None
-    stopped_early = False
-    val_loss = None
-
-    def check_finite():
-        worst = first_bad.clone()
-        if run.dist.enabled:
-            dist.all_reduce(worst, op=dist.ReduceOp.MAX)
-        bad = int(worst.item())
-        if bad:
-            where = f"{last_ckpt} (step {last_ckpt_step})" if last_ckpt else "none (no checkpoint was written yet)"
-            raise NonFiniteLossError(
-                f"the training loss became NaN or inf at step {bad}; stopped without saving. Last good checkpoint: "
-                f"{where}. Try a lower --lr, a longer --warmup-steps or --grad-clip 1.0, then --resume."
-            )
-
+    meter, val_loss, stopped_early = _Meter(run), None, False
     try:
         while run.step < run.total_steps:
             loss, grad_norm, lr = run.train_step()
-            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), run.step, first_bad)
-            loss_acc += torch.stack([loss.double(), grad_norm.double()])
-            steps_in_interval += 1
-            interval_tokens += config.tokens_per_step(run.dist.world_size)
-            step = run.step
+            meter.add(loss, grad_norm)
             bar.update(1)
-            is_last = step == run.total_steps
+            step, is_last = run.step, run.step == run.total_steps
             stop_here = config.stop_at_step is not None and step >= config.stop_at_step
-            do_log = step % config.log_interval == 0 or is_last or stop_here
-            do_eval = (config.eval_interval and step % config.eval_interval == 0) or is_last
-            do_ckpt = (config.checkpoint_interval and step % config.checkpoint_interval == 0) or is_last or stop_here
             record: dict[str, Any] = {}
-            if do_log:
-                means = run.all_reduce_mean(loss_acc).tolist()  # syncs with the device
-                check_finite()
-                now = time.perf_counter()
-                elapsed = now - interval_start - paused
-                run_train_time += elapsed
-                tokens_per_s = interval_tokens / elapsed if elapsed > 0 else float("nan")
-                last_train_loss = means[0] / steps_in_interval
-                record = {
-                    "step": step,
-                    "tokens": run.tokens,
-                    "lr": lr,
-                    "train_loss": last_train_loss,
-                    "grad_norm": means[1] / steps_in_interval,
-                    "tokens_per_s": tokens_per_s,
-                    "wall_clock_s": run.wall_clock(),
-                }
-                if run.peak_flops:
-                    record["mfu"] = tokens_per_s * run.flops_per_token / run.peak_flops
-                bar.set_postfix(loss=f"{last_train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}")
-                loss_acc.zero_()
-                steps_in_interval, interval_tokens, paused = 0, 0, 0.0
-                interval_start = now
-            pause_start = time.perf_counter()
-            if do_eval:
-                check_finite()
-                val_loss = run.evaluate()
-                record.update(step=step, tokens=run.tokens, val_loss=val_loss, wall_clock_s=run.wall_clock())
-            if record and main:
-                run.records.append(record)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if wandb_run is not None:
-                    wandb_run.log(record, step=step)
-            if do_ckpt:
-                check_finite()
-                last_ckpt, last_ckpt_step = run.save(), step
-            if main and config.plot and (do_eval or do_ckpt):
-                plot_losses(run.records, plot_path)
-            paused += time.perf_counter() - pause_start
+            if step % config.log_interval == 0 or is_last or stop_here:
+                record = meter.record(lr, last_checkpoint)
+                bar.set_postfix(
+                    loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}", lr=f"{lr:.2e}"
+                )
+            with meter.pause():
+                do_eval = (config.eval_interval and step % config.eval_interval == 0) or is_last
+                if do_eval:
+                    meter.check_finite(last_checkpoint)
+                    val_loss = run.evaluate()
+                    record.update(step=step, tokens=run.tokens, val_loss=val_loss, wall_clock_s=run.wall_clock())
+                if record and main:
+                    run.records.append(record)
+                    append_log(run.out / "log.jsonl", record)
+                    if wandb_run is not None:
+                        wandb_run.log(record, step=step)
+                do_ckpt = (config.checkpoint_interval and step % config.checkpoint_interval == 0) or is_last
+                if do_ckpt or stop_here:
+                    meter.check_finite(last_checkpoint)
+                    last_checkpoint = (run.save(), step)
+                if main and config.plot and (do_eval or do_ckpt or stop_here):
+                    plot_losses(run.records, run.out / "loss.png")
             if stop_here and not is_last:
                 stopped_early = True
                 break
@@ -729,60 +434,35 @@ def _train(config: TrainConfig, existing: list[tuple[int, Path]]) -> dict:
         bar.close()
         if wandb_run is not None:
             wandb_run.finish()
+    return _summarize(run, meter, val_loss, last_checkpoint, stopped_early)
+
+
+def _summarize(run: _Run, meter: _Meter, val_loss, last_checkpoint, stopped_early: bool) -> dict:
     summary = {
-        "run_dir": str(out),
+        "run_dir": str(run.out),
         "step": run.step,
         "total_steps": run.total_steps,
         "tokens": run.tokens,
-        "train_loss": last_train_loss,
+        "train_loss": meter.last_train_loss,
         "val_loss": val_loss,
         "val_perplexity": math.exp(val_loss) if val_loss is not None and val_loss < 700 else None,
         "wall_clock_s": run.wall_clock(),
-        "tokens_per_s": (run.tokens - run_start_tokens) / run_train_time if run_train_time > 0 else None,
-        "checkpoint": str(last_ckpt) if last_ckpt else None,
+        "tokens_per_s": meter.tokens_per_s(),
+        "checkpoint": str(last_checkpoint[0]) if last_checkpoint and last_checkpoint[0] else None,
         "stopped_early": stopped_early,
     }
-    if main:
-        _write_json(out / "summary.json", summary)
+    if run.dist.main:
+        write_json(run.out / "summary.json", summary)
     return summary
-
-
-def plot_losses(records: list[dict], path: str | os.PathLike) -> None:
-    """loss.png: train and val loss against steps (left) and against wall-clock minutes (right); atomic."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [r for r in records if "train_loss" in r]
-    val = [r for r in records if "val_loss" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, key, label in ((axes[0], "step", "step"), (axes[1], "wall_clock_s", "wall-clock (minutes)")):
-        scale = 60.0 if key == "wall_clock_s" else 1.0
-        if train:
-            ax.plot([r[key] / scale for r in train], [r["train_loss"] for r in train], label="train", lw=1)
-        if val:
-            ax.plot([r[key] / scale for r in val], [r["val_loss"] for r in val], "o-", label="val", ms=3)
-        ax.set_xlabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("cross-entropy loss (nats/token)")
-    axes[0].legend()
-    fig.tight_layout()
-    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=80))
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Throughput (used by benchmarks/gpu_check.sh)
 
 
 def measure_throughput(config: TrainConfig, warmup_steps: int = 5, seconds: float = 5.0) -> dict:
     """Tokens/s (and MFU on known GPUs) of the trainer's own step on `config`: warmup, then timed steps.
 
     Nothing is written to config.out. Returns dict(tokens_per_s, mfu, steps, seconds, loss, device, dtype).
+    Used by benchmarks/throughput.py.
     """
     run = _Run(config)
-    run.started = time.perf_counter()
     for _ in range(warmup_steps):
         loss, _, _ = run.train_step()
     float(loss)
@@ -815,149 +495,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _field_types() -> dict[str, Any]:
-    return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-
-
-def load_config_file(path: str | os.PathLike) -> dict:
-    """A TOML file of TrainConfig fields (snake_case or kebab-case keys), checked against the known names."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    with open(path, "rb") as f:
-        raw = tomllib.load(f)
-    values = {}
-    known = _field_types()
-    for key, value in raw.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ValueError(f"config file {path}: unknown key {key!r}; known keys are the train flags, e.g. d_model")
-        values[name] = value
-    return values
-
-
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="train a Transformer LM on token files; resumable, logs and checkpoints into a run directory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,
-    )
-    s = argparse.SUPPRESS
-    io = parser.add_argument_group("data and run directory")
-    io.add_argument("--train", default=s, help="training token file (flat uint16/uint32 ids with a FILE.json sidecar)")
-    io.add_argument("--val", default=s, help="validation token file (same format)")
-    io.add_argument("--out", default=s, help="run directory (created; holds config.json, log.jsonl, checkpoints)")
-    io.add_argument("--config", default=s, help="TOML file of settings (keys = flag names); flags override it")
-    io.add_argument(
-        "--resume",
-        action="store_true",
-        default=s,
-        help="continue from the newest checkpoint in --out (settings default to the run's config.json)",
-    )
-    io.add_argument(
-        "--init-from",
-        default=s,
-        metavar="CHECKPOINT_OR_RUN_DIR",
-        help="start a new run (step 0, fresh optimizer) from the weights of this checkpoint or of the newest one in "
-        "this run directory; model settings default to the checkpoint's and must match it",
-    )
-    add_model_flags(parser, suppress_defaults=True)
-    opt = parser.add_argument_group("optimizer and schedule")
-    opt.add_argument("--lr", type=float, default=s, help="peak learning rate; default 1e-3")
-    opt.add_argument("--min-lr", type=float, default=s, help="final learning rate of the cosine; default lr/10")
-    opt.add_argument("--beta1", type=float, default=s, help="AdamW β1; default 0.9")
-    opt.add_argument("--beta2", type=float, default=s, help="AdamW β2; default 0.95")
-    opt.add_argument("--eps", type=float, default=s, help="AdamW ε; default 1e-8")
-    opt.add_argument("--weight-decay", type=float, default=s, help="decoupled weight decay; default 0.1")
-    opt.add_argument("--warmup-steps", type=int, default=s, help="linear warmup steps; default 5%% of the steps")
-    opt.add_argument("--cosine-steps", type=int, default=s, help="step where the cosine reaches min-lr; default: all")
-    opt.add_argument("--grad-clip", type=float, default=s, help="max global gradient L2 norm (0 = off); default 1.0")
-    length = parser.add_argument_group("batches and length")
-    length.add_argument("--batch-size", type=int, default=s, help="sequences per device per micro-step; default 128")
-    length.add_argument("--grad-accum-steps", type=int, default=s, help="micro-steps per optimizer step; default 1")
-    length.add_argument("--steps", type=int, default=s, help="optimizer steps (or give --max-tokens)")
-    length.add_argument("--max-tokens", type=int, default=s, help="token budget: steps = ceil(N / tokens per step)")
-    r = parser.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=s, help="seed for init and batch sampling; default 0")
-    r.add_argument("--device", default=s, help="auto (cuda, mps, cpu), cpu, cuda[:N] or mps; default auto")
-    r.add_argument(
-        "--dtype",
-        choices=("auto", "float32", "bfloat16"),
-        default=s,
-        help="compute dtype: bfloat16 = autocast, weights stay float32; auto = bfloat16 on CUDA, else float32",
-    )
-    r.add_argument("--compile", action="store_true", default=s, help="torch.compile the model; default off")
-    r.add_argument(
-        "--deterministic",
-        action="store_true",
-        default=s,
-        help="deterministic CUDA kernels, for bitwise-reproducible GPU runs (slower); CPU runs always are",
-    )
-    r.add_argument("--eval-interval", type=int, default=s, help="validate every N steps (0 = only at the end); 500")
-    r.add_argument("--eval-batches", type=int, default=s, help="fixed validation batches per evaluation; default 20")
-    r.add_argument("--log-interval", type=int, default=s, help="log train loss every N steps; default 10")
-    r.add_argument(
-        "--checkpoint-interval", type=int, default=s, help="checkpoint every N steps (0 = only at the end); 1000"
-    )
-    r.add_argument("--keep-checkpoints", type=int, default=s, help="keep the newest K checkpoints (0 = all); 3")
-    r.add_argument(
-        "--stop-at-step", type=int, default=s, help="stop after this step with a checkpoint (resume later); default off"
-    )
-    r.add_argument("--wandb", action="store_true", default=s, help="log to Weights & Biases (WANDB_MODE=offline ok)")
-    r.add_argument("--wandb-project", default=s, help="W&B project; default cs336-basics")
-    r.add_argument("--wandb-run-name", default=s, help="W&B run name; default W&B's")
-    r.add_argument("--no-progress", action="store_true", default=s, help="no progress bar")
-    r.add_argument("--no-plot", action="store_true", default=s, help="do not draw loss.png")
-    parser.set_defaults(func=run)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Settings, later ones winning: TrainConfig defaults < the run's config.json (with --resume) < --config file
-    < flags given on the command line."""
-    given = vars(args).copy()
-    given.pop("func", None)
-    given.pop("command", None)
-    values: dict[str, Any] = {}
-    out = given.get("out")
-    if given.get("resume") and out and (Path(out) / "config.json").is_file():
-        saved = json.loads((Path(out) / "config.json").read_text())["train_config"]
-        values.update({k: v for k, v in saved.items() if k not in ("resume", "stop_at_step", "progress")})
-    if given.get("init_from") and not values:  # not resuming: the model settings default to the checkpoint's
-        values.update(model_config_of(given["init_from"], what="--init-from").to_dict())
-    if "config" in given:
-        values.update(load_config_file(given.pop("config")))
-    values["progress"] = not given.pop("no_progress", False)
-    if given.pop("no_plot", False):
-        values["plot"] = False
-    values.update(given)
-    for name in ("train", "val", "out"):
-        if name not in values:
-            raise ValueError(f"--{name} is required (or set it in --config)")
-    if values.get("d_ff") == 0:
-        values["d_ff"] = None
-    known = _field_types()
-    return TrainConfig(**{k: v for k, v in values.items() if k in known})
-
-
-def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    try:
-        summary = train(config)
-    except NonFiniteLossError as e:
-        print(f"cs336-basics train: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2))
-    return 0
-
-
-__all__ = ["TrainConfig", "train", "validate_config", "check_token_file", "measure_throughput", "plot_losses"]
+__all__ = [
+    "TrainConfig",
+    "NonFiniteLossError",
+    "train",
+    "validate_config",
+    "load_config_file",
+    "resolve_settings",
+    "check_token_file",
+    "list_checkpoints",
+    "resolve_device",
+    "measure_throughput",
+    "plot_losses",
+]
