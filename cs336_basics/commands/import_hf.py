@@ -1,0 +1,50 @@
+"""`cs336-basics import`: a Hugging Face Llama directory as a run directory of ours.
+
+    cs336-basics import hf/some-llama --out runs/imported
+    cs336-basics generate --checkpoint runs/imported/ckpt_000000.pt --tokenizer runs/imported/tokenizer --prompt hi
+    cs336-basics train --init-from runs/imported --train data/train.bin --val data/val.bin --out runs/finetuned
+
+HF_DIR holds config.json (model_type llama, num_key_value_heads == num_attention_heads, silu, no biases, plain
+RoPE), model.safetensors (or shards) and a byte-level BPE tokenizer.json. See docs/hf.md. Needs the `hf` extra.
+"""
+
+import argparse
+import sys
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "import",
+        help="convert a Hugging Face Llama directory (weights and tokenizer) into a run directory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("hf_dir", metavar="HF_DIR", help="directory with config.json, *.safetensors, tokenizer.json")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (must not exist)")
+    parser.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        help="longest sequence the model takes (its RoPE table); default config.json's max_position_embeddings",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..hf import MissingExtraError
+
+    if args.context_length is not None and args.context_length <= 0:
+        raise ValueError(f"--context-length={args.context_length} must be a positive integer")
+    try:
+        from ..hf_import import import_hf
+
+        result = import_hf(args.hf_dir, args.out, args.context_length)
+    except MissingExtraError as e:
+        print(f"cs336-basics import: error: {e}", file=sys.stderr)
+        return 2
+    c = result["model_config"]
+    print(
+        f"imported {args.hf_dir} -> {result['checkpoint']} and {result['out']}/tokenizer ({c['num_layers']} layers, "
+        f"d_model {c['d_model']}, vocab {c['vocab_size']}, context {c['context_length']})"
+    )
+    return 0

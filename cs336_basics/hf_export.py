@@ -1,0 +1,109 @@
+"""Export a trained model and its tokenizer as a Hugging Face Llama directory that transformers loads as is.
+
+    cs336-basics export runs/tiny --tokenizer tok/tiny --out hf/tiny
+    >>> AutoModelForCausalLM.from_pretrained("hf/tiny"); AutoTokenizer.from_pretrained("hf/tiny")
+
+The directory holds config.json (a LlamaConfig), model.safetensors, generation_config.json, tokenizer.json and
+tokenizer_config.json. The weights are renamed and the q/k rows reordered for Llama's RoPE layout (see `hf`).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .hf import EOS_TOKEN, llama_config, require_safetensors, to_hf_state_dict, tokenizer_json, write_dir_atomically
+from .layers import ModelConfig
+from .serialization import clean_state_dict, read_checkpoint
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TOKENIZER_SUBDIR = "tokenizer"  # an imported run directory keeps its tokenizer here
+
+
+def export_hf(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike | None = None,
+    dtype: str = "float32",
+) -> dict:
+    """Write `source` (a checkpoint, or a run directory: its newest checkpoint) as a Llama directory at `out`.
+
+    `tokenizer_dir` (a train-bpe directory; default `source/tokenizer` when it exists) is written as
+    tokenizer.json, with <|endoftext|> as the EOS token when it is a special token. `out` must not exist; it is
+    filled in a temporary directory beside it and renamed, so a failed export leaves nothing behind.
+    Returns {"out", "checkpoint", "config" (the LlamaConfig dict), "eos_token_id"}.
+    """
+    from .checkpoints import resolve_checkpoint
+    from .tokenizer import Tokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} must be one of {list(DTYPES)}")
+    safetensors_torch = require_safetensors()
+    checkpoint = resolve_checkpoint(source, what="source")
+    payload = read_checkpoint(checkpoint)
+    if "config" not in payload:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} has no model config; it was not written by the trainer")
+    config = ModelConfig(**payload["config"])
+    tokenizer_dir = _find_tokenizer(source, tokenizer_dir)
+    tokenizer = Tokenizer.from_dir(tokenizer_dir)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer in {str(tokenizer_dir)!r} has {tokenizer.vocab_size} ids but the model's vocab_size is "
+            f"{config.vocab_size}: ids from {config.vocab_size} on have no embedding; export the model's own tokenizer"
+        )
+    eos_id = tokenizer.encode(EOS_TOKEN)[0] if EOS_TOKEN in tokenizer.special_tokens else None
+    hf_config = llama_config(config, eos_id, dtype)  # raises for settings Llama cannot express
+    tensors = {
+        name: w.to(DTYPES[dtype]) for name, w in to_hf_state_dict(clean_state_dict(payload["model"]), config).items()
+    }
+    token_json = tokenizer_json(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
+
+    def fill(tmp: Path) -> None:
+        _write_json(tmp / "config.json", hf_config)
+        _write_json(tmp / "generation_config.json", _generation_config(eos_id))
+        safetensors_torch.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(tmp / "tokenizer.json", token_json)
+        _write_json(tmp / "tokenizer_config.json", _tokenizer_config(config, tokenizer.special_tokens))
+
+    write_dir_atomically(out, fill)
+    return {"out": str(out), "checkpoint": str(checkpoint), "config": hf_config, "eos_token_id": eos_id}
+
+
+def _find_tokenizer(source: str | os.PathLike, tokenizer_dir: str | os.PathLike | None) -> Path:
+    if tokenizer_dir is None:
+        candidate = Path(source) / TOKENIZER_SUBDIR
+        if not candidate.is_dir():
+            raise FileNotFoundError(
+                f"no tokenizer: pass tokenizer_dir (--tokenizer DIR, the directory train-bpe wrote); "
+                f"{str(candidate)!r} does not exist"
+            )
+        return candidate
+    if not Path(tokenizer_dir).is_dir():
+        raise FileNotFoundError(f"tokenizer directory {str(tokenizer_dir)!r} does not exist")
+    return Path(tokenizer_dir)
+
+
+def _generation_config(eos_id: int | None) -> dict:
+    # pad = eos: transformers pads finished rows of a batch with it (and otherwise warns that none is set)
+    return {"bos_token_id": None, "eos_token_id": eos_id, "pad_token_id": eos_id}
+
+
+def _tokenizer_config(config: ModelConfig, special_tokens: list[str]) -> dict:
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",  # reads tokenizer.json as written
+        "model_max_length": config.context_length,
+        "eos_token": EOS_TOKEN if EOS_TOKEN in special_tokens else None,
+        "bos_token": None,
+        "unk_token": None,
+        "pad_token": None,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,  # decode must give back the text exactly, as ours does
+    }
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    # a plain write: the directory around it is what appears atomically
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
