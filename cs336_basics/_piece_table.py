@@ -395,5 +395,14 @@ class IntMap:
         mixed = keys.astype(np.uint64) * _K1  # Fibonacci hashing: the top bits of key * golden ratio
         return (mixed >> np.uint64(64 - self._bits)).astype(np.int64)
 
+    @property
+    def slots(self) -> np.ndarray:
+        """The (key, value) rows; key -1 marks an empty row (read by the numba BPE kernel)."""
+        return self._slots
+
+    @property
+    def bits(self) -> int:
+        return self._bits
+
     def get(self, keys: np.ndarray, default: int) -> np.ndarray:
         return probe(self._slots, keys, self._home(keys), (1 << self._bits) - 1, empty_column=0, default=default)

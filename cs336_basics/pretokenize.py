@@ -18,7 +18,8 @@ SpecialTokens(tokens)         the special-token splitter: `.split(text)` -> [tex
 straddles(buf, pos, tokens)   does an occurrence of some token start before `pos` and end after it (str or bytes)?
 first_safe_cut(window, lo, specials_b)
                               bytes: the first cut >= lo that splits encoding exactly, judged from the window alone.
-last_safe_cut(text, specials) str: the last cut of a growing stream's buffer that no later text can move.
+last_safe_cut(text, specials, start=0)
+                              str: the last cut of a growing stream's buffer that no later text can move.
 
 Why the cuts are exact
 ----------------------
@@ -77,6 +78,7 @@ _CLASS_CUT_RE = regex.compile(r"\p{L}(?=[^\s\p{L}])|\p{N}(?=[^\s\p{N}])|[^\s\p{L
 # Bytes: a printable ASCII non-space (never part of a multi-byte character) followed by " " or "\n".
 _ASCII_WS_CUT_RE = re.compile(rb"[!-~](?=[ \n])")
 _CLASS_CUT_MIN_CHARS = 4096  # class-change cuts are looked for only in buffers at least this long without a space
+_CLASS_CUT_WINDOW = 1 << 16  # ... and only in their last 64k chars (the regex is slow: ~0.7 us a char)
 
 
 class SpecialTokens:
@@ -150,26 +152,29 @@ def first_safe_cut(window: bytes, lo: int, specials_b: list[bytes], at_eof: bool
     return None
 
 
-def last_safe_cut(text: str, specials: SpecialTokens) -> int:
+def last_safe_cut(text: str, specials: SpecialTokens, start: int = 0) -> int:
     """A cut i of a stream's buffer `text` (which starts at an exact cut) such that encode(text[:i] + rest) ==
     encode(text[:i]) + encode(rest) for every continuation `rest`; 0 when none is found.
 
     It is the largest of: the last non-space followed by whitespace, the end of the last special-token match, and
-    (only when there is no space in a buffer of at least 4096 chars) the last letter/digit/other class change;
-    all among positions whose special-token matches are final: the last `specials.max_len - 1` characters are
-    never cut, since a longer special token starting there could still win over a shorter one. (Other exact
-    cuts may lie further right: this is not the largest exact cut, only a cheap one that is always exact.)
+    (only when the buffer has no space and at least 4096 chars) the last letter/digit/other class change in the
+    last 64k chars; all among positions whose special-token matches are final: the last `specials.max_len - 1`
+    characters are never cut, since a longer special token starting there could still win over a shorter one.
+    (Other exact cuts may lie further right: this is not the largest exact cut, only a cheap one that is always
+    exact.) `start`: look for space and class cuts only at or after it (a caller that searched a shorter buffer
+    before and found none passes where that search ended), so a growing buffer is scanned once.
     """
     n = len(text)
     limit = n - specials.max_len + 1 if specials.max_len else n  # characters right of the cut that must be known
     if limit <= 0:
         return 0
     cut = 0
-    m = _WS_CUT_RE.search(text, 0, min(limit, n - 1) + 1)  # "\S" at cut-1 with "\s" at cut, cut <= limit
+    end = min(limit, n - 1) + 1  # a cut c <= limit needs text[c]
+    m = _WS_CUT_RE.search(text, start, end)  # "\S" at cut-1 with "\s" at cut
     if m is not None:
         cut = m.end()
     elif n >= _CLASS_CUT_MIN_CHARS:  # no space in a long run: class changes (keeps the buffer bounded)
-        m = _CLASS_CUT_RE.search(text, 0, min(limit, n - 1) + 1)
+        m = _CLASS_CUT_RE.search(text, max(start, end - _CLASS_CUT_WINDOW), end)
         if m is not None:
             cut = m.end()
     if specials.regex is not None:

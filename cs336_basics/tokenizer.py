@@ -36,6 +36,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from cs336_basics._bpe_encode import HEAP_MIN, merge
 from cs336_basics._piece_table import IntMap, PieceTable, PieceWords, WhitespaceMask, cached_ids, ragged_arange
 from cs336_basics.pretokenize import (
     GPT2_ASCII_RE,
@@ -58,7 +59,6 @@ _BATCH_BPE_TAIL = 64  # words left in a batch below which the rest finish in the
 _TABLE_MIN_CHARS = 4096  # texts at least this long go through the numpy piece table (see _piece_table)
 _BLOCK_CHARS = 1 << 20  # encode long texts in blocks of about this many chars: bounded lists, a meaningful cache bound
 
-_NO_RANK = 1 << 100  # larger than any (rank << shift) | id
 # Entries per cache: the dict of the short-text path (pieces + pre-tokens, ~150 bytes each) and each numpy table
 # of the long-text path (pieces; pre-tokens: ~100 bytes each) is cleared when it would hold more.
 DEFAULT_CACHE_SIZE = 1 << 20
@@ -342,9 +342,10 @@ class Tokenizer:
         """Lazily yield the ids of "".join(iterable), equal to `encode` of it for any chunking.
 
         Text is buffered until about `buffer_size` characters are pending, then encoded up to the last position
-        where the pre-tokenizer splits whatever text follows (a non-space followed by a space, outside any
-        possible special token), and the rest is kept. Memory is bounded by `buffer_size` plus the longest chunk
-        plus the longest run of text without such a position (one pre-token cannot be split).
+        where the pre-tokenizer splits whatever text follows (`find_safe_cut`), and the rest is kept. When a
+        buffer has no such position (a long run without spaces), the next try waits until the buffer has doubled,
+        so the work stays linear. Memory is bounded by twice `buffer_size` plus the longest chunk plus twice the
+        longest run of text without such a position (one pre-token cannot be split).
         """
         if buffer_size < 1:
             raise ValueError(f"buffer_size={buffer_size} must be at least 1")
@@ -352,18 +353,25 @@ class Tokenizer:
             raise TypeError("encode_iterable takes an iterable of str chunks (e.g. an open file), not one string")
         pending: list[str] = []
         pending_len = 0
+        want = buffer_size  # pending characters before the next search for a cut
+        searched = 0  # the buffer's prefix with no space or class cut (see pretokenize.last_safe_cut)
         for chunk in iterable:
             if not isinstance(chunk, str):
                 raise TypeError(f"encode_iterable chunks must be str, got {type(chunk).__name__}")
             pending.append(chunk)
             pending_len += len(chunk)
-            if pending_len < buffer_size:
+            if pending_len < want:
                 continue
             text = "".join(pending)
-            cut = self.find_safe_cut(text)
+            cut = last_safe_cut(text, self._specials, searched)
             if cut > 0:
                 yield from self.encode(text[:cut])
                 text = text[cut:]
+            # none found: search again when the buffer has doubled, only its new part (the last chars searched
+            # could not be judged yet: they wait for what follows)
+            want, searched = (
+                (buffer_size, 0) if cut > 0 else (2 * len(text), max(0, len(text) - self._specials.max_len - 1))
+            )
             pending = [text]
             pending_len = len(text)
         text = "".join(pending)
@@ -478,6 +486,9 @@ class Tokenizer:
         Every byte must have an id (checked by the caller).
         """
         num_words = lengths.size
+        long = np.flatnonzero(lengths >= HEAP_MIN)
+        if long.size:  # long words merge one by one (O(n log n) each); numpy rounds would take O(n) rounds
+            return self._bpe_bytes_with_long(data, lengths, long)
         flat_bytes = data.astype(np.int64)
         ids = self._byte_ids_np[flat_bytes]
         word = np.repeat(np.arange(num_words, dtype=np.int64), lengths)
@@ -532,6 +543,22 @@ class Tokenizer:
         out = np.concatenate(done_ids)[order] if done_ids else np.zeros(0, dtype=np.int64)
         return out, np.bincount(labels, minlength=num_words)
 
+    def _bpe_bytes_with_long(self, data: np.ndarray, lengths: np.ndarray, long: np.ndarray):
+        """`_bpe_bytes` where the words `long` are merged one by one and the others together."""
+        starts = np.cumsum(lengths) - lengths
+        short = np.flatnonzero(lengths < HEAP_MIN)
+        counts = np.zeros(lengths.size, dtype=np.int64)
+        short_ids, counts[short] = self._bpe_bytes(data[ragged_arange(starts[short], lengths[short])], lengths[short])
+        spans = zip(starts[long].tolist(), lengths[long].tolist(), strict=True)
+        long_ids = [self._merge(self._byte_ids_np[data[a : a + m]]) for a, m in spans]
+        counts[long] = list(map(len, long_ids))
+        out_start = np.cumsum(counts) - counts
+        out = np.empty(int(counts.sum()), dtype=np.int64)
+        out[ragged_arange(out_start[short], counts[short])] = short_ids
+        for w, ids in zip(long.tolist(), long_ids, strict=True):
+            out[out_start[w] : out_start[w] + len(ids)] = ids
+        return out, counts
+
     def _pair_values_of(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Vectorized `_pair_table.get((left << shift) | right, inf)`."""
         return self._pair_map.get((left << self._shift) | right, np.iinfo(np.int64).max)
@@ -546,6 +573,10 @@ class Tokenizer:
         return self._bpe_from_bytes(pretoken.encode("utf-8"))
 
     def _bpe_from_bytes(self, pretoken_bytes: bytes) -> tuple[int, ...]:
+        if len(pretoken_bytes) >= HEAP_MIN:  # an array: no Python int per byte of a long pre-token
+            parts = self._byte_ids_np[np.frombuffer(pretoken_bytes, dtype=np.uint8)]
+            if parts.min() >= 0:
+                return self._merge(parts)
         parts = list(map(self._byte_ids.__getitem__, pretoken_bytes))
         if None in parts:
             pretoken = pretoken_bytes.decode("utf-8", errors="replace")
@@ -556,26 +587,9 @@ class Tokenizer:
             )
         return self._merge(parts)
 
-    def _merge(self, parts: list[int]) -> tuple[int, ...]:
-        """BPE of a list of token ids (`_bpe` after the bytes are mapped to ids); `parts` is modified in place."""
-        get = self._pair_table.get
-        shift = self._shift
-        mask = (1 << shift) - 1
-        inf = _NO_RANK
-        values = [get(a << shift | b, inf) for a, b in zip(parts[:-1], parts[1:], strict=True)]
-        while values:
-            value = min(values)
-            if value == inf:
-                break
-            i = values.index(value)
-            parts[i] = value & mask
-            del parts[i + 1]
-            del values[i]
-            if i > 0:
-                values[i - 1] = get(parts[i - 1] << shift | parts[i], inf)
-            if i < len(values):
-                values[i] = get(parts[i] << shift | parts[i + 1], inf)
-        return tuple(parts)
+    def _merge(self, parts) -> tuple[int, ...]:
+        """BPE of a list (modified in place) or int64 array of token ids (`_bpe` after bytes are mapped to ids)."""
+        return merge(parts, self._pair_table, self._shift, self._pair_map)
 
     # --------------------------------------------------------------------------------------------------- decoding
 
