@@ -47,7 +47,7 @@ def resolve_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Pat
             raise FileNotFoundError(f"{what}={str(path)!r} is a directory with no ckpt_*.pt checkpoint in it")
         return found[-1][1]
     if not path.is_file():
-        raise FileNotFoundError(f"{what}={str(path)!r} is neither a checkpoint file nor a run directory")
+        raise FileNotFoundError(f"{what}={str(path)!r} does not exist (give a checkpoint file or a run directory)")
     return path
 
 

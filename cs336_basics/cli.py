@@ -13,15 +13,15 @@ import sys
 
 # subcommand -> module that defines it (in the order `--help` lists them)
 SUBCOMMAND_MODULES: dict[str, str] = {
-    "quickstart": "cs336_basics.quickstart",
+    "quickstart": "cs336_basics.commands.quickstart",
     "prepare": "cs336_basics.commands.prepare",
     "train-bpe": "cs336_basics.bpe",
     "tokenize": "cs336_basics.tokenize_dataset",
     "train": "cs336_basics.commands.train",
-    "generate": "cs336_basics.generation",
-    "eval": "cs336_basics.evaluate",
-    "model-info": "cs336_basics.model_info",
-    "probe": "cs336_basics.probes",
+    "generate": "cs336_basics.commands.generate",
+    "eval": "cs336_basics.commands.eval",
+    "model-info": "cs336_basics.commands.model_info",
+    "probe": "cs336_basics.commands.probe",
     "export": "cs336_basics.commands.export",
     "import": "cs336_basics.commands.import_hf",
     "sweep": "cs336_basics.commands.sweep",

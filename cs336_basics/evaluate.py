@@ -8,9 +8,7 @@ window may be shorter. Every id but the first is predicted exactly once, so the 
 """
 
 import contextlib
-import json
 import math
-import os
 
 import numpy as np
 import torch
@@ -64,49 +62,3 @@ def evaluate_tokens(
     model.train(was_training)
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else float("inf"), "tokens": count}
-
-
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "eval",
-        help="mean loss and perplexity of a checkpoint over a whole token file",
-        description=__doc__,
-    )
-    parser.add_argument("--checkpoint", required=True, help="trainer checkpoint (ckpt_*.pt)")
-    parser.add_argument("--data", required=True, help="token file (flat ids with a FILE.json sidecar, or .npy)")
-    parser.add_argument("--context-length", type=int, default=None, help="window length; default the model's")
-    parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass; default 32")
-    parser.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens; default all")
-    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda[:N] or mps; default auto")
-    parser.add_argument(
-        "--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype; default float32"
-    )
-    parser.set_defaults(func=run)
-
-
-def run(args) -> int:
-    from .generation import load_model
-    from .train import check_token_file, resolve_device
-
-    if not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} does not exist")
-    device = resolve_device(args.device)
-    model = load_model(args.checkpoint, device)
-    context = model.config.context_length if args.context_length is None else args.context_length
-    if not 0 < context <= model.config.context_length:
-        raise ValueError(
-            f"--context-length={context} must be in [1, {model.config.context_length}] (the model's context length)"
-        )
-    check_token_file(args.data, model.config.vocab_size, 1, what="--data")
-    from .data import load_tokens
-
-    result = evaluate_tokens(
-        model,
-        load_tokens(args.data),
-        context,
-        args.batch_size,
-        torch.bfloat16 if args.dtype == "bfloat16" else torch.float32,
-        args.max_tokens,
-    )
-    print(json.dumps(result | {"checkpoint": args.checkpoint, "data": args.data}, indent=2))
-    return 0

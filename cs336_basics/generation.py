@@ -1,17 +1,17 @@
 """Sampling from a TransformerLM: temperature (0 = greedy), top-k and nucleus (top-p) filtering, stop tokens, and a
-KV cache (each new token costs one position). CLI: `cs336-basics generate`.
+KV cache (each new token costs one position). CLI: `cs336-basics generate` (cs336_basics/commands/generate.py).
 
     cs336-basics generate --checkpoint runs/tiny/ckpt_000200.pt --tokenizer tok/tiny --prompt "once upon a time" \
         --max-new-tokens 100 --temperature 0.8 --top-p 0.95 --device cpu
 """
 
 import os
-from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .checkpoints import resolve_checkpoint
 from .layers import ModelConfig, TransformerLM, softmax
 from .serialization import clean_state_dict, read_checkpoint
 
@@ -100,7 +100,10 @@ def _check_sampling_args(temperature: float, top_k: int | None, top_p: float | N
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> TransformerLM:
-    """Rebuild a TransformerLM from a checkpoint's saved `config` and load its weights, in eval mode."""
+    """Rebuild a TransformerLM from a checkpoint's saved `config` and load its weights, in eval mode.
+
+    `checkpoint` is a checkpoint file or a run directory (its newest checkpoint)."""
+    checkpoint = resolve_checkpoint(checkpoint)
     payload = read_checkpoint(checkpoint)
     if "config" not in payload:
         raise ValueError(f"checkpoint {str(checkpoint)!r} has no model config; it was not written by the trainer")
@@ -110,30 +113,9 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu"
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# CLI
+# Text in, text out
 
 EOS_TOKEN = "<|endoftext|>"
-
-
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "generate",
-        help="sample text from a trained checkpoint",
-        description="Continue --prompt with a model rebuilt from a trainer checkpoint, sampling with temperature, "
-        "top-k and top-p, stopping at <|endoftext|>. Example: cs336-basics generate --checkpoint "
-        "runs/ts/ckpt_010000.pt --tokenizer tok/ts --prompt 'Once upon a time' --temperature 0.8 --top-p 0.95",
-    )
-    parser.add_argument("--checkpoint", required=True, help="trainer checkpoint (ckpt_*.pt)")
-    parser.add_argument("--tokenizer", required=True, help="tokenizer directory (from train-bpe)")
-    parser.add_argument("--prompt", required=True, help="text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens to sample at most; default 256")
-    parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature (0 = greedy); default 1")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]; default off")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens; default off")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed; default 0")
-    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda[:N] or mps; default auto")
-    parser.add_argument("--no-cache", action="store_true", help="recompute the whole prefix per token (no KV cache)")
-    parser.set_defaults(func=run)
 
 
 def generate_text(
@@ -171,33 +153,3 @@ def generate_text(
     if eos_id is not None and eos_id in new:
         new = new[: new.index(eos_id)]
     return tokenizer.decode(new)
-
-
-def run(args) -> int:
-    from .train import resolve_device
-
-    _check_sampling_args(args.temperature, args.top_k, args.top_p)
-    if args.max_new_tokens < 0:
-        raise ValueError(f"--max-new-tokens={args.max_new_tokens} must be >= 0")
-    device = resolve_device(args.device)
-    if not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint!r} does not exist")
-    if not Path(args.tokenizer).is_dir():
-        raise FileNotFoundError(f"--tokenizer {args.tokenizer!r} is not a directory (write one with train-bpe)")
-    from .tokenizer import Tokenizer
-
-    tokenizer = Tokenizer.from_dir(args.tokenizer)
-    model = load_model(args.checkpoint, device)
-    text = generate_text(
-        model,
-        tokenizer,
-        args.prompt,
-        args.max_new_tokens,
-        args.temperature,
-        args.top_k,
-        args.top_p,
-        args.seed,
-        use_cache=not args.no_cache,
-    )
-    print(args.prompt + text)
-    return 0

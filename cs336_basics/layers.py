@@ -477,10 +477,10 @@ class ModelConfig:
         if self.d_ff is not None:
             _check_positive(d_ff=self.d_ff)
         for name, allowed in (
-            ("norm", ("pre", "post", "none")),
+            ("norm", get_args(NormPlacement)),
             ("positions", get_args(PositionKind)),
-            ("ffn", ("swiglu", "silu")),
-            ("attention_backend", ("scratch", "sdpa")),
+            ("ffn", get_args(FeedForwardKind)),
+            ("attention_backend", get_args(AttentionBackend)),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be one of {allowed}")

@@ -16,11 +16,7 @@ and once: the embedding output BTd, final RMSNorm BTd, logits BTV and the cross-
         --num-heads 16 --batch-size 128
 """
 
-import argparse
-import json
-from typing import get_args
-
-from .layers import ModelConfig, PositionKind
+from .layers import ModelConfig
 
 BYTES_FP32 = 4
 
@@ -51,7 +47,7 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     embedding = v * d
     lm_head = v * d
     final_norm = d if config.norm != "none" else 0
-    positions = config.context_length * d if config.positions == "learned" else 0  # GPT-2-style table
+    positions = 0  # GPT-2-style table
     total = per_layer * n_layers + final_norm + lm_head + positions + (0 if config.tie_embeddings else embedding)
     return {
         "embedding": embedding,
@@ -127,17 +123,8 @@ def model_report(config: ModelConfig, batch_size: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# CLI
+# The default model: the CS336 TinyStories configuration (the `train` and `model-info` flags' defaults)
 
-MODEL_FLAGS: dict[str, tuple[type, str]] = {
-    "vocab_size": (int, "vocabulary size (ids 0 .. V-1); default 10000"),
-    "context_length": (int, "context length in tokens; default 256"),
-    "d_model": (int, "model width; default 512"),
-    "d_ff": (int, "feed-forward hidden width; default 1344 (0 = 8/3·d_model rounded up to 64, or 4·d_model for silu)"),
-    "num_layers": (int, "number of Transformer blocks; default 4"),
-    "num_heads": (int, "attention heads (d_model must be divisible); default 16"),
-    "rope_theta": (float, "RoPE base θ; default 10000"),
-}
 MODEL_DEFAULTS = dict(
     vocab_size=10_000,
     context_length=256,
@@ -151,43 +138,9 @@ MODEL_DEFAULTS = dict(
     ffn="swiglu",
     tie_embeddings=False,
     attention_backend="scratch",
+    kernels="torch",
 )
 MODEL_FIELDS = tuple(MODEL_DEFAULTS)
-
-
-def add_model_flags(parser: argparse.ArgumentParser, suppress_defaults: bool = False) -> None:
-    """The model flags shared by `train` and `model-info` (defaults: the CS336 TinyStories model)."""
-
-    def default(name):
-        return argparse.SUPPRESS if suppress_defaults else MODEL_DEFAULTS[name]
-
-    group = parser.add_argument_group("model")
-    for name, (kind, help_text) in MODEL_FLAGS.items():
-        group.add_argument("--" + name.replace("_", "-"), type=kind, default=default(name), help=help_text)
-    group.add_argument(
-        "--norm", choices=("pre", "post", "none"), default=default("norm"), help="RMSNorm placement; default pre"
-    )
-    group.add_argument(
-        "--positions",
-        choices=get_args(PositionKind),
-        default=default("positions"),
-        help="position encoding; default rope",
-    )
-    group.add_argument(
-        "--ffn", choices=("swiglu", "silu"), default=default("ffn"), help="feed-forward kind; default swiglu"
-    )
-    group.add_argument(
-        "--tie-embeddings",
-        action="store_true",
-        default=default("tie_embeddings"),
-        help="share the input embedding and LM head matrix; default off",
-    )
-    group.add_argument(
-        "--attention-backend",
-        choices=("scratch", "sdpa"),
-        default=default("attention_backend"),
-        help="attention kernel: the from-scratch code or PyTorch's fused SDPA (faster on GPUs); default scratch",
-    )
 
 
 def model_config_from(values: dict) -> ModelConfig:
@@ -196,37 +149,3 @@ def model_config_from(values: dict) -> ModelConfig:
     if kwargs.get("d_ff") == 0:
         kwargs["d_ff"] = None
     return ModelConfig(**kwargs)
-
-
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "model-info",
-        help="parameter count, FLOPs per token and training memory of a model configuration",
-        description="Print the CS336 handout's accounting for a model: parameters, matmul FLOPs per token for the "
-        "forward and backward passes, and float32 AdamW memory (parameters, gradients, optimizer state, "
-        "activations) for one batch.",
-    )
-    add_model_flags(parser)
-    parser.add_argument("--batch-size", type=int, default=128, help="sequences per batch for the memory estimate")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    config = model_config_from(vars(args))
-    report = model_report(config, args.batch_size)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    p, f, m = report["parameters"], report["flops_per_token"], report["memory_bytes"]
-    print(f"parameters: {p['total']:,} ({p['non_embedding']:,} without the input embedding)")
-    print(f"  per layer {p['per_layer']:,}; embedding {p['embedding']:,}; lm_head {p['lm_head']:,}")
-    print(f"FLOPs per token (seq {config.context_length}): forward {f['forward']['total'] / 1e6:.2f} M")
-    for part in ("attention_projections", "attention_scores_and_values", "feed_forward", "lm_head"):
-        share = f["forward"][part] / f["forward"]["total"]
-        print(f"  {part:28s} {f['forward'][part] / 1e6:10.2f} M  ({share:.1%})")
-    print(f"  backward {f['backward'] / 1e6:.2f} M; training (fwd + bwd) {f['training'] / 1e6:.2f} M")
-    print(f"memory for batch {args.batch_size} × {config.context_length} (float32 AdamW):")
-    for part in ("parameters", "gradients", "optimizer_state", "activations", "total"):
-        print(f"  {part:16s} {m[part] / 2**30:10.3f} GiB")
-    return 0

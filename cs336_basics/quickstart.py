@@ -13,13 +13,10 @@ The built-in corpus is generated procedurally (seeded, so always the same): shor
 the style of TinyStories, written for this package from templates and word lists.
 """
 
-import argparse
 import json
 import random
 import time
 from pathlib import Path
-
-import torch
 
 from .files import atomic_write_text
 
@@ -277,67 +274,3 @@ def run_quickstart(
     }
     atomic_write_text(out / "quickstart.json", json.dumps(result, indent=2) + "\n")
     return result
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "quickstart",
-        help="the whole pipeline (BPE, tokenize, train, resume, eval, sample) on a built-in text, minutes on a CPU",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--out", default="quickstart-run", help="output directory (new or empty); quickstart-run")
-    parser.add_argument("--text", default=None, help="UTF-8 corpus, documents split by <|endoftext|>; default built-in")
-    parser.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size; default 1024")
-    parser.add_argument("--steps", type=int, default=200, help="training steps; default 200")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per step; default 32")
-    parser.add_argument("--context-length", type=int, default=128, help="tokens per sequence; default 128")
-    parser.add_argument("--d-model", type=int, default=128, help="model width; default 128")
-    parser.add_argument("--num-layers", type=int, default=4, help="Transformer blocks; default 4")
-    parser.add_argument("--num-heads", type=int, default=4, help="attention heads; default 4")
-    parser.add_argument("--d-ff", type=int, default=384, help="feed-forward width; default 384")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate; default 3e-3")
-    parser.add_argument("--eval-interval", type=int, default=50, help="validate and checkpoint every N steps; 50")
-    parser.add_argument("--prompt", default="once upon a time", help="prompt of the final sample")
-    parser.add_argument("--max-new-tokens", type=int, default=120, help="sample length in tokens; default 120")
-    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; default 0.8")
-    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass; default 0.95")
-    parser.add_argument("--seed", type=int, default=0, help="seed for corpus, init, batches and sampling; default 0")
-    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda[:N] or mps; default auto")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch; default torch's choice")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
-
-
-def run(args) -> int:
-    if args.threads is not None:
-        if args.threads <= 0:
-            raise ValueError(f"--threads={args.threads} must be positive")
-        torch.set_num_threads(args.threads)
-    run_quickstart(
-        args.out,
-        text_path=args.text,
-        vocab_size=args.vocab_size,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        context_length=args.context_length,
-        d_model=args.d_model,
-        num_layers=args.num_layers,
-        num_heads=args.num_heads,
-        d_ff=args.d_ff,
-        lr=args.lr,
-        eval_interval=args.eval_interval,
-        prompt=args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
-        log=print,
-    )
-    return 0

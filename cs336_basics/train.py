@@ -49,7 +49,7 @@ from .train_config import TrainConfig, import_wandb, load_config_file, resolve_s
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Settings that change how a model computes, not its weights: an init_from model may differ in them.
-COMPUTE_ONLY_FIELDS = ("attention_backend",)
+COMPUTE_ONLY_FIELDS = ("attention_backend", "kernels")
 
 
 class NonFiniteLossError(RuntimeError):

@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 
 from .checkpoints import model_config_of, resolve_checkpoint
 from .data import check_token_file, resolve_device
-from .layers import AttentionBackend, FeedForwardKind, ModelConfig, NormPlacement, PositionKind
+from .layers import AttentionBackend, FeedForwardKind, KernelKind, ModelConfig, NormPlacement, PositionKind
 from .model_info import MODEL_DEFAULTS, model_config_from
 
 DType = Literal["auto", "float32", "bfloat16"]
@@ -72,6 +72,9 @@ class TrainConfig:
         "attention_backend",
         "attention kernel: the from-scratch code or PyTorch's fused SDPA (faster on GPUs)",
         choices=get_args(AttentionBackend),
+    )
+    kernels: str = _model(
+        "kernels", "fused Triton kernels on CUDA (opt-in) or plain torch", choices=get_args(KernelKind)
     )
     # optimizer and schedule
     lr: float = _setting(1e-3, "peak learning rate", "optimizer")

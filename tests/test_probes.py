@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cs336_basics import probes
+from cs336_basics import probe_tasks, probes
 from cs336_basics.cli import main
 from cs336_basics.probes import (
     IGNORE_INDEX,
@@ -333,7 +333,9 @@ def test_cli_sweep_checks_every_length_before_training(capsys):
 
 def test_make_task_refuses_held_out_inputs_that_occur_in_training(monkeypatch):
     """The disjointness check is real: a sampler that repeats a training input in the test split is caught."""
-    monkeypatch.setattr(probes, "_sample_distinct", lambda rng, n, width, vocab: np.zeros((n, width), dtype=np.int64))
+    monkeypatch.setattr(
+        probe_tasks, "_sample_distinct", lambda rng, n, width, vocab: np.zeros((n, width), dtype=np.int64)
+    )
     with pytest.raises(RuntimeError, match="of the 3 test inputs also occur in the training split"):
         make_task("copy", 4, 8, train_size=5, test_size=3)
 

@@ -460,7 +460,7 @@ def test_init_from_errors_name_the_problem(tmp_path, token_files, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no ckpt_"):
         train(tiny_config(tmp_path / "b", token_files, init_from=str(tmp_path / "empty")))
-    with pytest.raises(FileNotFoundError, match="neither a checkpoint file nor a run directory"):
+    with pytest.raises(FileNotFoundError, match="nope.pt. does not exist"):
         train(tiny_config(tmp_path / "b", token_files, init_from=str(tmp_path / "nope.pt")))
     # attention_backend is how the model computes, not what it is: it may differ.
     sdpa = tiny_config(tmp_path / "c", token_files, steps=1, attention_backend="sdpa", init_from=source["checkpoint"])
