@@ -47,7 +47,7 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     embedding = v * d
     lm_head = v * d
     final_norm = d if config.norm != "none" else 0
-    positions = 0  # GPT-2-style table
+    positions = config.context_length * d if config.positions == "learned" else 0  # GPT-2-style table
     total = per_layer * n_layers + final_norm + lm_head + positions + (0 if config.tie_embeddings else embedding)
     return {
         "embedding": embedding,
