@@ -3,7 +3,7 @@
     cs336-basics export runs/tiny --tokenizer tok/tiny --out hf/tiny
     python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('hf/tiny')"
 
-SOURCE is a checkpoint (ckpt_*.pt) or a run directory (its newest checkpoint). The output loads with
+RUN_DIR_OR_CHECKPOINT is a checkpoint (ckpt_*.pt) or a run directory (its newest checkpoint). The output loads with
 transformers' AutoModelForCausalLM / AutoTokenizer and no extra code; see docs/hf.md. Needs the `hf` extra.
 """
 
