@@ -203,7 +203,11 @@ def plot_runs(runs: list[RunData], path: str | os.PathLike, x: str = "steps", sh
             ax.plot([p[0] for p in train], [p[1] for p in train], "--", lw=0.8, alpha=0.7, color=color)
             drawn += [p[1] for p in train if math.isfinite(p[1])]
     if drawn and min(drawn) > 0 and max(drawn) / min(drawn) > 2:
+        from matplotlib.ticker import FormatStrFormatter
+
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # 4, 5, 6 rather than 4×10⁰
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel(x_label)
     ax.set_ylabel("validation loss (nats/token)" + (", training dashed" if show_train else ""))
     ax.grid(alpha=0.3, which="both")

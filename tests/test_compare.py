@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cs336_basics import cli
-from cs336_basics.compare import collect_runs, compare
+from cs336_basics.compare import TABLE_COLUMNS, collect_runs, compare, summarize
 from cs336_basics.sweep import parse_axes, run_sweep
 from cs336_basics.train import TrainConfig, train
 
@@ -70,7 +70,7 @@ def test_compare_writes_a_figure_line_per_run_and_a_table_equal_to_the_logs(runs
     assert Path(report["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["labels"] == ["lr=0.003", "lr=1e+30 (train) (diverged)", "narrow"]
     # the settings that differ, and nothing else (train/val/out etc. are equal or not settings)
-    assert report["columns"][-2:] == ["d_model", "lr"]
+    assert report["columns"] == [*TABLE_COLUMNS, "d_model", "lr"]
 
     with open(report["csv"]) as f:
         table = {row["run"]: row for row in csv.DictReader(f)}
@@ -103,6 +103,20 @@ def test_status_from_the_log_without_a_sweep(runs, tmp_path):
     (run_dir / "log.jsonl").write_text('{"step": 1, "tokens": 8, "train_loss": 3.0}\n')
     assert collect_runs([run_dir])[0].status == "incomplete"
     assert math.isnan(json.loads("NaN"))
+
+
+def test_final_and_best_validation_loss_differ_when_the_loss_rises(tmp_path):
+    run_dir = tmp_path / "rising"
+    run_dir.mkdir()
+    records = [
+        {"step": 10, "tokens": 80, "train_loss": 3.1, "tokens_per_s": 100.0, "wall_clock_s": 1.0, "val_loss": 3.0},
+        {"step": 20, "tokens": 160, "train_loss": 2.6, "tokens_per_s": 300.0, "wall_clock_s": 2.0, "val_loss": 2.5},
+        {"step": 30, "tokens": 240, "train_loss": 2.8, "tokens_per_s": 200.0, "wall_clock_s": 3.5, "val_loss": 2.7},
+    ]
+    (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    row = summarize(collect_runs([run_dir])[0])
+    assert (row["final_val_loss"], row["best_val_loss"], row["tokens_per_s"]) == (2.7, 2.5, 200.0)
+    assert (row["steps"], row["tokens"], row["wall_clock_s"], row["mfu"]) == (30, 240, 3.5, None)
 
 
 def test_clashing_run_names_get_their_parent_and_bad_inputs_are_clear(runs, tmp_path):
