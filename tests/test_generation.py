@@ -91,6 +91,40 @@ def test_top_k_and_temperature_zero():
     assert sample_next_token(logits, temperature=0).unique().tolist() == [1]
 
 
+class _FixedLogits(torch.nn.Module):
+    """A stand-in model whose next-token logits are always `logits` (V,), whatever the input."""
+
+    def __init__(self, logits: torch.Tensor, context_length: int = 8):
+        super().__init__()
+        self.logits = logits
+        self.config = ModelConfig(
+            vocab_size=len(logits), context_length=context_length, d_model=4, num_layers=1, num_heads=1
+        )
+
+    def forward(self, ids: torch.Tensor, kv_cache=None) -> torch.Tensor:
+        return self.logits.expand(*ids.shape, len(self.logits))
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0, 3.0])
+def test_sampling_frequencies_follow_softmax_of_logits_over_temperature(temperature):
+    """At temperatures other than 0 and 1 the draws follow softmax(logits / T): a temperature applied twice
+    (softmax(logits / T²)) or not at all moves some frequency by > 0.05, ten times the tolerance used here."""
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0])
+    expected = torch.softmax(logits / temperature, dim=-1)
+    n = 40_000  # the standard error of a frequency is at most 0.5 / sqrt(n) = 0.0025
+    gen = torch.Generator().manual_seed(0)
+    draws = sample_next_token(logits.expand(n, 4), temperature=temperature, generator=gen)
+    freq = torch.bincount(draws, minlength=4).double() / n
+    assert torch.allclose(freq, expected.double(), atol=0.012), (freq, expected)
+    # The same through generate() (which must not scale the logits again before sampling).
+    model = _FixedLogits(logits)
+    new = generate(
+        model, torch.zeros(n, 1, dtype=torch.long), 1, temperature=temperature, generator=gen, use_cache=False
+    )
+    freq = torch.bincount(new[:, 0], minlength=4).double() / n
+    assert torch.allclose(freq, expected.double(), atol=0.012), (freq, expected)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -170,7 +170,30 @@ def test_gradient_clipping_skips_parameters_without_grads_and_matches_torch():
         if r.grad is not None:
             assert_close(p.grad, r.grad)
     total = torch.sqrt(sum(p.grad.square().sum() for p in ours if p.grad is not None))
-    assert abs(total.item() - 1.0) < 1e-5  # eps 1e-6 keeps it just under
+    # Clipped to 1 up to float32 rounding; eps (1e-6 against a norm of ~20) is below that resolution here, so it is
+    # tested with tiny gradients in test_gradient_clipping_adds_eps_to_the_norm_visible_with_tiny_gradients.
+    assert abs(total.item() - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("max_norm", [1e-7, 1e-6])
+def test_gradient_clipping_adds_eps_to_the_norm_visible_with_tiny_gradients(max_norm):
+    """Gradients of norm ~3e-6 (where eps=1e-6 is a third of the norm): the scale is exactly
+    max_norm / (norm + 1e-6), as torch's clip_grad_norm_, so the clipped norm is clearly below max_norm (a scale
+    without eps would give exactly max_norm; a smaller eps, nearly)."""
+    shapes = [(4,), (3, 2)]
+    ours, ref = params_with_grads(shapes, 1e-6), params_with_grads(shapes, 1e-6)
+    before = [p.grad.double().clone() for p in ours]
+    norm = torch.sqrt(sum(g.square().sum() for g in before)).item()
+    assert norm > max_norm  # it clips
+    gradient_clipping(ours, max_l2_norm=max_norm)
+    torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    scale = max_norm / (norm + 1e-6)
+    for p, r, g in zip(ours, ref, before, strict=True):
+        assert_close(p.grad.double(), g * scale, rtol=1e-5, atol=0)
+        assert_close(p.grad, r.grad, rtol=1e-5, atol=0)
+    after = torch.sqrt(sum(p.grad.double().square().sum() for p in ours)).item()
+    assert after == pytest.approx(max_norm * norm / (norm + 1e-6), rel=1e-5)
+    assert after < 0.8 * max_norm
 
 
 def test_gradient_clipping_returns_the_norm_before_clipping_and_leaves_small_grads_alone():

@@ -114,6 +114,19 @@ def test_stop_and_resume_equals_uninterrupted_run_bitwise(tmp_path, token_files)
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     assert [s for s, _ in list_checkpoints(tmp_path / "b" / "run")] == [8, 12]  # keep_checkpoints=2
+    # Every counter continues: each log record but the timings equals the uninterrupted run's, the token count
+    # included; so do the summary's and checkpoint's counters, AdamW's step, and wall-clock keeps growing.
+    timings = ("tokens_per_s", "wall_clock_s", "mfu")
+    records = [
+        [{k: v for k, v in r.items() if k not in timings} for r in read_log(d / "run")]
+        for d in (tmp_path / "a", tmp_path / "b")
+    ]
+    assert records[0] == records[1]
+    assert resumed["tokens"] == full["tokens"] == 12 * 2 * 4 * 16
+    assert b["tokens"] == a["tokens"] and b["iteration"] == a["iteration"] == 12
+    assert {s["step"] for s in b["optimizer"]["state"].values()} == {12}
+    clock = [r["wall_clock_s"] for r in read_log(tmp_path / "b" / "run")]
+    assert clock == sorted(clock) and b["wall_clock_s"] >= clock[-1]
 
 
 def test_resume_from_cli_with_only_out(tmp_path, token_files, capsys):
@@ -478,3 +491,21 @@ def test_init_from_cli_takes_the_model_settings_from_the_checkpoint(tmp_path, to
     assert json.loads((out / "config.json").read_text())["model_config"]["d_model"] == 32
     assert cli.main([*base, "--out", str(tmp_path / "c"), "--init-from", source["checkpoint"], "--d-model", "64"]) == 2
     assert "d_model=64 (checkpoint: 32)" in capsys.readouterr().err
+
+
+def test_grad_accumulation_equals_one_step_of_the_whole_batch(tmp_path, token_files):
+    """k micro-batches of B/k (grad_accum_steps=k) draw the same windows as one batch of B and must give the same
+    mean loss, the same gradient norm (logged before clipping) and the same weights, up to float rounding. A
+    missing 1/k doubles the logged norm (AdamW alone would hide it: it is scale-invariant)."""
+    common = dict(steps=4, log_interval=1, eval_interval=0, grad_clip=0.0)
+    whole = train(tiny_config(tmp_path / "whole", token_files, batch_size=8, grad_accum_steps=1, **common))
+    accum = train(tiny_config(tmp_path / "accum", token_files, batch_size=2, grad_accum_steps=4, **common))
+    assert whole["tokens"] == accum["tokens"]
+    logs = [read_log(tmp_path / name / "run") for name in ("whole", "accum")]
+    for one, many in zip(*logs, strict=True):
+        assert many["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
+        assert many["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+    a = torch.load(whole["checkpoint"], weights_only=True)["model"]
+    b = torch.load(accum["checkpoint"], weights_only=True)["model"]
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5)
