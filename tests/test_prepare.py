@@ -280,3 +280,13 @@ def test_presets_are_the_handouts_files():
     assert PRESETS["tinystories"].train.url.endswith("roneneldan/TinyStories/resolve/main/TinyStoriesV2-GPT4-train.txt")
     assert PRESETS["owt"].valid.url.endswith("stanford-cs336/owt-sample/resolve/main/owt_valid.txt.gz")
     assert PRESETS["tinystories"].vocab_size == 10_000 and PRESETS["owt"].vocab_size == 32_000
+
+
+def test_docs_list_every_preset_url_and_size():
+    """docs/data.md's preset table agrees with PRESETS (the code is the source; the docs must follow it)."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    for preset in PRESETS.values():
+        for remote in (preset.train, preset.valid):
+            assert remote.url in docs
+            for size in (remote.download_bytes, remote.text_bytes):
+                assert size is None or f"{size:,}" in docs
