@@ -222,12 +222,12 @@ def bench_duplication(corpus: Path) -> dict:
     learned, seconds = {}, {}
     for name, owner in deals.items():
         copies = [copy.deepcopy(tok), copy.deepcopy(tok)]
-        base = copies[0]._table.size  # (the special tokens' entries)
+        base = copies[0]._engine.table.size  # (the special tokens' entries)
         t0 = time.perf_counter()
         for g, text in enumerate(grains):
             copies[owner[g]].encode_to_array(text)
         seconds[name] = time.perf_counter() - t0
-        learned[name] = sum(c._table.size - base for c in copies)
+        learned[name] = sum(c._engine.table.size - base for c in copies)
         print(f"duplication {name}: {learned[name]:,} pieces learned, {seconds[name]:.2f} s", flush=True)
     return {name: round(count / learned["one worker"], 4) for name, count in learned.items()}
 

@@ -83,8 +83,8 @@ def merge_heap_kernel(ids, slots, bits, shift):
     """BPE of the byte ids `ids` (int64, modified): the ids left after merging, leftmost lowest rank first."""
     n = ids.size
     mask = (1 << shift) - 1
-    nxt = np.arange(1, n + 1).astype(np.int32)
-    prv = np.arange(-1, n - 1).astype(np.int32)
+    nxt = np.arange(1, n + 1, 1, np.int32)
+    prv = np.arange(-1, n - 1, 1, np.int32)
     # Stale entries pile up (2 pushes per merge); when the heap is full it is rebuilt from the live pairs, which
     # are at most n - 1 and at most 2/3 of the capacity: amortized O(1), and memory stays 12 bytes per byte.
     heap = np.empty(n + n // 2 + 2, dtype=np.int64)

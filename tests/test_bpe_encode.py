@@ -50,15 +50,16 @@ def _ranks(merges):
 
 def _all_merges(tok: Tokenizer, word: bytes) -> list[tuple[int, ...]]:
     """The word's ids by each implementation: list, heap, numba kernel (called directly, at any length)."""
-    ids = [tok._byte_ids[b] for b in word]
+    tables = tok._engine.merges
+    ids = [tables.byte_ids[b] for b in word]
     kernel = _bpe_encode._numba_kernel()
     out = [
-        _bpe_encode.merge_list(list(ids), tok._pair_table, tok._shift),
-        _bpe_encode.merge_heap(list(ids), tok._pair_table, tok._shift),
+        _bpe_encode.merge_list(list(ids), tables.pair_table, tables.shift),
+        _bpe_encode.merge_heap(list(ids), tables.pair_table, tables.shift),
     ]
     if kernel is not None and ids:
-        table = tok._pair_map
-        out.append(tuple(kernel(np.array(ids, dtype=np.int64), table.slots, table.bits, tok._shift).tolist()))
+        slots, bits = tables.pair_map.slots, tables.pair_map.bits
+        out.append(tuple(kernel(np.array(ids, dtype=np.int64), slots, bits, tables.shift).tolist()))
     return out
 
 
@@ -114,9 +115,10 @@ def test_catastrophically_repetitive(engine, c):
     """tiktoken's test of the same name: runs of 10,000 of one piece, alone, after a space, before a newline;
     every path (encode, encode_to_array, encode_iterable in small chunks) gives tiktoken's ids."""
     tok, oracle = _cached_gpt2_pair()
-    tok._cache.clear()
-    tok._table.clear()
-    tok._pretoken_table.clear()
+    tok._engine.cache.clear()
+    tok._engine.cache.update(tok._engine.special_entries)
+    tok._engine.table.clear()
+    tok._engine.pretoken_table.clear()
     for text in (c * 10_000, " " + c * 10_000, c * 10_000 + "\n", "x" * 3 + c * 10_000 + EOT + c * 5):
         expected = oracle.encode(text, allowed_special="all")
         assert tok.encode(text) == expected
@@ -143,5 +145,5 @@ def test_long_words_among_many_new_words(engine):
     for i in range(0, 600, 100):
         words[i] = " " + rng.choice("xyz") * rng.randint(1200, 3000)
     text = "".join(words)
-    assert tok._bpe_batch(words) == [tok._bpe(w) for w in words]
+    assert tok._engine.merges.bpe_batch(words) == [tok._engine.merges.bpe(w) for w in words]
     assert tok.encode_to_array(text).tolist() == oracle.encode(text)

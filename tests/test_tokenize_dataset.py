@@ -348,16 +348,26 @@ def test_fingerprint_tells_tokenizers_apart():
     assert len({base, *(tokenizer_fingerprint(*v) for v in variants)}) == len(variants) + 1
 
 
+class _Pwn:
+    """Unpickling this writes a file (what a malicious cache entry could do)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.path, "ran"))
+
+
 def test_tokenizer_cache(tok_dir, tmp_path, monkeypatch):
-    """load_tokenizer: the second load reads the pickle cache (the files are not parsed again) and encodes the
-    same; an edited tokenizer file gets a new entry; a corrupt entry is rebuilt; "" turns the cache off; an
+    """load_tokenizer: the second load reads the array cache (the files are not parsed again) and encodes the
+    same; an edited tokenizer file gets a new entry; a corrupt entry (or one holding a pickle) is rebuilt; "" turns the cache off; an
     unusable cache directory is no error."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("CS336_CACHE_DIR", str(cache))
     text = _text(seed=3)
     tok, fingerprint = tokenize_dataset.load_tokenizer(tok_dir)
     assert fingerprint == tokenizer_fingerprint(*load_tokenizer_dir(tok_dir))
-    (entry,) = cache.rglob("*.pkl")
+    (entry,) = cache.rglob("*.npz")
     expected = Tokenizer.from_dir(tok_dir).encode(text)
 
     def not_parsed(directory):
@@ -374,18 +384,26 @@ def test_tokenizer_cache(tok_dir, tmp_path, monkeypatch):
         (edited / f.name).write_bytes(f.read_bytes())
     (edited / "special_tokens.json").write_text(json.dumps([EOT]), encoding="utf-8")  # LONG is no longer special
     tok2, fingerprint2 = tokenize_dataset.load_tokenizer(edited)
-    assert fingerprint2 != fingerprint and tok2.special_tokens == [EOT] and len(list(cache.rglob("*.pkl"))) == 2
+    assert fingerprint2 != fingerprint and tok2.special_tokens == [EOT] and len(list(cache.rglob("*.npz"))) == 2
 
     entry.write_bytes(entry.read_bytes()[:1000])  # truncated
     rebuilt, _ = tokenize_dataset.load_tokenizer(tok_dir)
     assert rebuilt.encode(text) == expected and entry.stat().st_size > 1000
+
+    # an entry holding a pickle is never unpickled (allow_pickle=False): it is rebuilt, and the pickle's code
+    # (which would write `marker`) does not run
+    marker = tmp_path / "pwned"
+    np.savez(entry.with_suffix(".tmp.npz"), ids=np.array([_Pwn(marker)], dtype=object))
+    entry.with_suffix(".tmp.npz").replace(entry)
+    rebuilt, _ = tokenize_dataset.load_tokenizer(tok_dir)
+    assert rebuilt.encode(text) == expected and not marker.exists()
 
     for setting in ["", str(tmp_path / "in.txt" / "cache")]:  # off; under a file (cannot be made)
         (tmp_path / "in.txt").write_text("x", encoding="utf-8")
         monkeypatch.setenv("CS336_CACHE_DIR", setting)
         off, _ = tokenize_dataset.load_tokenizer(tok_dir)
         assert off.encode(text) == expected
-    assert len(list(cache.rglob("*.pkl"))) == 2
+    assert len(list(cache.rglob("*.npz"))) == 2
     with pytest.raises(NotADirectoryError, match="tokenizer directory"):
         tokenize_dataset.load_tokenizer(tmp_path / "missing")
 
@@ -393,5 +411,5 @@ def test_tokenizer_cache(tok_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(tokenize_dataset, "_CACHE_ENTRIES", 2)
     (edited / "special_tokens.json").write_text(json.dumps([LONG]), encoding="utf-8")
     tokenize_dataset.load_tokenizer(edited)
-    kept = sorted(cache.rglob("*.pkl"))
+    kept = sorted(cache.rglob("*.npz"))
     assert len(kept) == 2 and entry in kept  # the entry rebuilt above is newer than the first edited one

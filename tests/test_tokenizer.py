@@ -11,7 +11,8 @@ import regex
 from hypothesis import given
 from hypothesis import strategies as st
 
-import cs336_basics.tokenizer as tokenizer_module
+import cs336_basics._encoder as encoder_module
+from cs336_basics import _bpe_encode
 from cs336_basics.tokenizer import GPT2_PATTERN, Tokenizer
 from cs336_basics.tokenizer_files import load_vocab_and_merges, save_tokenizer
 
@@ -449,7 +450,7 @@ def test_duplicate_tokens_and_merges_take_the_first():
     tok = Tokenizer(vocab, [(b"b", b"c"), (b"a", b"b"), (b"b", b"c")])
     assert tok.encode("abc") == [97, 257]  # (b, c) ranks first, so "abc" -> a, bc
     assert tok.encode("ab") == [256]
-    assert tok._pair_table[98 << tok._shift | 99] >> tok._shift == 0
+    assert tok._engine.merges.pair_table[98 << tok._engine.merges.shift | 99] >> tok._engine.merges.shift == 0
 
 
 def test_decode_tokens_in_bulk_equals_one_by_one():
@@ -496,14 +497,14 @@ def test_bounded_cache_clears_and_stays_exact(gpt2_oracle):
     tok = Tokenizer(vocab, merges, cache_size=3)
     text = PARITY_CASES[7] * 3 + PARITY_CASES[9]
     assert tok.encode(text) == gpt2_oracle.encode_ordinary(text)
-    assert len(tok._cache) <= 60  # cleared: at most one block's pieces and pre-tokens (42 here)
+    assert len(tok._engine.cache) <= 60  # cleared: at most one block's pieces and pre-tokens (42 here)
 
 
 @given(st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=40))
 def test_batch_bpe_equals_per_word_bpe(words):
     """The numpy batch BPE (used for many new pre-tokens at once) equals the per-word loop, word by word."""
     tok, _ = _cached_gpt2_pair()
-    assert tok._bpe_batch(words) == [tok._bpe(w) for w in words]
+    assert tok._engine.merges.bpe_batch(words) == [tok._engine.merges.bpe(w) for w in words]
 
 
 def test_batch_bpe_on_trained_vocab_and_without_merges(trained):
@@ -512,9 +513,9 @@ def test_batch_bpe_on_trained_vocab_and_without_merges(trained):
     tok = Tokenizer(vocab, merges, [EOT])
     words = sorted(set(regex.findall(GPT2_PATTERN, text)))
     assert len(words) > 250
-    assert tok._bpe_batch(words) == [tok._bpe(w) for w in words]
+    assert tok._engine.merges.bpe_batch(words) == [tok._engine.merges.bpe(w) for w in words]
     plain = Tokenizer({i: bytes([i]) for i in range(256)}, [])
-    assert plain._bpe_batch(["ab", "c", "é"]) == [(97, 98), (99,), (195, 169)]
+    assert plain._engine.merges.bpe_batch(["ab", "c", "é"]) == [(97, 98), (99,), (195, 169)]
 
 
 @given(st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=300), st.sampled_from([0, 4, 64]))
@@ -522,8 +523,8 @@ def test_batch_bpe_numpy_rounds_and_tail_equal_per_word_bpe(words, tail):
     """Batch BPE with the numpy rounds only (tail 0), or handing the last few words to the per-word loop."""
     tok, _ = _cached_gpt2_pair()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tokenizer_module, "_BATCH_BPE_TAIL", tail)
-        assert tok._bpe_batch(words) == [tok._bpe(w) for w in words]
+        mp.setattr(_bpe_encode, "BATCH_TAIL", tail)
+        assert tok._engine.merges.bpe_batch(words) == [tok._engine.merges.bpe(w) for w in words]
 
 
 def test_group_pretoken_ids_for_pieces_with_many_pretokens():
@@ -536,7 +537,7 @@ def test_group_pretoken_ids_for_pieces_with_many_pretokens():
         pieces.append("".join(parts))
         pretokens += parts
     ids = [tuple(range(len(p))) + (hash(p) % 100,) for p in pretokens]
-    grouped = Tokenizer._group_pretoken_ids(ids, list(map(len, pretokens)), pieces)
+    grouped = encoder_module.Encoder._group_pretoken_ids(ids, list(map(len, pretokens)), pieces)
     expected, at = [], 0
     for piece in pieces:
         n = 0
@@ -547,7 +548,7 @@ def test_group_pretoken_ids_for_pieces_with_many_pretokens():
             at += 1
         expected.append(group)
     assert grouped == expected
-    assert max(len(regex.findall(GPT2_PATTERN, p)) for p in pieces) > tokenizer_module._GROUP_ROUNDS
+    assert max(len(regex.findall(GPT2_PATTERN, p)) for p in pieces) > encoder_module._GROUP_ROUNDS
 
 
 def test_cold_cache_paths_match_tiktoken(gpt2_oracle):
@@ -560,7 +561,7 @@ def test_cold_cache_paths_match_tiktoken(gpt2_oracle):
     tok = Tokenizer(vocab, merges)
     assert tok.encode(text) == gpt2_oracle.encode_ordinary(text)
     assert tok.encode(text) == gpt2_oracle.encode_ordinary(text)  # warm
-    assert all(isinstance(v, tuple) for v in tok._cache.values()) and not tok._cache.pending
+    assert all(isinstance(v, tuple) for v in tok._engine.cache.values()) and not tok._engine.cache.pending
 
 
 def test_cache_stays_consistent_after_an_encode_error():
@@ -569,8 +570,8 @@ def test_cache_stays_consistent_after_an_encode_error():
     tok = Tokenizer(vocab, [])
     with pytest.raises(ValueError, match="not in the vocabulary"):
         tok.encode("ok fine é more")
-    assert not tok._cache.pending
-    assert all(isinstance(v, tuple) for v in tok._cache.values())
+    assert not tok._engine.cache.pending
+    assert all(isinstance(v, tuple) for v in tok._engine.cache.values())
     assert tok.encode("ok fine more") == list(b"ok fine more")
 
 
@@ -578,6 +579,6 @@ def test_slots_left_by_an_interrupted_encode_are_dropped(gpt2_oracle):
     """A lookup pass stopped midway (KeyboardInterrupt) leaves empty slots in the cache; the next encode drops them."""
     vocab, merges = _gpt2_vocab_merges()
     tok = Tokenizer(vocab, merges)
-    assert tok._cache[" hello"] == []  # what a missed lookup leaves until its batch is encoded
+    assert tok._engine.cache[" hello"] == []  # what a missed lookup leaves until its batch is encoded
     assert tok.encode("say hello hello") == gpt2_oracle.encode_ordinary("say hello hello")
-    assert not tok._cache.pending and tok._cache[" hello"] == (23748,)
+    assert not tok._engine.cache.pending and tok._engine.cache[" hello"] == (23748,)

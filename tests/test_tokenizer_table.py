@@ -10,8 +10,8 @@ import regex
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+import cs336_basics._encoder as encoder_module
 import cs336_basics._piece_table as piece_table
-import cs336_basics.tokenizer as tokenizer_module
 from cs336_basics.tokenizer import WHITESPACE_CHARS, Tokenizer
 
 from .test_tokenizer import EOT, PARITY_CASES, SPECIAL_CASES, STREAM_TEXT, _cached_gpt2_pair, _gpt2_vocab_merges
@@ -50,9 +50,9 @@ def test_table_path_parity(oracle, text):
     """The numpy path on every hand-picked case (each text cold, then warm) equals tiktoken and the dict path."""
     tok = _fresh()
     expected = _expected(oracle, text)
-    assert tok._encode_array(text).tolist() == expected  # cold: every piece misses
-    assert tok._encode_array(text).tolist() == expected  # warm: every piece hits
-    assert tok._encode(text) == expected
+    assert tok._engine.encode_long(text).tolist() == expected  # cold: every piece misses
+    assert tok._engine.encode_long(text).tolist() == expected  # warm: every piece hits
+    assert tok._engine.encode_short(text) == expected
 
 
 @given(st.text(max_size=300))
@@ -60,7 +60,7 @@ def test_table_path_parity(oracle, text):
 @example("x" + EOT * 2 + "<|end")
 def test_table_path_random_text(text):
     tok, oracle = _cached_gpt2_pair()
-    assert tok._encode_array(text).tolist() == oracle.encode(text, allowed_special="all")
+    assert tok._engine.encode_long(text).tolist() == oracle.encode(text, allowed_special="all")
 
 
 _PARTS = ["a", "ab", " ", "  ", "\n", "\u3000", "\xa0", "'s", "1", "!", "é", "🙂", EOT, "<|end"]
@@ -70,7 +70,7 @@ _PARTS = ["a", "ab", " ", "  ", "\n", "\u3000", "\xa0", "'s", "1", "!", "é", "�
 def test_table_path_random_pieces_with_specials(parts):
     tok = _cached_gpt2_pair()[0]
     text = "".join(parts)
-    assert tok._encode_array(text).tolist() == _oracle_with_eot().encode(text, allowed_special="all")
+    assert tok._engine.encode_long(text).tolist() == _oracle_with_eot().encode(text, allowed_special="all")
 
 
 @pytest.mark.parametrize("weaken", ["four_values", "head_and_length_only"])
@@ -90,33 +90,33 @@ def test_forced_hash_collisions_stay_exact(oracle, monkeypatch, weaken):
     monkeypatch.setattr(piece_table.PieceWords, "__init__", weakened)
     tok = _fresh()
     for text in (LONG_MIX, EOT.join(PARITY_CASES), LONG_MIX):
-        assert tok._encode_array(text).tolist() == _expected(oracle, text)
+        assert tok._engine.encode_long(text).tolist() == _expected(oracle, text)
 
 
 def test_tiny_tables_clear_and_stay_exact(oracle):
     """Tables bounded to a few entries are cleared again and again (also mid-block): same ids, bounded size."""
     tok = _fresh(cache_size=3)
     text = EOT.join(TEXTS)
-    assert tok._encode_array(text).tolist() == _expected(oracle, text)
-    assert tok._table.size <= tok._table.max_entries and tok._pretoken_table.size <= 3
+    assert tok._engine.encode_long(text).tolist() == _expected(oracle, text)
+    assert tok._engine.table.size <= tok._engine.table.max_entries and tok._engine.pretoken_table.size <= 3
 
 
 def test_blocks_are_cut_exactly(oracle, monkeypatch):
     """Long texts are encoded in blocks cut at safe places, also when a run without spaces outgrows the window."""
-    monkeypatch.setattr(tokenizer_module, "_BLOCK_CHARS", 64)
+    monkeypatch.setattr(encoder_module, "_BLOCK_CHARS", 64)
     rng = random.Random(0)
     text = "".join(rng.choice([*WORDS, " ", "\n", EOT, "x" * 200, "🙂" * 30]) for _ in range(400))
-    assert _fresh()._encode_array(text).tolist() == _expected(oracle, text)
+    assert _fresh()._engine.encode_long(text).tolist() == _expected(oracle, text)
 
 
 def test_encode_dispatch_and_encode_to_array(oracle):
     """encode takes the numpy path from _TABLE_MIN_CHARS on; encode_to_array gives the same ids as int64."""
     tok = _fresh()
     text = (LONG_MIX + EOT) * 200
-    assert len(text) >= tokenizer_module._TABLE_MIN_CHARS
+    assert len(text) >= encoder_module._TABLE_MIN_CHARS
     expected = _expected(oracle, text)
     assert tok.encode(text) == expected
-    assert tok._table.size > 1  # the table was used (it holds more than the special token)
+    assert tok._engine.table.size > 1  # the table was used (it holds more than the special token)
     array = tok.encode_to_array(text)
     assert array.dtype == np.int64 and array.tolist() == expected
     assert tok.encode_to_array("hi").tolist() == [5303]
@@ -128,7 +128,7 @@ def test_encode_dispatch_and_encode_to_array(oracle):
 def test_whitespace_mask_matches_regex(text):
     """Per byte: inside a character that `regex` matches with \\s (the GPT-2 pattern's whitespace)."""
     expected = [bool(regex.fullmatch(r"\s", ch)) for ch in text for _ in ch.encode("utf-8")]
-    mask = tokenizer_module._WHITESPACE_MASK(np.frombuffer(text.encode("utf-8"), dtype=np.uint8))
+    mask = encoder_module._WHITESPACE_MASK(np.frombuffer(text.encode("utf-8"), dtype=np.uint8))
     assert mask.tolist() == expected
 
 
@@ -162,6 +162,6 @@ def test_table_path_names_a_byte_missing_from_the_vocabulary():
     """A vocabulary without every byte: the numpy path raises the same clear error as the dict path."""
     tok = Tokenizer({i: bytes([i]) for i in range(128)}, [])  # ASCII bytes only
     text = "plain ascii words " * 300 + " café"
-    assert tok._encode_array(text[:-5]).tolist() == list(text[:-5].encode())
+    assert tok._engine.encode_long(text[:-5]).tolist() == list(text[:-5].encode())
     with pytest.raises(ValueError, match=r"cannot encode ' café': byte b'\\xc3' is not in the vocabulary"):
-        tok._encode_array(text)
+        tok._engine.encode_long(text)
