@@ -1,16 +1,22 @@
 """Training throughput of the from-scratch TransformerLM against the same architecture built from torch built-ins.
 
-One training step = forward + cross-entropy + backward + AdamW step, on random token ids (B, T). The two models
-(`scratch`: cs336_basics, `builtin`: nn.Linear / nn.Embedding / nn.RMSNorm / F.scaled_dot_product_attention /
-F.cross_entropy / torch.optim.AdamW, defined below) start from the same weights and are timed in one process,
-interleaved (A B B A A B ...), after warmup, so machine-speed drift hits both alike. The ratio reported is the
-median over repetitions of scratch tokens/s / builtin tokens/s, each repetition's pair measured back to back.
+One training step = forward + cross-entropy + backward + AdamW step, on random token ids (B, T). The models:
+`scratch` (cs336_basics, the plain PyTorch path), `sdpa` (the same with the opt-in attention_backend="sdpa", the
+repository's best GPU setting before the Triton kernels), `triton` (cs336_basics with ModelConfig(kernels="triton"):
+its Triton attention, RMSNorm and RoPE kernels) and `builtin` (nn.Linear / nn.Embedding / nn.RMSNorm, i.e.
+F.rms_norm / F.scaled_dot_product_attention / F.cross_entropy / torch.optim.AdamW, fused=True on CUDA; defined
+below). They start from the same weights and are timed in one process, interleaved (A B C C B A ...) after warmup,
+so machine-speed drift hits all alike. Each ratio is the median over repetitions of impl tokens/s / builtin
+tokens/s, each repetition's pair measured back to back. MFU = tokens/s x training matmul FLOPs per token / the
+GPU's dense peak for the dtype (cs336_basics.model_info; none on a CPU).
 
 Default configuration: CS336 TinyStories (vocab 10,000, context 256, d_model 512, d_ff 1344, 4 layers, 16 heads,
 RoPE theta 10,000). A CPU-sized run (about a minute on 2 cores):
 
     uv run python benchmarks/bench_model.py --batch-size 4 --steps 2 --repeats 5
-    uv run python benchmarks/bench_model.py --compile --dtype bf16 --batch-size 32 --json   # on a GPU
+    uv run python benchmarks/bench_model.py --compile --dtype bf16 --batch-size 128 --impls scratch,triton,builtin
+    TRITON_INTERPRET=1 uv run python benchmarks/bench_model.py --device cpu --tiny --impls scratch,triton,builtin
+        # a seconds-long CPU check of every code path (Triton's interpreter), not a measurement
 """
 
 import argparse
@@ -25,7 +31,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from cs336_basics import _triton
 from cs336_basics.layers import ModelConfig, TransformerLM
+from cs336_basics.model_info import peak_flops, training_flops_per_token
 from cs336_basics.nn_utils import cross_entropy
 from cs336_basics.optimizer import AdamW
 
@@ -130,16 +138,22 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+IMPLS = ("scratch", "sdpa", "triton", "builtin")
+TINY = dict(vocab_size=256, context_length=40, d_model=64, d_ff=128, num_layers=2, num_heads=2, batch_size=2)
+
+
 def make_trainer(name: str, config: ModelConfig, state_dict: dict, device: torch.device, args):
     """A closure that runs one training step of implementation `name` on a batch (x, y)."""
-    if name == "scratch":
-        model = TransformerLM(config, device=device)
-        loss_fn, opt_cls = cross_entropy, AdamW
+    hyper = dict(lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    if name != "builtin":  # scratch: the plain path; sdpa: its opt-in fused attention; triton: the Triton kernels
+        switch = {"scratch": {}, "sdpa": {"attention_backend": "sdpa"}, "triton": {"kernels": "triton"}}[name]
+        model = TransformerLM(ModelConfig(**{**config.to_dict(), **switch}), device=device)
+        loss_fn, optimizer = cross_entropy, AdamW(model.parameters(), **hyper)
     else:
         model = BuiltinLM(config, device=device)
-        loss_fn, opt_cls = F.cross_entropy, torch.optim.AdamW
+        fused = device.type == "cuda"  # the fastest built-in optimizer where it exists
+        loss_fn, optimizer = F.cross_entropy, torch.optim.AdamW(model.parameters(), **hyper, fused=fused or None)
     model.load_state_dict(state_dict)
-    optimizer = opt_cls(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     forward = torch.compile(model) if args.compile else model
     autocast = args.dtype == "bf16"
 
@@ -176,7 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and token ids (default 0)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--impls", default="scratch,builtin", help=f"comma-separated, from {','.join(IMPLS)} (default scratch,builtin)"
+    )
+    parser.add_argument("--tiny", action="store_true", help="a tiny model: a seconds-long check of the code paths")
+    parser.add_argument("--out-json", default=None, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
+    names = tuple(n for n in args.impls.split(",") if n)
+    if not names or any(n not in IMPLS for n in names):
+        parser.error(f"--impls={args.impls!r}: choose from {IMPLS}")
+    if args.tiny:
+        for key, value in TINY.items():
+            setattr(args, key.replace("-", "_"), value)
     for flag in ("batch_size", "context_length", "steps", "repeats"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be positive")
@@ -184,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     device = torch.device(args.device or default_device())
+    if "triton" in names:
+        try:
+            _triton.check_device(torch.empty(0, device=device))
+        except (ModuleNotFoundError, ValueError) as e:
+            parser.error(f"--impls triton: {e}")
     torch.manual_seed(args.seed)
     config = ModelConfig(
         vocab_size=args.vocab_size,
@@ -195,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
         rope_theta=args.rope_theta,
     )
     state_dict = TransformerLM(config, device=device).state_dict()
-    names = ("scratch", "builtin")
     trainers = {name: make_trainer(name, config, state_dict, device, args) for name in names}
     x = torch.randint(0, config.vocab_size, (args.batch_size, config.context_length), device=device)
     y = torch.randint(0, config.vocab_size, (args.batch_size, config.context_length), device=device)
@@ -209,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens_per_rep = args.steps * args.batch_size * config.context_length
     rates: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(args.repeats):
-        order = names if rep % 2 == 0 else names[::-1]  # ABBA: neither side always runs first
+        order = names if rep % 2 == 0 else names[::-1]  # ABCCBA: no side always runs first
         for name in order:
             synchronize(device)
             start = time.perf_counter()
@@ -219,10 +248,16 @@ def main(argv: list[str] | None = None) -> int:
             synchronize(device)
             rates[name].append(tokens_per_rep / (time.perf_counter() - start))
 
-    ratios = [s / b for s, b in zip(rates["scratch"], rates["builtin"], strict=True)]
+    base = "builtin" if "builtin" in names else names[-1]
+    ratios_over = {n: [a / b for a, b in zip(rates[n], rates[base], strict=True)] for n in names}
+    ratios = ratios_over.get("scratch", ratios_over[names[0]])
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    peak = peak_flops(device_name, "bfloat16" if args.dtype == "bf16" else "float32") if device.type == "cuda" else None
+    flops_per_token = training_flops_per_token(config)
+    mfu = {n: statistics.median(r) * flops_per_token / peak if peak else None for n, r in rates.items()}
     result = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": device_name,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "compile": args.compile,
@@ -233,12 +268,22 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "tokens_per_s": {name: statistics.median(r) for name, r in rates.items()},
         "tokens_per_s_all": rates,
-        "ratio_scratch_over_builtin": statistics.median(ratios),
+        "ratio_scratch_over_builtin": statistics.median(ratios),  # (first impl over the last without both)
         "ratios": ratios,
+        "impls": list(names),
+        "ratio_over": {n: statistics.median(r) for n, r in ratios_over.items()},
+        "ratio_over_base": base,
+        "mfu": mfu,
+        "flops_per_token": flops_per_token,
+        "peak_flops": peak,
+        "builtin_adamw_fused": device.type == "cuda",
         "first_loss": first_loss,  # same weights and batch: the two losses agree to float rounding
         "expected_initial_loss": math.log(config.vocab_size),
         "command": " ".join(["python", *sys.argv]),
     }
+    if args.out_json:
+        with open(args.out_json, "w") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -246,14 +291,17 @@ def main(argv: list[str] | None = None) -> int:
         f"device={result['device']} ({result['device_name']}), torch {result['torch']}, threads={result['threads']}, "
         f"compile={args.compile}, dtype={args.dtype}, batch={args.batch_size}x{config.context_length}"
     )
-    print(f"{'impl':<10}{'tokens/s (median)':>20}{'min':>12}{'max':>12}{'first loss':>12}")
+    print(f"{'impl':<10}{'tokens/s (median)':>20}{'min':>12}{'max':>12}{'MFU':>8}{f'/ {base}':>12}{'first loss':>12}")
     for name in names:
-        r = rates[name]
-        print(f"{name:<10}{statistics.median(r):>20,.0f}{min(r):>12,.0f}{max(r):>12,.0f}{first_loss[name]:>12.4f}")
-    print(
-        f"scratch / builtin = {result['ratio_scratch_over_builtin']:.3f} (median of {len(ratios)}; "
-        f"range {min(ratios):.3f} .. {max(ratios):.3f})"
-    )
+        r, m = rates[name], f"{mfu[name]:.1%}" if mfu[name] else "n/a"
+        print(
+            f"{name:<10}{statistics.median(r):>20,.0f}{min(r):>12,.0f}{max(r):>12,.0f}{m:>8}"
+            f"{result['ratio_over'][name]:>12.3f}{first_loss[name]:>12.4f}"
+        )
+    for name in names:
+        if name != base:
+            r = ratios_over[name]
+            print(f"{name} / {base} = {statistics.median(r):.3f} (median of {len(r)}; {min(r):.3f} .. {max(r):.3f})")
     return 0
 
 

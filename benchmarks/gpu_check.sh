@@ -1,52 +1,89 @@
 #!/usr/bin/env bash
-# One GPU check, under 8 minutes: environment, the model/train tests on CUDA, then the TinyStories training
-# throughput (tokens/s, MFU) with fp32, bf16, bf16+compile and bf16+compile+sdpa.
+# One GPU check, under 8 minutes (docs/gpu.md): environment; the Triton kernel parity tests and the model tests on
+# CUDA; per-kernel forward/backward timings (Triton vs PyTorch built-ins vs the plain code); then training
+# throughput at the TinyStories configuration (vocab 10k, ctx 256, d_model 512, d_ff 1344, 4 layers, 16 heads,
+# batch 128, bf16 autocast) of the plain path, the opt-in SDPA attention (the best setting before the kernels),
+# the Triton kernels and the built-in peer, eager and then compiled, with tokens/s, MFU and ratios in one table.
 #
-#   bash benchmarks/gpu_check.sh            # on the GPU box (python3 with torch, no uv needed); OUT=dir for JSON
-#   bash benchmarks/gpu_check.sh --tiny     # a quick CPU run of the same script (tiny model, CPU device)
+#   bash benchmarks/gpu_check.sh                  # on the GPU box (python3 with torch + triton; no uv needed)
+#   OUT=dir bash benchmarks/gpu_check.sh          # also write JSON results (kernels.json, model_*.json) to dir
+#   bash benchmarks/gpu_check.sh --tiny           # the same stages on the CPU, tiny shapes, Triton's interpreter:
+#                                                 # a check that nothing crashes before GPU time is spent
+#   bash benchmarks/gpu_check.sh --time-to-loss out/gpu-data/train.bin
+#                                                 # then also time to a fixed validation loss (about 4 more minutes)
 #
-# Every stage has its own time cap and a failure in one does not stop the others; the exit code is 0 when the
-# throughput table was produced.
+# PYTHON=... picks the interpreter (default python3). Every stage has its own time cap (470 s in all without
+# --time-to-loss) and a failure in one does not stop the others; the exit code is that of the compiled throughput stage.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
 TINY=0
-[ "${1:-}" = "--tiny" ] && TINY=1
+TTL_DATA=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --tiny) TINY=1 ;;
+        --time-to-loss) TTL_DATA="${2:?--time-to-loss needs a token file}"; shift ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; fi
+json() { [ -n "${OUT:-}" ] && echo "$1 $OUT/$2"; }
 start=$(date +%s)
-stamp() { echo "=== [$(( $(date +%s) - start )) s] $*"; }
+stamp() { echo; echo "=== [$(( $(date +%s) - start )) s] $*"; }
+
+if [ "$TINY" = 1 ]; then
+    export TRITON_INTERPRET=1  # Triton's CPU interpreter, read when triton is first imported
+    DEV=(--device cpu --tiny)
+    BENCH=(--device cpu --tiny --steps 1 --warmup 1 --repeats 2)
+else
+    DEV=(--device cuda)
+    BENCH=(--device cuda --batch-size 128 --dtype bf16 --steps 5 --warmup 3 --repeats 3)
+fi
 
 stamp "environment"
-timeout 60 "$PY" - <<'PY'
+timeout 30 "$PY" - <<'PY'
 import torch
 print("torch", torch.__version__, "| cuda available:", torch.cuda.is_available())
 if torch.cuda.is_available():
     print("device:", torch.cuda.get_device_name(0), "| bf16:", torch.cuda.is_bf16_supported())
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError as e:
+    print("triton: MISSING", e)
 PY
 
 if [ "$TINY" = 1 ]; then
-    stamp "tests (CPU, tiny check: the KV-cache and schedule tests only)"
-    timeout 120 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_generation.py -k "kv_cache" \
+    stamp "tests (CPU): the Triton parity tests under the interpreter (cap 150 s)"
+    timeout 150 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_triton.py \
         || echo "tests: FAILED or timed out (continuing)"
 else
-    stamp "model/train tests on CUDA (cap 100 s)"
-    CS336_TEST_DEVICE=cuda CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 100 "$PY" -m pytest -q -x -p no:cacheprovider \
-        tests/test_model.py tests/test_train.py tests/test_generation.py \
-        || echo "tests: FAILED or timed out (continuing)"
+    stamp "tests on CUDA: Triton kernels (CUDA cases + the interpreter child), model (cap 100 s)"
+    CS336_TEST_DEVICE=cuda CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 100 "$PY" -m pytest -q -p no:cacheprovider \
+        tests/test_triton.py tests/test_model.py || echo "tests: FAILED or timed out (continuing)"
 fi
 
-stamp "model accounting"
-timeout 60 "$PY" -m cs336_basics.cli model-info --batch-size 128 || true
+stamp "per-kernel timings, forward and backward (B=128, H=16, T=256, D=32; cap 50 s)"
+timeout 50 "$PY" benchmarks/bench_kernels.py "${DEV[@]}" $(json --json kernels.json) \
+    || echo "kernel timings: FAILED or timed out (continuing)"
 
-if [ "$TINY" = 1 ]; then
-    stamp "throughput: tiny model on the CPU (a check of the script, not a measurement)"
-    timeout 400 "$PY" benchmarks/throughput.py --tiny --device cpu --warmup 2 --seconds 1 --cap-s 60 \
-        --compile-cap-s 150 --threads 1
-else
-    stamp "throughput: TinyStories config (vocab 10k, ctx 256, d 512, d_ff 1344, 4 layers, 16 heads, batch 128)"
-    # caps: compiled settings 140 s each, eager ones 40 s each; 360 s at most in all
-    timeout 365 "$PY" benchmarks/throughput.py --device cuda --warmup 10 --seconds 5 --cap-s 40 --compile-cap-s 140
-fi
+IMPLS=scratch,sdpa,triton,builtin
+stamp "training throughput, eager: $IMPLS (cap 80 s)"
+timeout 80 "$PY" benchmarks/bench_model.py "${BENCH[@]}" --impls "$IMPLS" $(json --out-json model_eager.json) \
+    || echo "eager throughput: FAILED or timed out (continuing)"
+
+stamp "training throughput, torch.compile: $IMPLS (cap 210 s)"
+timeout 210 "$PY" benchmarks/bench_model.py "${BENCH[@]}" --compile --impls "$IMPLS" \
+    $(json --out-json model_compiled.json)
 status=$?
+
+if [ -n "$TTL_DATA" ] || [ "$TINY" = 1 ]; then
+    stamp "time to a fixed validation loss: best setting vs built-in peer (cap 300 s)"
+    if [ "$TINY" = 1 ]; then TTL=(--device cpu --tiny); else TTL=(--device cuda --data "$TTL_DATA"); fi
+    timeout 300 "$PY" benchmarks/time_to_loss.py "${TTL[@]}" $(json --json time_to_loss.json) \
+        || echo "time to loss: FAILED or timed out"
+fi
 stamp "done (exit $status)"
 exit $status
