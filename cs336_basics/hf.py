@@ -138,7 +138,11 @@ def check_exportable(config: ModelConfig) -> None:
     """ValueError unless `config` is a Llama architecture: pre-norm, RoPE, SwiGLU (multi-head, no biases always)."""
     rules = [
         ("norm", "pre", "Llama applies RMSNorm before attention and feed-forward (pre-norm)"),
-        ("positions", "rope", "Llama encodes positions with RoPE only; a NoPE model has no Llama equivalent"),
+        (
+            "positions",
+            "rope",
+            "Llama encodes positions with RoPE only (NoPE or another scheme has no Llama equivalent)",
+        ),
         (
             "ffn",
             "swiglu",
