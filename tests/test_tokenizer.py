@@ -1,5 +1,6 @@
 """Tokenizer: exact parity with tiktoken (GPT-2 and a vocabulary we trained), streaming, round trips, errors."""
 
+import json
 import random
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from cs336_basics.tokenizer import GPT2_PATTERN, Tokenizer
 from cs336_basics.tokenizer_files import load_vocab_and_merges, save_tokenizer
 
 from .adapters import get_tokenizer
-from .conftest import shared_fixture
+from .conftest import project_fixture, shared_fixture
 from .test_train_bpe import naive_train
 
 tiktoken = pytest.importorskip("tiktoken")
@@ -126,15 +127,31 @@ def test_overlapping_special_tokens_longest_first(gpt2_oracle):
     ]
 
 
-@pytest.mark.parametrize("name", ["tinystories_sample.txt", "address.txt", "german.txt", "corpus.en"])
-def test_gpt2_parity_shared_fixtures(gpt2, gpt2_oracle, name):
+def test_gpt2_parity_shared_fixtures(gpt2, gpt2_oracle):
     """The public CS336 fixture texts: same ids as tiktoken, exact round trip, same through encode_iterable."""
-    text = shared_fixture(name).read_text(encoding="utf-8")
-    ids = gpt2.encode(text)
-    assert ids == gpt2_oracle.encode(text, allowed_special="all")
-    assert gpt2.decode(ids) == text
-    with open(shared_fixture(name), encoding="utf-8") as f:
-        assert list(gpt2.encode_iterable(f)) == ids
+    for name in ["tinystories_sample.txt", "address.txt", "german.txt", "corpus.en"]:
+        text = shared_fixture(name).read_text(encoding="utf-8")
+        ids = gpt2.encode(text)
+        assert ids == gpt2_oracle.encode(text, allowed_special="all")
+        assert gpt2.decode(ids) == text
+        with open(shared_fixture(name), encoding="utf-8") as f:
+            assert list(gpt2.encode_iterable(f)) == ids
+
+
+def test_gpt2_project_sample(gpt2, gpt2_oracle):
+    """The project's own sample (tests/fixtures/tokenizer/generate.py): the ids the plain reference computed,
+    which tiktoken gives too, by every encoding path; exact round trip."""
+    path = project_fixture("tokenizer", "sample.txt")
+    text = path.read_text(encoding="utf-8")
+    expected = json.loads(project_fixture("tokenizer", "sample_gpt2_ids.json").read_text(encoding="utf-8"))
+    assert gpt2_oracle.encode(text, allowed_special="all") == expected
+    fresh = get_tokenizer(*_gpt2_vocab_merges(), special_tokens=[EOT])
+    assert fresh.encode(text) == expected  # cold: every piece new
+    assert fresh.encode(text) == expected  # warm
+    assert fresh.encode_to_array(text).tolist() == expected
+    with open(path, encoding="utf-8") as f:
+        assert list(fresh.encode_iterable(f)) == expected
+    assert fresh.decode(expected) == text
 
 
 @given(st.text(max_size=200))
@@ -327,7 +344,7 @@ def _tiktoken_from(vocab: dict[int, bytes], merges, special_tokens: list[str]):
 
 @pytest.fixture(scope="module")
 def trained():
-    text = shared_fixture("tinystories_sample.txt").read_text(encoding="utf-8")
+    text = project_fixture("tokenizer", "sample.txt").read_text(encoding="utf-8")
     vocab, merges = naive_train(text, 256 + 1 + 120, [EOT])  # the textbook trainer of test_train_bpe
     return text, vocab, merges
 
@@ -358,7 +375,7 @@ def test_roundtrip_through_saved_tokenizer_dir(trained, tmp_path):
 def test_parity_with_project_train_bpe(tmp_path):
     """With the project's own train_bpe (cs336_basics.bpe, when merged): same ids as tiktoken built from it."""
     bpe = pytest.importorskip("cs336_basics.bpe", reason="cs336_basics.bpe (train_bpe) is not on this branch yet")
-    corpus = shared_fixture("tinystories_sample.txt")
+    corpus = project_fixture("tokenizer", "sample.txt")
     vocab, merges = bpe.train_bpe(corpus, 256 + 1 + 200, [EOT])
     enc, rank_to_id = _tiktoken_from(vocab, merges, [EOT])
     text = corpus.read_text(encoding="utf-8")
@@ -369,8 +386,6 @@ def test_parity_with_project_train_bpe(tmp_path):
 
 def test_reference_trained_vocab_roundtrip():
     """The public fixture's reference BPE vocabulary (corpus.en, 500): tiktoken parity and exact round trip."""
-    import json
-
     from cs336_basics.tokenizer_files import decode_token
 
     vocab_json = json.loads(shared_fixture("train-bpe-reference-vocab.json").read_text(encoding="utf-8"))

@@ -165,3 +165,23 @@ def test_table_path_names_a_byte_missing_from_the_vocabulary():
     assert tok._engine.encode_long(text[:-5]).tolist() == list(text[:-5].encode())
     with pytest.raises(ValueError, match=r"cannot encode ' café': byte b'\\xc3' is not in the vocabulary"):
         tok._engine.encode_long(text)
+
+
+def test_caches_cleared_with_special_tokens_over_several_calls():
+    """Tiny caches (cleared again and again, the special tokens' entries put back each time) over several calls of
+    every path, with special tokens where the longer is not two copies of the shorter: the plain reference's ids."""
+    from cs336_basics import tokenizer_reference
+
+    vocab, merges = _gpt2_vocab_merges()
+    specials = [EOT, "<|a|>", "<|a|>x"]
+    rng = random.Random(5)
+    parts = [*WORDS[:12], " ", "\n", "é", *specials, "<|a|", "x<|a|>x", "<|a|><|a|>x"]
+    texts = ["".join(rng.choice(parts) for _ in range(rng.choice([5, 40, 900]))) for _ in range(8)]
+    for cache_size in (1, 4, 64):
+        tok = Tokenizer(vocab, merges, specials, cache_size=cache_size)
+        reference = tokenizer_reference.encode
+        for text in texts + texts:  # a second round: entries cached, evicted, or put back after a clear
+            expected = reference(text, tok.vocab, tok.merges, specials)
+            assert tok.encode(text) == expected
+            assert tok.encode_to_array(text).tolist() == expected
+            assert list(tok.encode_iterable([text[i : i + 50] for i in range(0, len(text), 50)], 100)) == expected
