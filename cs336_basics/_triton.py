@@ -63,7 +63,7 @@ if triton is not None:
     def _flash_fwd(Q, K, V, OUT, LSE, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, so_b, so_h, so_t,
                    H, T, D, qk_scale,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   DOT: tl.constexpr):  # fmt: skip
+                   DOT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
         start_m, bh = tl.program_id(0) * BLOCK_M, tl.program_id(1)
         b, h = bh // H, bh % H
         offs_m, offs_n, offs_d = start_m + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D)
@@ -78,13 +78,13 @@ if triton is not None:
             key_ok = (n[:, None] < T) & (offs_d[None, :] < D)
             k = tl.load(K + b * sk_b + h * sk_h + n[:, None] * sk_t + offs_d[None, :], mask=key_ok, other=0.0).to(DOT)
             v = tl.load(V + b * sv_b + h * sv_h + n[:, None] * sv_t + offs_d[None, :], mask=key_ok, other=0.0).to(DOT)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
             s = tl.where((offs_m[:, None] >= n[None, :]) & (n[None, :] < T), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             p = tl.math.exp2(s - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)  # rescales what was accumulated under the old max
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(DOT), v, input_precision=PREC)
             m_i = m_new
         acc = acc / l_i[:, None]
         o_ptrs = OUT + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :]
@@ -95,7 +95,7 @@ if triton is not None:
     def _flash_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
                         sd_b, sd_h, sd_t, H, T, D, qk_scale, sm_scale,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   DOT: tl.constexpr):  # fmt: skip
+                   DOT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
         # One block of keys; loops over the query blocks that can see it. dV = P^T dO, dK = dS^T Q / sqrt(D) with
         # dS = P * (dO V^T - delta), delta = rowsum(dO * O). DK and DV have the strides of K and V.
         start_n, bh = tl.program_id(0) * BLOCK_N, tl.program_id(1)
@@ -115,11 +115,11 @@ if triton is not None:
             do = tl.load(DO + b * sd_b + h * sd_h + m[:, None] * sd_t + offs_d[None, :], mask=row_ok, other=0.0).to(DOT)
             lse = tl.load(LSE + bh * T + m, mask=m < T, other=0.0)
             delta = tl.load(DELTA + bh * T + m, mask=m < T, other=0.0)
-            p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+            p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale - lse[:, None])
             p = tl.where((m[:, None] >= offs_n[None, :]) & (m[:, None] < T), p, 0.0)
-            dv += tl.dot(tl.trans(p.to(DOT)), do)
-            ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
-            dk += tl.dot(tl.trans(ds.to(DOT)), q)
+            dv += tl.dot(tl.trans(p.to(DOT)), do, input_precision=PREC)
+            ds = p * (tl.dot(do, tl.trans(v), input_precision=PREC) - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(DOT)), q, input_precision=PREC)
         tl.store(DK + k_off, (dk * sm_scale).to(DK.dtype.element_ty), mask=key_ok)
         tl.store(DV + v_off, dv.to(DV.dtype.element_ty), mask=key_ok)
 
@@ -127,7 +127,7 @@ if triton is not None:
     def _flash_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
                       sd_b, sd_h, sd_t, H, T, D, qk_scale, sm_scale,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   DOT: tl.constexpr):  # fmt: skip
+                   DOT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
         # One block of queries; loops over the keys it can see. dQ = dS K / sqrt(D). DQ has the strides of Q.
         start_m, bh = tl.program_id(0) * BLOCK_M, tl.program_id(1)
         b, h = bh // H, bh % H
@@ -146,10 +146,10 @@ if triton is not None:
             key_ok = (n[:, None] < T) & (offs_d[None, :] < D)
             k = tl.load(K + b * sk_b + h * sk_h + n[:, None] * sk_t + offs_d[None, :], mask=key_ok, other=0.0).to(DOT)
             v = tl.load(V + b * sv_b + h * sv_h + n[:, None] * sv_t + offs_d[None, :], mask=key_ok, other=0.0).to(DOT)
-            p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+            p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale - lse[:, None])
             p = tl.where((offs_m[:, None] >= n[None, :]) & (n[None, :] < T), p, 0.0)
-            ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
-            dq += tl.dot(ds.to(DOT), k)
+            ds = p * (tl.dot(do, tl.trans(v), input_precision=PREC) - delta[:, None])
+            dq += tl.dot(ds.to(DOT), k, input_precision=PREC)
         tl.store(DQ + q_off, (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok)
 
 
@@ -171,6 +171,11 @@ def _dot_dtype(t: Tensor):
     return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[t.dtype]
 
 
+def _dot_precision(t: Tensor) -> str:
+    """float32 operands: exact products ("ieee") unless torch allows TF32 for its own float32 matmuls."""
+    return "tf32" if t.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
 def _strides(t: Tensor) -> tuple[int, int, int]:
     assert t.stride(-1) == 1, "kernel inputs need a contiguous last dim"
     return t.stride(0), t.stride(1), t.stride(2)
@@ -186,7 +191,7 @@ class _FlashAttention(torch.autograd.Function):
         qk_scale = math.log2(math.e) / math.sqrt(D)
         _flash_fwd[(triton.cdiv(T, bm), B * H)](
             q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o), H, T, D, qk_scale,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, DOT=_dot_dtype(q), num_warps=warps,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, DOT=_dot_dtype(q), PREC=_dot_precision(q), num_warps=warps,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse)
         return o
@@ -202,7 +207,7 @@ class _FlashAttention(torch.autograd.Function):
         bm, bn, bd, warps = _attention_tiles(D, q.device)
         qk_scale, sm_scale = math.log2(math.e) / math.sqrt(D), 1.0 / math.sqrt(D)
         common = (*_strides(q), *_strides(k), *_strides(v), *_strides(do), H, T, D, qk_scale, sm_scale)
-        tiles = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, DOT=_dot_dtype(q), num_warps=warps)
+        tiles = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, DOT=_dot_dtype(q), PREC=_dot_precision(q), num_warps=warps)
         _flash_bwd_dkdv[(triton.cdiv(T, bn), B * H)](q, k, v, do, lse, delta, dk, dv, *common, **tiles)
         _flash_bwd_dq[(triton.cdiv(T, bm), B * H)](q, k, v, do, lse, delta, dq, *common, **tiles)
         return dq, dk, dv
