@@ -71,6 +71,15 @@ def shared_fixture(name: str) -> Path:
     return path
 
 
+def project_fixture(*parts: str) -> Path:
+    """Path to a file under tests/fixtures/ (the project's own data, kept in git): never skipped, a missing one
+    fails the test."""
+    path = FIXTURES_DIR.joinpath(*parts)
+    if not path.is_file():
+        pytest.fail(f"project fixture {path} is missing (each folder under tests/fixtures/ says how it was made)")
+    return path
+
+
 def shared_data(name: str) -> Path:
     """Path to a benchmark corpus in ../shared/data, or skip the test with the reason."""
     path = SHARED_DIR / "data" / name

@@ -6,7 +6,11 @@ from pathlib import Path
 import pytest
 
 from cs336_basics import cli
+from cs336_basics.data import load_tokens
+from cs336_basics.evaluate import evaluate_tokens
+from cs336_basics.generation import generate_text, load_model
 from cs336_basics.quickstart import EOT, builtin_corpus, run_quickstart, split_documents
+from cs336_basics.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,7 +49,7 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
         num_heads=2,
         d_ff=32,
         eval_interval=3,
-        max_new_tokens=8,
+        max_new_tokens=40,
         num_stories=120,
         device="cpu",
         log=lines.append,
@@ -56,7 +60,15 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     log = [json.loads(line) for line in (out / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
     assert result["train"]["step"] == 6 and result["eval"]["tokens"] == result["tokens"]["val"] - 1
-    assert result["sample"].startswith("once upon a time")
+    # The evaluation and the sample are those of the final checkpoint, with the sampling settings asked for
+    # (temperature 0.8, top-p 0.95, seed 0): a sample from the halfway checkpoint or at another temperature differs.
+    model = load_model(result["train"]["checkpoint"])
+    assert result["train"]["checkpoint"].endswith("ckpt_000006.pt")
+    evaluation = evaluate_tokens(model, load_tokens(out / "val.bin"))
+    assert result["eval"]["loss"] == pytest.approx(evaluation["loss"], rel=1e-6)
+    tokenizer = Tokenizer.from_dir(out / "tokenizer")
+    continuation = generate_text(model, tokenizer, "once upon a time", 40, temperature=0.8, top_p=0.95, seed=0)
+    assert result["sample"] == "once upon a time" + continuation
     assert json.loads((out / "quickstart.json").read_text())["sample"] == result["sample"]
 
 

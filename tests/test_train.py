@@ -1,6 +1,7 @@
 """The trainer: it learns, resumes to the bit, survives a crash mid-checkpoint, schedules the LR as specified,
 matches DDP with a single process, and rejects every bad setting before doing any work."""
 
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -20,6 +21,8 @@ from cs336_basics.generation import load_model
 from cs336_basics.nn_utils import cross_entropy
 from cs336_basics.optimizer import get_lr_cosine_schedule
 from cs336_basics.train import NonFiniteLossError, TrainConfig, list_checkpoints, measure_throughput, train
+
+from .conftest import project_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 # benchmarks/gpu_check.sh sets CS336_TEST_DEVICE=cuda; the forked DDP and crash tests always use the CPU.
@@ -509,3 +512,18 @@ def test_grad_accumulation_equals_one_step_of_the_whole_batch(tmp_path, token_fi
     b = torch.load(accum["checkpoint"], weights_only=True)["model"]
     for key, value in a.items():
         torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_tiny_run_reproduces_the_recorded_reference(tmp_path):
+    """The trainer's numbers for a tiny seeded CPU run (batches, schedule, accumulation, clipping, evaluation)
+    equal tests/fixtures/trainer/tiny_run.json, written by make_tiny_run.py beside it (relative 1e-4: BLAS
+    builds may round differently)."""
+    reference = json.loads(project_fixture("trainer", "tiny_run.json").read_text())
+    spec = importlib.util.spec_from_file_location("make_tiny_run", project_fixture("trainer", "make_tiny_run.py"))
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    assert maker.SETTINGS == reference["settings"]
+    records = maker.tiny_run(tmp_path)
+    assert [sorted(r) for r in records] == [sorted(r) for r in reference["records"]]
+    for got, want in zip(records, reference["records"], strict=True):
+        assert got == pytest.approx(want, rel=1e-4), want["step"]
