@@ -16,7 +16,7 @@ SUBCOMMAND_MODULES: dict[str, str] = {
     "quickstart": "cs336_basics.commands.quickstart",
     "prepare": "cs336_basics.commands.prepare",
     "train-bpe": "cs336_basics.bpe",
-    "tokenize": "cs336_basics.tokenize_dataset",
+    "tokenize": "cs336_basics.commands.tokenize",
     "train": "cs336_basics.commands.train",
     "generate": "cs336_basics.commands.generate",
     "eval": "cs336_basics.commands.eval",

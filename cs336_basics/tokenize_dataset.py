@@ -17,7 +17,6 @@ briefly holds the output twice). Each process holds one claim at a time, so memo
 size. Output goes to temporary files that are renamed at the end: an error leaves no partial output.
 """
 
-import argparse
 import bisect
 import ctypes
 import errno
@@ -521,52 +520,3 @@ def _copy(src, dst, offset: int, nbytes: int) -> None:
         while view:
             view = view[dst.write(view) :]  # (a raw write may take only part)
         nbytes -= len(chunk)
-
-
-# ---------------------------------------------------------------------------------------------------------- CLI
-
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "tokenize",
-        help="encode a text file into a flat token file (uint16/uint32) plus a JSON sidecar",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("input", metavar="INPUT", help="UTF-8 text file to encode")
-    p.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory written by train-bpe")
-    p.add_argument("--out", required=True, metavar="FILE", help="output token file; FILE.json gets the metadata")
-    p.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="encoding processes, this one included (default 1)"
-    )
-    p.add_argument(
-        "--range-mb",
-        type=float,
-        default=DEFAULT_RANGE_BYTES / 2**20,
-        metavar="MB",
-        help="MiB of text per task (default 4); with several workers, tasks shrink to 1/8 of it as the work runs out",
-    )
-    p.add_argument("--no-progress", action="store_true", help="do not show the progress bar (default: shown)")
-    p.set_defaults(func=run)
-
-
-def run(args) -> int:
-    t0 = time.perf_counter()
-    meta = tokenize_file(
-        args.input,
-        args.out,
-        args.tokenizer,
-        num_workers=args.workers,
-        progress=not args.no_progress,
-        range_bytes=max(1, int(args.range_mb * 2**20)),
-    )
-    seconds = time.perf_counter() - t0
-    ratio = meta["bytes_per_token"]
-    print(
-        f"wrote {meta['num_tokens']:,} tokens ({meta['dtype']}) to {args.out} from {meta['source_bytes']:,} bytes "
-        f"in {seconds:.1f} s ({meta['source_bytes'] / 1e6 / max(seconds, 1e-9):.2f} MB/s); "
-        f"compression ratio {ratio:.3f} bytes/token"
-        if ratio
-        else f"wrote 0 tokens to {args.out} (empty input)"
-    )
-    return 0
