@@ -149,70 +149,34 @@ def run_quickstart(
     """Corpus -> BPE -> token files -> train (stopped halfway and resumed) -> eval -> sample; returns a summary.
 
     `log(message)` receives one line per stage (the CLI prints them). Raises FileExistsError when `out` is a
-    non-empty directory, before any work.
+    non-empty directory, and ValueError/FileNotFoundError for any other bad setting, before any work.
     """
-    from .bpe import train_bpe
     from .evaluate import evaluate_tokens
     from .generation import generate_text, load_model
-    from .tokenize_dataset import tokenize_file
     from .tokenizer import Tokenizer
-    from .tokenizer_files import save_tokenizer
-    from .train import TrainConfig, resolve_device, train
+    from .train import TrainConfig
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"out={str(out)!r} exists and is not empty; choose a new --out or delete it")
-    if text_path is not None and not Path(text_path).is_file():
-        raise FileNotFoundError(f"text file {str(text_path)!r} does not exist")
-    if steps < 2:
-        raise ValueError(f"steps={steps} must be >= 2 (the run stops halfway and resumes)")
-    resolve_device(device)
-    from .generation import _check_sampling_args
-    from .layers import ModelConfig
-
-    ModelConfig(
-        vocab_size=vocab_size,
-        context_length=context_length,
-        d_model=d_model,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        d_ff=d_ff,
+    _check_settings(
+        out,
+        text_path,
+        steps,
+        device,
+        temperature,
+        top_p,
+        vocab_size,
+        context_length,
+        d_model,
+        num_layers,
+        num_heads,
+        d_ff,
     )
-    _check_sampling_args(temperature, None, top_p)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-
-    # 1) corpus and split
-    if text_path is None:
-        text = builtin_corpus(num_stories, seed=seed)
-        (out / "corpus.txt").write_text(text, encoding="utf-8")
-        source = "built-in procedural stories"
-    else:
-        text = Path(text_path).read_text(encoding="utf-8")
-        source = str(text_path)
-    train_text, val_text = split_documents(text, val_fraction)
-    (out / "train.txt").write_text(train_text, encoding="utf-8")
-    (out / "val.txt").write_text(val_text, encoding="utf-8")
-    log(f"[1/6] corpus: {source}, {len(text):,} characters -> train.txt {len(train_text):,}, val.txt {len(val_text):,}")
-
-    # 2) tokenizer
-    t = time.perf_counter()
-    vocab, merges = train_bpe(out / "train.txt", vocab_size, [EOT], num_workers=num_workers, progress=progress)
-    save_tokenizer(vocab, merges, out / "tokenizer", [EOT])
-    timings["bpe_s"] = time.perf_counter() - t
-    log(f"[2/6] BPE: vocab {len(vocab)} ({len(merges)} merges) in {timings['bpe_s']:.1f} s -> tokenizer/")
-
-    # 3) token files
-    t = time.perf_counter()
-    n_tokens = {}
-    for split in ("train", "val"):
-        meta = tokenize_file(out / f"{split}.txt", out / f"{split}.bin", out / "tokenizer", num_workers=num_workers)
-        n_tokens[split] = meta["num_tokens"]
-    timings["tokenize_s"] = time.perf_counter() - t
-    log(f"[3/6] tokenized: train.bin {n_tokens['train']:,} tokens, val.bin {n_tokens['val']:,} tokens")
-
-    # 4) train, stopped halfway as if preempted, then resumed
+    source = _write_splits(out, text_path, val_fraction, num_stories, seed, log)
+    vocab = _train_tokenizer(out, vocab_size, num_workers, progress, timings, log)
+    n_tokens = _write_token_files(out, num_workers, timings, log)
     config = TrainConfig(
         train=str(out / "train.bin"),
         val=str(out / "val.bin"),
@@ -236,30 +200,19 @@ def run_quickstart(
         progress=progress,
         stop_at_step=steps // 2,
     )
-    t = time.perf_counter()
-    first = train(config)
-    log(f"[4/6] trained to step {first['step']} (train loss {first['train_loss']:.3f}); stopped as if preempted")
-    config.stop_at_step, config.resume = None, True
-    summary = train(config)
-    timings["train_s"] = time.perf_counter() - t
-    log(
-        f"      resumed from {Path(first['checkpoint']).name} to step {summary['step']}: train loss "
-        f"{summary['train_loss']:.3f}, val loss {summary['val_loss']:.3f}, {summary['tokens_per_s'] or 0:,.0f} tok/s"
-    )
+    summary = _train_preempted_and_resumed(config, timings, log)
 
-    # 5) evaluation over the whole validation file
-    device_obj = resolve_device(device)
-    model = load_model(summary["checkpoint"], device_obj)
-    from .data import load_tokens
+    # 5) evaluation over the whole validation file, 6) a sample, both from the final checkpoint
+    from .data import load_tokens, resolve_device
 
+    model = load_model(summary["checkpoint"], resolve_device(device))
     evaluation = evaluate_tokens(model, load_tokens(out / "val.bin"))
     log(f"[5/6] eval on all of val.bin: loss {evaluation['loss']:.3f}, perplexity {evaluation['perplexity']:.2f}")
-
-    # 6) a sample
     tokenizer = Tokenizer.from_dir(out / "tokenizer")
-    sample = prompt + generate_text(
+    continuation = generate_text(
         model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
     )
+    sample = prompt + continuation
     timings["total_s"] = time.perf_counter() - t0
     log(f"[6/6] sample (temperature {temperature}, top-p {top_p}):\n\n{sample}\n")
     result = {
@@ -274,3 +227,82 @@ def run_quickstart(
     }
     atomic_write_text(out / "quickstart.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _check_settings(out: Path, text_path, steps: int, device: str, temperature: float, top_p: float, *model) -> None:
+    """Every check that can run before any work (`model`: vocab_size, context_length, d_model, num_layers,
+    num_heads, d_ff)."""
+    from .data import resolve_device
+    from .generation import _check_sampling_args
+    from .layers import ModelConfig
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"out={str(out)!r} exists and is not empty; choose a new --out or delete it")
+    if text_path is not None and not Path(text_path).is_file():
+        raise FileNotFoundError(f"text file {str(text_path)!r} does not exist")
+    if steps < 2:
+        raise ValueError(f"steps={steps} must be >= 2 (the run stops halfway and resumes)")
+    resolve_device(device)
+    names = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")
+    ModelConfig(**dict(zip(names, model, strict=True)))
+    _check_sampling_args(temperature, None, top_p)
+
+
+def _write_splits(out: Path, text_path, val_fraction: float, num_stories: int, seed: int, log) -> str:
+    """1) the corpus (built-in or `text_path`) split by documents into train.txt and val.txt; returns its source."""
+    if text_path is None:
+        text = builtin_corpus(num_stories, seed=seed)
+        (out / "corpus.txt").write_text(text, encoding="utf-8")
+        source = "built-in procedural stories"
+    else:
+        text = Path(text_path).read_text(encoding="utf-8")
+        source = str(text_path)
+    train_text, val_text = split_documents(text, val_fraction)
+    (out / "train.txt").write_text(train_text, encoding="utf-8")
+    (out / "val.txt").write_text(val_text, encoding="utf-8")
+    log(f"[1/6] corpus: {source}, {len(text):,} characters -> train.txt {len(train_text):,}, val.txt {len(val_text):,}")
+    return source
+
+
+def _train_tokenizer(out: Path, vocab_size: int, num_workers: int, progress: bool, timings: dict, log) -> dict:
+    """2) a byte-level BPE tokenizer trained on train.txt, saved to tokenizer/; returns its vocabulary."""
+    from .bpe import train_bpe
+    from .tokenizer_files import save_tokenizer
+
+    t = time.perf_counter()
+    vocab, merges = train_bpe(out / "train.txt", vocab_size, [EOT], num_workers=num_workers, progress=progress)
+    save_tokenizer(vocab, merges, out / "tokenizer", [EOT])
+    timings["bpe_s"] = time.perf_counter() - t
+    log(f"[2/6] BPE: vocab {len(vocab)} ({len(merges)} merges) in {timings['bpe_s']:.1f} s -> tokenizer/")
+    return vocab
+
+
+def _write_token_files(out: Path, num_workers: int, timings: dict, log) -> dict[str, int]:
+    """3) train.bin and val.bin; returns their token counts."""
+    from .tokenize_dataset import tokenize_file
+
+    t = time.perf_counter()
+    n_tokens = {}
+    for split in ("train", "val"):
+        meta = tokenize_file(out / f"{split}.txt", out / f"{split}.bin", out / "tokenizer", num_workers=num_workers)
+        n_tokens[split] = meta["num_tokens"]
+    timings["tokenize_s"] = time.perf_counter() - t
+    log(f"[3/6] tokenized: train.bin {n_tokens['train']:,} tokens, val.bin {n_tokens['val']:,} tokens")
+    return n_tokens
+
+
+def _train_preempted_and_resumed(config, timings: dict, log) -> dict:
+    """4) train to config.stop_at_step as if preempted, then resume to the end; returns the final summary."""
+    from .train import train
+
+    t = time.perf_counter()
+    first = train(config)
+    log(f"[4/6] trained to step {first['step']} (train loss {first['train_loss']:.3f}); stopped as if preempted")
+    config.stop_at_step, config.resume = None, True
+    summary = train(config)
+    timings["train_s"] = time.perf_counter() - t
+    log(
+        f"      resumed from {Path(first['checkpoint']).name} to step {summary['step']}: train loss "
+        f"{summary['train_loss']:.3f}, val loss {summary['val_loss']:.3f}, {summary['tokens_per_s'] or 0:,.0f} tok/s"
+    )
+    return summary
