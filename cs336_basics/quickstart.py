@@ -151,11 +151,6 @@ def run_quickstart(
     `log(message)` receives one line per stage (the CLI prints them). Raises FileExistsError when `out` is a
     non-empty directory, and ValueError/FileNotFoundError for any other bad setting, before any work.
     """
-    from .evaluate import evaluate_tokens
-    from .generation import generate_text, load_model
-    from .tokenizer import Tokenizer
-    from .train import TrainConfig
-
     out = Path(out)
     _check_settings(
         out,
@@ -177,44 +172,22 @@ def run_quickstart(
     source = _write_splits(out, text_path, val_fraction, num_stories, seed, log)
     vocab = _train_tokenizer(out, vocab_size, num_workers, progress, timings, log)
     n_tokens = _write_token_files(out, num_workers, timings, log)
-    config = TrainConfig(
-        train=str(out / "train.bin"),
-        val=str(out / "val.bin"),
-        out=str(out / "run"),
-        vocab_size=len(vocab),
+    model_settings = dict(
         context_length=context_length,
         d_model=d_model,
         d_ff=d_ff,
         num_layers=num_layers,
         num_heads=num_heads,
         batch_size=batch_size,
-        steps=steps,
         lr=lr,
-        warmup_steps=max(1, steps // 20),
-        eval_interval=eval_interval,
-        eval_batches=8,
-        log_interval=max(1, min(10, steps // 40)),
-        checkpoint_interval=eval_interval,
-        seed=seed,
-        device=device,
-        progress=progress,
-        stop_at_step=steps // 2,
     )
+    config = _train_config(out, len(vocab), steps, eval_interval, seed, device, progress, **model_settings)
     summary = _train_preempted_and_resumed(config, timings, log)
 
-    # 5) evaluation over the whole validation file, 6) a sample, both from the final checkpoint
-    from .data import load_tokens, resolve_device
-
-    model = load_model(summary["checkpoint"], resolve_device(device))
-    evaluation = evaluate_tokens(model, load_tokens(out / "val.bin"))
-    log(f"[5/6] eval on all of val.bin: loss {evaluation['loss']:.3f}, perplexity {evaluation['perplexity']:.2f}")
-    tokenizer = Tokenizer.from_dir(out / "tokenizer")
-    continuation = generate_text(
-        model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+    evaluation, sample = _evaluate_and_sample(
+        out, summary["checkpoint"], device, prompt, max_new_tokens, temperature, top_p, seed, log
     )
-    sample = prompt + continuation
     timings["total_s"] = time.perf_counter() - t0
-    log(f"[6/6] sample (temperature {temperature}, top-p {top_p}):\n\n{sample}\n")
     result = {
         "out": str(out),
         "source": source,
@@ -306,3 +279,57 @@ def _train_preempted_and_resumed(config, timings: dict, log) -> dict:
         f"{summary['train_loss']:.3f}, val loss {summary['val_loss']:.3f}, {summary['tokens_per_s'] or 0:,.0f} tok/s"
     )
     return summary
+
+
+def _train_config(
+    out: Path, vocab_size: int, steps: int, eval_interval: int, seed: int, device: str, progress: bool, **model_settings
+):
+    """The run's TrainConfig: warmup 5% of the steps, a checkpoint at every evaluation, a stop halfway."""
+    from .train import TrainConfig
+
+    return TrainConfig(
+        train=str(out / "train.bin"),
+        val=str(out / "val.bin"),
+        out=str(out / "run"),
+        vocab_size=vocab_size,
+        steps=steps,
+        warmup_steps=max(1, steps // 20),
+        eval_interval=eval_interval,
+        eval_batches=8,
+        log_interval=max(1, min(10, steps // 40)),
+        checkpoint_interval=eval_interval,
+        seed=seed,
+        device=device,
+        progress=progress,
+        stop_at_step=steps // 2,
+        **model_settings,
+    )
+
+
+def _evaluate_and_sample(
+    out: Path,
+    checkpoint: str,
+    device: str,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    log,
+) -> tuple[dict, str]:
+    """5) the final checkpoint's loss over all of val.bin, 6) its continuation of `prompt` (prompt included)."""
+    from .data import load_tokens, resolve_device
+    from .evaluate import evaluate_tokens
+    from .generation import generate_text, load_model
+    from .tokenizer import Tokenizer
+
+    model = load_model(checkpoint, resolve_device(device))
+    evaluation = evaluate_tokens(model, load_tokens(out / "val.bin"))
+    log(f"[5/6] eval on all of val.bin: loss {evaluation['loss']:.3f}, perplexity {evaluation['perplexity']:.2f}")
+    tokenizer = Tokenizer.from_dir(out / "tokenizer")
+    continuation = generate_text(
+        model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
+    sample = prompt + continuation
+    log(f"[6/6] sample (temperature {temperature}, top-p {top_p}):\n\n{sample}\n")
+    return evaluation, sample
