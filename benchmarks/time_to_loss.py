@@ -107,13 +107,18 @@ def main() -> int:
     model = {k: v for k, v in TINY.items() if k != "batch_size"} if args.tiny else TINYSTORIES
     if args.tiny:
         args.steps, args.batch_size, args.eval_every, args.eval_batches, args.warmup = 6, 2, 3, 2, 2
-    config = ModelConfig(**model)
     if args.data:
         data = load_tokens(args.data)
+        top = int(data.max())
+        if args.tiny:
+            model = {**model, "vocab_size": top + 1}
+        elif top >= model["vocab_size"]:
+            parser.error(f"--data {args.data}: token id {top} >= vocab_size {model['vocab_size']}")
     elif args.tiny:
-        data = np.random.default_rng(0).integers(0, config.vocab_size, 20_000, dtype=np.uint16)
+        data = np.random.default_rng(0).integers(0, model["vocab_size"], 20_000, dtype=np.uint16)
     else:
         parser.error("--data is required (a token file; see docs/gpu.md for the command that makes it)")
+    config = ModelConfig(**model)
     n_train, t = int(len(data) * (1 - args.val_frac)), config.context_length
     val_rng = np.random.default_rng(12345)
     val_starts = [val_rng.integers(n_train, len(data) - t - 1, args.batch_size) for _ in range(args.eval_batches)]
