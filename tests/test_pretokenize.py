@@ -55,6 +55,12 @@ def test_ascii_pretokenizer_equals_gpt2_pattern_random(text):
     assert GPT2_ASCII_RE.findall(text) == regex.findall(GPT2_PATTERN, text)
 
 
+def test_gpt2_pattern_is_written_once_in_the_package():
+    fragment = r"'(?:[sdmt]|ll|ve|re)"
+    holders = [p.name for p in PACKAGE.rglob("*.py") if fragment in p.read_text(encoding="utf-8")]
+    assert holders == ["pretokenize.py"]
+
+
 @given(st.text(alphabet=st.sampled_from(list(WHITESPACE_CHARS + "a\x1c.é日🙂\u200b")), max_size=40))
 def test_pieces_pretokenize_independently(text):
     """Pre-tokenizing each piece alone gives the pre-tokens of the whole text (what every cache relies on)."""
