@@ -15,7 +15,7 @@ import sys
 SUBCOMMAND_MODULES: dict[str, str] = {
     "quickstart": "cs336_basics.commands.quickstart",
     "prepare": "cs336_basics.commands.prepare",
-    "train-bpe": "cs336_basics.bpe",
+    "train-bpe": "cs336_basics.commands.train_bpe",
     "tokenize": "cs336_basics.commands.tokenize",
     "train": "cs336_basics.commands.train",
     "generate": "cs336_basics.commands.generate",
