@@ -527,3 +527,24 @@ def test_tiny_run_reproduces_the_recorded_reference(tmp_path):
     assert [sorted(r) for r in records] == [sorted(r) for r in reference["records"]]
     for got, want in zip(records, reference["records"], strict=True):
         assert got == pytest.approx(want, rel=1e-4), want["step"]
+
+
+def test_train_flags_are_the_config_fields_with_the_dataclass_defaults():
+    """One flag per TrainConfig field (old spellings kept), its help showing the field's own default; flags not
+    typed stay out of the namespace so that --config and a resumed run's settings can supply them."""
+    import argparse
+    import dataclasses
+
+    parser = cli.build_parser("train")
+    train_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    by_dest = {a.dest: a for a in train_parser._actions}
+    for field in dataclasses.fields(TrainConfig):
+        action = by_dest[field.name]
+        if field.default not in (None, dataclasses.MISSING) and not isinstance(field.default, bool):
+            assert f"default {field.default}" in action.help, field.name
+    assert by_dest["progress"].option_strings == ["--no-progress"] and by_dest["plot"].option_strings == ["--no-plot"]
+    args = parser.parse_args(["train", "--d-model", "64", "--no-plot", "--norm", "post"])
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+    assert given == {"d_model": 64, "plot": False, "norm": "post"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--norm", "sandwich"])
