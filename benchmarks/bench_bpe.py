@@ -5,8 +5,11 @@ own timing of the training call, and the whole subprocess including imports), pe
 tree (sampled every 10 ms with psutil) and ru_maxrss of the process itself and of its largest child. Ours also
 reports its split between pre-tokenization and merging.
 
-    uv run python benchmarks/bench_bpe.py ../shared/fixtures/corpus.en --vocab-size 500
-    uv run python benchmarks/bench_bpe.py ../shared/data/english_mix_bench.txt --vocab-size 10000 --repeat 2
+    uv run python benchmarks/bench_bpe.py CORPUS --vocab-size 10000 --repeat 3 --cold
+
+`--cold` adds a run of ours with an empty numba cache (a fresh NUMBA_CACHE_DIR each round): the first run on a
+fresh checkout, which compiles the merge engine. Rounds interleave the trainers; the table shows each one's median
+round and the ratios are of medians.
 
 Hugging Face is configured as GPT-2 is: ByteLevel pre-tokenizer with its regex, BpeTrainer with the 256-byte
 initial alphabet and the same special token. It reads the file line by line, so its pre-tokens around newlines
@@ -16,8 +19,11 @@ differ slightly from ours; it is a speed peer here, not an oracle.
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -92,6 +98,14 @@ def run_measured(argv: list[str], env: dict) -> dict:
     return result
 
 
+def _median_round(results: list[dict]) -> dict:
+    """The round whose whole-process time is the median (the lower middle one for an even count)."""
+    ordered = sorted(results, key=lambda r: r["process_s"])
+    median = ordered[(len(ordered) - 1) // 2]
+    assert statistics.median_low([r["process_s"] for r in results]) == median["process_s"]
+    return median
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus", help="path to a UTF-8 text file")
@@ -99,6 +113,7 @@ def main() -> None:
     parser.add_argument("--special-token", default="<|endoftext|>", help="the one special token (default %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="our worker processes (default: CPUs)")
     parser.add_argument("--skip-hf", action="store_true", help="run only ours (e.g. for a memory check)")
+    parser.add_argument("--cold", action="store_true", help="also run ours with an empty numba cache (first use)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; each round runs every trainer once (default 1)")
     parser.add_argument(
         "--in-process",
@@ -125,17 +140,28 @@ def main() -> None:
     }
     if args.skip_hf:
         runs = dict(list(runs.items())[:1])
-    best: dict[str, dict] = {}
+    if args.cold:
+        ours_argv = next(iter(runs.values()))[0]
+        runs = {next(iter(runs)): runs[next(iter(runs))], "ours, empty numba cache": (ours_argv, {"cold": "1"}), **runs}
+    rounds: dict[str, list[dict]] = {name: [] for name in runs}
     for _ in range(args.repeat):
         for name, (argv, extra_env) in runs.items():  # interleaved, so load changes hit every trainer alike
-            r = run_measured(argv, {**os.environ, **extra_env})
-            if name not in best or r["train_s"] < best[name]["train_s"]:
-                best[name] = r
+            env = {**os.environ, **extra_env}
+            cache = None
+            if env.pop("cold", None):
+                cache = tempfile.mkdtemp(prefix="numba-cache-")
+                env["NUMBA_CACHE_DIR"] = cache
+            try:
+                rounds[name].append(run_measured(argv, env))
+            finally:
+                if cache is not None:
+                    shutil.rmtree(cache, ignore_errors=True)
+    best = {name: _median_round(rs) for name, rs in rounds.items()}
 
     size_mb = os.path.getsize(args.corpus) / 1e6
     print(
-        f"corpus {args.corpus} ({size_mb:.1f} MB), vocab {args.vocab_size}, best of {args.repeat} "
-        f"rounds x {args.in_process} trainings per process"
+        f"corpus {args.corpus} ({size_mb:.1f} MB), vocab {args.vocab_size}, median of {args.repeat} "
+        f"rounds x {args.in_process} trainings per process (train s: the best in the process)"
     )
     print(f"{'trainer':28s} {'train s':>8s} {'first s':>8s} {'process s':>9s} {'pretok s':>8s} {'merge s':>8s} "
           f"{'tree peak MB':>12s} {'ru self MB':>10s} {'ru child MB':>11s}")  # fmt: skip
@@ -147,7 +173,12 @@ def main() -> None:
             f"{r['tree_peak_mb']:12.0f} {r['ru_self_mb']:10.0f} {r['ru_child_mb']:11.0f}"
         )
     ours = best[next(iter(runs))]
-    for name in list(runs)[1:]:
+    if args.cold:
+        cold = best["ours, empty numba cache"]
+        print(f"ours, empty cache / warm: process {cold['process_s'] / ours['process_s']:.2f}x")
+        for name in [n for n in runs if n.startswith("HF")]:
+            print(f"ours, empty cache / {name}: process {cold['process_s'] / best[name]['process_s']:.2f}x")
+    for name in [n for n in list(runs)[1:] if n.startswith("HF")]:
         print(f"ours / {name}: train {ours['train_s'] / best[name]['train_s']:.2f}x, "
               f"process {ours['process_s'] / best[name]['process_s']:.2f}x")  # fmt: skip
     print(f"ours: {ours['pretokens']} distinct pre-tokens, {ours['merges']} merges")

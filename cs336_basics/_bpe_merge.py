@@ -20,8 +20,9 @@ Legend (the names used below):
     stamp       the merge step + 1; wstamp / sstamp mark the words and slots already visited in this step
 
 The algorithm: pair counts only go down when a merge happens, except those of pairs that hold the new token, which
-are pushed after each step; each step rewrites only the words that hold the merged pair (their old pairs removed,
-the merge done left to right, their new pairs added). Tokens are compared by bytes, not by id: should a merge
+are pushed after each step; each step rewrites, in place and left to right, only the words that hold the merged
+pair, and changes only the counts of the pairs around each occurrence (so a pre-token of megabytes costs a scan per
+merge that touches it, not a recount). Tokens are compared by bytes, not by id: should a merge
 produce a byte string that already exists (say `abc` from `ab`+`c` and later from `a`+`bc`), the existing token is
 reused, as a trainer keyed by bytes would.
 """
@@ -216,6 +217,8 @@ def merge_words(syms, wstart, wcnt, num_merges, progress):
     n_nodes = 0
     wstamp = _filled(n_words, 0)
     touched = _filled(1024, 0)
+    add_x = _filled(1024, 0)
+    add_y = _filled(1024, 0)
     merges = _filled(2 * num_merges, 0)  # merge k is (merges[2k], merges[2k + 1])
     hc = _filled(16, 0)
     hs = _filled(16, 0)
@@ -266,7 +269,7 @@ def merge_words(syms, wstart, wcnt, num_merges, progress):
         else:
             a = b = best = -1
             node = 0
-        # 3) each word that holds (a, b): remove its pairs, merge, add its pairs (on step -1: every word, once)
+        # 3) each word that holds (a, b): merge, recount the pairs around each occurrence (step -1: count every word)
         stamp = step + 2
         n_touched = 0
         while (step < 0 and node < n_words) or (step >= 0 and node >= 0):
@@ -282,7 +285,16 @@ def merge_words(syms, wstart, wcnt, num_merges, progress):
             st = wstart[w]
             n = wlen[w]
             c = wcnt[w]
-            if step >= 0:
+            if n > add_x.shape[0]:
+                add_x = _grow(add_x, n, 0)
+                add_y = _grow(add_y, n, 0)
+            n_add = 0  # the pairs the word gains: (add_x[k], add_y[k]), k < n_add
+            if step < 0:
+                for i in range(n - 1):
+                    add_x[i] = syms[st + i]
+                    add_y[i] = syms[st + i + 1]
+                n_add = n - 1
+            else:
                 found = False
                 for i in range(n - 1):
                     if syms[st + i] == a and syms[st + i + 1] == b:
@@ -290,23 +302,37 @@ def merge_words(syms, wstart, wcnt, num_merges, progress):
                         break
                 if not found:  # a stale list entry: the word lost this pair in an earlier merge
                     continue
-                for i in range(n - 1):
-                    pcnt[_ht_find(ht_keys, ht_vals, (syms[st + i] << 32) | syms[st + i + 1])] -= c
+                # merge in place, left to right (i reads the old word, j writes the new one; j <= i, so the old
+                # symbols at i - 1 and beyond are still there); only the pairs around each occurrence change
                 j = 0
                 i = 0
+                merged_last = False
                 while i < n:
                     if i < n - 1 and syms[st + i] == a and syms[st + i + 1] == b:
+                        if i > 0:  # the old (left, a) goes
+                            pcnt[_ht_find(ht_keys, ht_vals, (syms[st + i - 1] << 32) | a)] -= c
+                        if i + 2 < n and not (i + 3 < n and syms[st + i + 2] == a and syms[st + i + 3] == b):
+                            pcnt[_ht_find(ht_keys, ht_vals, (b << 32) | syms[st + i + 2])] -= c  # (b, right) goes
+                        if j > 0:  # (left, new) comes, left being new when the previous occurrence ended here
+                            add_x[n_add] = syms[st + j - 1]
+                            add_y[n_add] = new
+                            n_add += 1
                         syms[st + j] = new
+                        merged_last = True
                         i += 2
                     else:
+                        if merged_last:  # (new, right) comes
+                            add_x[n_add] = new
+                            add_y[n_add] = syms[st + i]
+                            n_add += 1
                         syms[st + j] = syms[st + i]
+                        merged_last = False
                         i += 1
                     j += 1
-                n = j
-                wlen[w] = n
-            for i in range(n - 1):
-                x = syms[st + i]
-                y = syms[st + i + 1]
+                wlen[w] = j
+            for k in range(n_add):
+                x = add_x[k]
+                y = add_y[k]
                 key = (x << 32) | y
                 s = _ht_find(ht_keys, ht_vals, key)
                 if s < 0:
@@ -327,21 +353,20 @@ def merge_words(syms, wstart, wcnt, num_merges, progress):
                     pb[s] = y
                     _ht_insert(ht_keys, ht_vals, key, s)
                 pcnt[s] += c
-                if step < 0 or x == new or y == new:
-                    if phead[s] < 0 or node_word[phead[s]] != w:
-                        n_nodes += 1
-                        if n_nodes > node_word.shape[0]:
-                            node_word = _grow(node_word, n_nodes, 0)
-                            node_next = _grow(node_next, n_nodes, 0)
-                        node_word[n_nodes - 1] = w
-                        node_next[n_nodes - 1] = phead[s]
-                        phead[s] = n_nodes - 1
-                    if sstamp[s] != stamp:
-                        sstamp[s] = stamp
-                        n_touched += 1
-                        if n_touched > touched.shape[0]:
-                            touched = _grow(touched, n_touched, 0)
-                        touched[n_touched - 1] = s
+                if phead[s] < 0 or node_word[phead[s]] != w:  # the word joins the pair's list
+                    n_nodes += 1
+                    if n_nodes > node_word.shape[0]:
+                        node_word = _grow(node_word, n_nodes, 0)
+                        node_next = _grow(node_next, n_nodes, 0)
+                    node_word[n_nodes - 1] = w
+                    node_next[n_nodes - 1] = phead[s]
+                    phead[s] = n_nodes - 1
+                if sstamp[s] != stamp:
+                    sstamp[s] = stamp
+                    n_touched += 1
+                    if n_touched > touched.shape[0]:
+                        touched = _grow(touched, n_touched, 0)
+                    touched[n_touched - 1] = s
         if step >= 0:
             pcnt[best] = 0
         # 4) the pairs whose counts went up (on step -1: all of them) go on the heap
