@@ -65,6 +65,19 @@ def test_output_equals_encode_of_whole_file(tok_dir, tmp_path, num_workers, rang
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.bin", "out.bin.json"]  # no temp files
 
 
+@pytest.mark.parametrize("num_workers", [1, 2])
+def test_hostile_runs_equal_encode(tok_dir, tmp_path, num_workers):
+    """Runs without any cut (250k letters: numba's path; 20k of "=", 30k digits, 9k newlines) between ordinary
+    documents, in ranges far smaller than the runs: the same ids as encode of the whole file."""
+    text = _text(seed=7, num_docs=40)
+    for run in ["a" * 250_000, "=" * 20_000, "0" * 30_000, "\n" * 9_000 + "x", "ab" * 5_000]:
+        text += run + EOT + _text(seed=len(run), num_docs=5)
+    src, out = tmp_path / "in.txt", tmp_path / "out.bin"
+    src.write_text(text, encoding="utf-8")
+    tokenize_file(src, out, tok_dir, num_workers=num_workers, range_bytes=20_000)
+    assert load_tokens(out).tolist() == Tokenizer.from_dir(tok_dir).encode(text)
+
+
 def test_cuts_are_valid_and_cover_the_file(tok_dir, tmp_path):
     """Cuts never fall inside a special token or a multi-byte character, and the ranges tile the file."""
     src = tmp_path / "in.txt"
@@ -360,8 +373,8 @@ class _Pwn:
 
 def test_tokenizer_cache(tok_dir, tmp_path, monkeypatch):
     """load_tokenizer: the second load reads the array cache (the files are not parsed again) and encodes the
-    same; an edited tokenizer file gets a new entry; a corrupt entry (or one holding a pickle) is rebuilt; "" turns the cache off; an
-    unusable cache directory is no error."""
+    same; an edited tokenizer file gets a new entry; a corrupt entry (or one holding a pickle) is rebuilt; ""
+    turns the cache off; an unusable cache directory is no error."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("CS336_CACHE_DIR", str(cache))
     text = _text(seed=3)
