@@ -142,6 +142,7 @@ class Merges:
             np.fromiter(self.pair_table.values(), dtype=np.int64, count=len(self.pair_table)),
         )
         self.byte_ids_np = np.array([-1 if i is None else i for i in self.byte_ids], dtype=np.int64)
+        self.byte_missing = self.byte_ids_np < 0  # per byte value: has no id
         # value of every byte pair (b0 << 8 | b1): the first round of BPE is a plain gather
         byte_ids = np.maximum(self.byte_ids_np, 0)
         self.byte_pair_values = self.pair_values_of(np.repeat(byte_ids, 256), np.tile(byte_ids, 256))
@@ -254,14 +255,21 @@ class Merges:
         counts = np.zeros(lengths.size, dtype=np.int64)
         short_ids, counts[short] = self.bpe_bytes(data[ragged_arange(starts[short], lengths[short])], lengths[short])
         spans = zip(starts[long].tolist(), lengths[long].tolist(), strict=True)
-        long_ids = [self.merge_ids(self.byte_ids_np[data[a : a + m]]) for a, m in spans]
-        counts[long] = list(map(len, long_ids))
+        long_ids = [self.merge_array(self.byte_ids_np[data[a : a + m]]) for a, m in spans]
+        counts[long] = [ids.size for ids in long_ids]
         out_start = np.cumsum(counts) - counts
         out = np.empty(int(counts.sum()), dtype=np.int64)
         out[ragged_arange(out_start[short], counts[short])] = short_ids
         for w, ids in zip(long.tolist(), long_ids, strict=True):
             out[out_start[w] : out_start[w] + len(ids)] = ids
         return out, counts
+
+    def merge_array(self, ids: np.ndarray) -> np.ndarray:
+        """`merge_ids` of an int64 array (modified), as an array: no Python int per id of a huge pre-token."""
+        kernel = _numba_kernel() if ids.size >= NUMBA_MIN else None
+        if kernel is not None:
+            return kernel(ids, self.pair_map.slots, self.pair_map.bits, self.shift)
+        return np.array(self.merge_ids(ids), dtype=np.int64)
 
     def pair_values_of(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Vectorized `_pair_table.get((left << shift) | right, inf)`."""

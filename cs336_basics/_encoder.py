@@ -29,7 +29,7 @@ from itertools import chain, filterfalse
 
 import numpy as np
 
-from cs336_basics._bpe_encode import Merges
+from cs336_basics._bpe_encode import HEAP_MIN, Merges
 from cs336_basics._piece_table import PieceTable, PieceWords, WhitespaceMask, cached_ids, ragged_arange
 from cs336_basics.pretokenize import (
     GPT2_ASCII_RE,
@@ -217,13 +217,13 @@ class Encoder:
     def _bpe_pieces(self, pw: PieceWords, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, counts): BPE of the pre-tokens `which` of `pw` (read from its bytes), in that order."""
         data = np.frombuffer(pw.raw, dtype=np.uint8)[ragged_arange(pw.starts[which], pw.lengths[which])]
-        missing = self.merges.byte_ids_np[data] < 0
+        missing = self.merges.byte_missing[data]
         if missing.any():  # the error names the pre-token and the byte
             at = int(np.flatnonzero(missing)[0])
             word = int(np.searchsorted(np.cumsum(pw.lengths[which]), at, side="right"))
             start = int(pw.starts[which[word]])
             self.merges.bpe(pw.raw[start : start + int(pw.lengths[which[word]])].decode("utf-8"))  # raises
-        if which.size < _BATCH_BPE_MIN:
+        if which.size < _BATCH_BPE_MIN and pw.lengths[which].max() < HEAP_MIN:  # (long ones: arrays, below)
             spans = zip(pw.starts[which].tolist(), pw.lengths[which].tolist(), strict=True)
             results = [self.merges.bpe_from_bytes(pw.raw[a : a + m]) for a, m in spans]
             counts = np.fromiter(map(len, results), dtype=np.int64, count=len(results))
