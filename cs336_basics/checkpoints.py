@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .layers import ModelConfig
+from .model import ModelConfig
 from .serialization import read_checkpoint
 
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d{6,})\.pt$")

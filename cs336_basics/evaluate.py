@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from .layers import TransformerLM
+from .model import TransformerLM
 from .nn_utils import cross_entropy
 
 

@@ -12,7 +12,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .checkpoints import resolve_checkpoint
-from .layers import ModelConfig, TransformerLM, softmax
+from .layers import softmax
+from .model import ModelConfig, TransformerLM
 from .serialization import clean_state_dict, read_checkpoint
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .layers import ModelConfig
+from .model import ModelConfig
 from .tokenizer_files import decode_token, encode_token
 
 HF_EXTRA = "pip install 'cs336-basics[hf]' (or, in a checkout: uv sync --extra hf)"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .hf import EOS_TOKEN, llama_config, require_safetensors, to_hf_state_dict, tokenizer_json, write_dir_atomically
-from .layers import ModelConfig
+from .model import ModelConfig
 from .serialization import clean_state_dict, read_checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -24,7 +24,7 @@ from .hf import (
     write_dir_atomically,
 )
 from .hf_export import TOKENIZER_SUBDIR
-from .layers import TransformerLM
+from .model import TransformerLM
 
 CHECKPOINT_NAME = "ckpt_000000.pt"  # an imported model is step 0 of its run directory
 

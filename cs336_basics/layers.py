@@ -1,16 +1,16 @@
-"""The Transformer language model, from scratch: only nn.Parameter, containers and plain tensor ops.
+"""The layers of the Transformer language model, from scratch: only nn.Parameter, containers and plain tensor ops.
 
-Design (CS336 Assignment 1 defaults; every switch lives in ModelConfig):
+Design (CS336 Assignment 1 defaults; the switches live in model.ModelConfig, which with TransformerBlock and
+TransformerLM is in model.py and stays importable from here):
 - decoder-only, pre-norm blocks `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`, then ln_final and lm_head;
 - RMSNorm computed in float32 (at least) and cast back; no biases anywhere;
-- rotary position embeddings on Q and K (pairs (x[2k], x[2k+1])), shared by every layer;
+- rotary position embeddings on Q and K (pairs (x[2k], x[2k+1])), shared by every layer; absolute sinusoidal or
+  learned positions for the ablations;
 - SwiGLU feed-forward `w2(silu(w1 x) * w3 x)`;
-- untied input/output embeddings unless `tie_embeddings`.
-Switches for ablations, all off by default: norm placement `pre | post | none`, positions
-`rope | sinusoidal | learned | none` (absolute ones are added to the token embeddings),
-feed-forward `swiglu | silu`, tied embeddings, the opt-in fused attention kernel (`attention_backend="sdpa"`), and
-opt-in Triton kernels for attention, RMSNorm and RoPE on CUDA (`kernels="triton"`, cs336_basics/_triton.py), each
-parity-tested against the plain code here, which stays the default.
+- attention is `reference_attention` below: softmax(QKᵀ/√d, masked) V. Fast paths beside it, each parity-tested
+  against it and the plain code here, which stays the default: the hand-written backward and blocked causal CPU
+  path (_attention.py), the opt-in fused kernel (`attention_backend="sdpa"`), and opt-in Triton kernels for
+  attention, RMSNorm and RoPE on CUDA (`kernels="triton"`, _triton.py).
 
 All weight matrices are stored (d_out, d_in) and applied as `y = x @ W.T`.
 
@@ -18,7 +18,6 @@ Shape letters: B batch, T sequence, H heads, D head dim (d_k), V vocabulary, "..
 """
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
 import torch
@@ -293,7 +292,6 @@ def _fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 AttentionBackend = Literal["scratch", "sdpa"]
 KernelKind = Literal["torch", "triton"]
-KERNEL_KINDS = ("torch", "triton")
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -388,207 +386,6 @@ class MultiHeadSelfAttention(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Blocks and the language model
-
-NormPlacement = Literal["pre", "post", "none"]
-PositionKind = Literal["rope", "sinusoidal", "learned", "none"]
-FeedForwardKind = Literal["swiglu", "silu"]
-
-
-class TransformerBlock(nn.Module):
-    """One Transformer block. pre: x + attn(ln1(x)), then + ffn(ln2(.)); post: ln1(x + attn(x)), then ln2(. + ffn(.));
-    none: no norms at all."""
-
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        max_seq_len: int | None = None,
-        theta: float | None = None,
-        rope: RotaryPositionalEmbedding | None = None,
-        norm: NormPlacement = "pre",
-        ffn: FeedForwardKind = "swiglu",
-        attention_backend: AttentionBackend = "scratch",
-        norm_eps: float = 1e-5,
-        device=None,
-        dtype=None,
-        kernels: "KernelKind" = "torch",
-    ):
-        super().__init__()
-        if norm not in ("pre", "post", "none"):
-            raise ValueError(f"norm={norm!r} must be 'pre', 'post' or 'none'")
-        if ffn not in ("swiglu", "silu"):
-            raise ValueError(f"ffn={ffn!r} must be 'swiglu' or 'silu'")
-        self.norm = norm
-        kw = dict(device=device, dtype=dtype)
-        self.attn = MultiHeadSelfAttention(
-            d_model, num_heads, max_seq_len, theta, rope, attention_backend, **kw, kernels=kernels
-        )
-        self.ffn = (SwiGLU if ffn == "swiglu" else SiLUFeedForward)(d_model, d_ff, **kw)
-        if norm != "none":
-            self.ln1 = RMSNorm(d_model, eps=norm_eps, **kw, kernels=kernels)
-            self.ln2 = RMSNorm(d_model, eps=norm_eps, **kw, kernels=kernels)
-
-    def forward(
-        self,
-        x: Float[Tensor, " batch seq d_model"],
-        token_positions: Int[Tensor, " batch seq"] | None = None,
-        kv_cache: "LayerKVCache | None" = None,
-    ) -> Float[Tensor, " batch seq d_model"]:
-        if self.norm == "pre":
-            x = x + self.attn(self.ln1(x), token_positions, kv_cache)
-            return x + self.ffn(self.ln2(x))
-        if self.norm == "post":
-            x = self.ln1(x + self.attn(x, token_positions, kv_cache))
-            return self.ln2(x + self.ffn(x))
-        x = x + self.attn(x, token_positions, kv_cache)
-        return x + self.ffn(x)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    """Everything that defines a TransformerLM; saved with every checkpoint (see `asdict`)."""
-
-    vocab_size: int
-    context_length: int
-    d_model: int
-    num_layers: int
-    num_heads: int
-    d_ff: int | None = None  # None: 8/3·d_model rounded up to a multiple of 64 (swiglu), 4·d_model (silu)
-    rope_theta: float = 10_000.0
-    norm: NormPlacement = "pre"
-    positions: PositionKind = "rope"
-    ffn: FeedForwardKind = "swiglu"
-    tie_embeddings: bool = False
-    attention_backend: AttentionBackend = "scratch"  # "sdpa": opt-in fused kernel, parity-tested with "scratch"
-    norm_eps: float = 1e-5
-    kernels: KernelKind = "torch"  # "triton": opt-in fused kernels (cs336_basics/_triton.py) on CUDA
-
-    def __post_init__(self):
-        _check_positive(
-            vocab_size=self.vocab_size,
-            context_length=self.context_length,
-            d_model=self.d_model,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-        )
-        if self.d_model % self.num_heads != 0:
-            raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
-        if self.d_ff is not None:
-            _check_positive(d_ff=self.d_ff)
-        for name, allowed in (
-            ("norm", get_args(NormPlacement)),
-            ("positions", get_args(PositionKind)),
-            ("ffn", get_args(FeedForwardKind)),
-            ("attention_backend", get_args(AttentionBackend)),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be one of {allowed}")
-        _check_kernels(self.kernels, self.attention_backend)
-        if self.positions == "rope" and (self.d_model // self.num_heads) % 2 != 0:
-            raise ValueError(
-                f"RoPE needs an even head dim, but d_model={self.d_model} / num_heads={self.num_heads} is odd"
-            )
-
-    @property
-    def resolved_d_ff(self) -> int:
-        if self.d_ff is not None:
-            return self.d_ff
-        if self.ffn == "silu":
-            return 4 * self.d_model
-        return 64 * math.ceil(8 * self.d_model / 3 / 64)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class TransformerLM(nn.Module):
-    """Token ids (B, T) -> unnormalized next-token logits (B, T, V).
-
-    >>> model = TransformerLM(ModelConfig(vocab_size=100, context_length=16, d_model=32, num_layers=2, num_heads=4))
-    >>> model(torch.zeros(2, 16, dtype=torch.long)).shape
-    torch.Size([2, 16, 100])
-    """
-
-    def __init__(self, config: ModelConfig, device=None, dtype=None):
-        super().__init__()
-        self.config = config
-        kw = dict(device=device, dtype=dtype)
-        self.token_embeddings = Embedding(config.vocab_size, config.d_model, **kw)
-        self.position_embeddings = (
-            AbsolutePositionalEmbedding(config.positions, config.context_length, config.d_model, **kw)
-            if config.positions in ("sinusoidal", "learned")
-            else None
-        )
-        d_k = config.d_model // config.num_heads
-        rope = (
-            RotaryPositionalEmbedding(config.rope_theta, d_k, config.context_length, device=device)
-            if config.positions == "rope"
-            else None
-        )
-        self.layers = nn.ModuleList(
-            TransformerBlock(
-                config.d_model,
-                config.num_heads,
-                config.resolved_d_ff,
-                rope=rope,  # one cos/sin table shared by every layer
-                norm=config.norm,
-                ffn=config.ffn,
-                attention_backend=config.attention_backend,
-                norm_eps=config.norm_eps,
-                kernels=config.kernels,
-                **kw,
-            )
-            for _ in range(config.num_layers)
-        )
-        if config.norm != "none":
-            self.ln_final = RMSNorm(config.d_model, eps=config.norm_eps, **kw, kernels=config.kernels)
-        self.lm_head = Linear(config.d_model, config.vocab_size, **kw)
-        if config.tie_embeddings:
-            # One matrix serves as both. It keeps lm_head's init (std sqrt(2/(V+d))): the embedding's std 1 would
-            # make the initial logits ~sqrt(d_model) large.
-            self.token_embeddings.weight = self.lm_head.weight
-
-    def forward(
-        self,
-        in_indices: Int[Tensor, " batch seq"],
-        token_positions: Int[Tensor, " batch seq"] | None = None,
-        kv_cache: "KVCache | None" = None,
-    ) -> Float[Tensor, " batch seq vocab_size"]:
-        """With `kv_cache` (see `new_kv_cache`), `in_indices` are the tokens after the cached ones: only they are
-        computed, at positions cache.length .., and the cache grows by seq."""
-        seq_len = in_indices.shape[-1]
-        past = 0 if kv_cache is None else kv_cache.length
-        if past + seq_len > self.config.context_length:
-            raise ValueError(
-                f"sequence length {past + seq_len} (cached {past} + new {seq_len}) exceeds "
-                f"context_length={self.config.context_length}; "
-                "truncate the input or build the model with a longer context"
-            )
-        x = self.token_embeddings(in_indices)
-        if self.position_embeddings is not None:
-            positions = torch.arange(past, past + seq_len, device=in_indices.device)
-            x = x + self.position_embeddings(positions if token_positions is None else token_positions)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, token_positions, None if kv_cache is None else kv_cache.layers[i])
-        if self.config.norm != "none":
-            x = self.ln_final(x)
-        return self.lm_head(x)
-
-    def new_kv_cache(self) -> "KVCache":
-        """An empty key/value cache for incremental decoding with `forward(..., kv_cache=cache)`."""
-        return KVCache(self.config.num_layers, self.config.context_length)
-
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """Parameter count (a tied matrix counted once); optionally without the input embedding table."""
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings and not self.config.tie_embeddings:
-            n -= self.token_embeddings.weight.numel()
-        return n
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Validation helpers
 
 
@@ -600,8 +397,8 @@ def _check_positive(**values: int) -> None:
 
 def _check_kernels(kernels: str, attention_backend: str = "scratch") -> None:
     """kernels: "torch" (the plain code, the default) or "triton" (the fused kernels, which need Triton)."""
-    if kernels not in KERNEL_KINDS:
-        raise ValueError(f"kernels={kernels!r} must be one of {KERNEL_KINDS}")
+    if kernels not in get_args(KernelKind):
+        raise ValueError(f"kernels={kernels!r} must be one of {get_args(KernelKind)}")
     if kernels == "triton":
         _triton.check_available()
         if attention_backend != "scratch":
@@ -628,3 +425,12 @@ def _check_token_ids(ids: Tensor, upper: int, what: str = "token ids") -> None:
     if lo < 0 or hi >= upper:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{what} must be in [0, {upper}), found {bad}")
+
+
+def __getattr__(name: str):
+    # The model itself lives in model.py (which imports this module); these names stay importable from here.
+    if name in ("ModelConfig", "TransformerBlock", "TransformerLM", "NormPlacement", "PositionKind", "FeedForwardKind"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

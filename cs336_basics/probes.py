@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .files import atomic_write_text
 from .generation import generate
-from .layers import ModelConfig, NormPlacement, TransformerLM
+from .model import ModelConfig, NormPlacement, TransformerLM
 from .nn_utils import gradient_clipping
 from .optimizer import AdamW, get_lr_cosine_schedule
 from .probe_tasks import (

@@ -207,7 +207,7 @@ def _check_settings(out: Path, text_path, steps: int, device: str, temperature: 
     num_heads, d_ff)."""
     from .data import resolve_device
     from .generation import _check_sampling_args
-    from .layers import ModelConfig
+    from .model import ModelConfig
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"out={str(out)!r} exists and is not empty; choose a new --out or delete it")

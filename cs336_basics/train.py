@@ -39,7 +39,7 @@ from torch import nn
 from . import checkpoints
 from .checkpoints import list_checkpoints
 from .data import check_token_file, load_tokens, read_windows, resolve_device, sample_starts
-from .layers import TransformerLM
+from .model import TransformerLM
 from .model_info import peak_flops, training_flops_per_token
 from .nn_utils import cross_entropy, gradient_clipping
 from .optimizer import AdamW, get_lr_cosine_schedule

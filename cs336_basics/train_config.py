@@ -19,7 +19,8 @@ from typing import Any, Literal, get_args
 
 from .checkpoints import model_config_of, resolve_checkpoint
 from .data import check_token_file, resolve_device
-from .layers import AttentionBackend, FeedForwardKind, KernelKind, ModelConfig, NormPlacement, PositionKind
+from .layers import AttentionBackend, KernelKind
+from .model import FeedForwardKind, ModelConfig, NormPlacement, PositionKind
 from .model_info import MODEL_DEFAULTS, model_config_from
 
 DType = Literal["auto", "float32", "bfloat16"]

@@ -14,7 +14,7 @@ from torch import Tensor
 from cs336_basics import layers
 from cs336_basics.bpe import train_bpe
 from cs336_basics.data import get_batch
-from cs336_basics.layers import ModelConfig, TransformerLM
+from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.nn_utils import cross_entropy, gradient_clipping
 from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule
 from cs336_basics.serialization import load_checkpoint, save_checkpoint

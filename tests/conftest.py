@@ -14,8 +14,10 @@ from jaxtyping import install_import_hook
 if os.environ.get("CS336_JAXTYPING", "1") != "0":
     import tests._shape_checks  # noqa: F401 - the hook refers to it by its dotted name
 
-    with install_import_hook(["cs336_basics.layers", "cs336_basics.nn_utils"], "tests._shape_checks.array_typechecker"):
+    hooked = ["cs336_basics.layers", "cs336_basics.model", "cs336_basics.nn_utils"]
+    with install_import_hook(hooked, "tests._shape_checks.array_typechecker"):
         import cs336_basics.layers  # noqa: F401
+        import cs336_basics.model  # noqa: F401
         import cs336_basics.nn_utils  # noqa: F401
 
 SNAPSHOT_DIR = Path(__file__).parent / "_snapshots"

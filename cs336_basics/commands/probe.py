@@ -36,7 +36,7 @@ FIELD_HELP: dict[str, str] = {
 
 
 def add_parser(subparsers) -> None:
-    from ..layers import FeedForwardKind, NormPlacement, PositionKind
+    from ..model import FeedForwardKind, NormPlacement, PositionKind
     from ..probes import ADD_DEFAULTS, TASKS, ProbeConfig
 
     d = ProbeConfig()
