@@ -16,15 +16,13 @@ from cs336_basics.compare import TABLE_COLUMNS, collect_runs, compare, summarize
 from cs336_basics.sweep import parse_axes, run_sweep
 from cs336_basics.train import TrainConfig, train
 
+from ._tiny_run import TINY_RUN, toy_ids, write_tokens
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def write_tokens(path: Path, n: int, seed: int) -> str:
-    rng = np.random.default_rng(seed)
-    ids = (np.arange(n) * 7 % 37 + rng.integers(0, 3, n)).astype(np.uint16)
-    ids.tofile(path)
-    path.with_name(path.name + ".json").write_text(json.dumps({"dtype": "uint16", "num_tokens": n}))
-    return str(path)
+def write_toy_tokens(path: Path, n: int, seed: int) -> str:
+    return str(write_tokens(path, toy_ids(n, np.random.default_rng(seed))))
 
 
 @pytest.fixture(scope="module")
@@ -32,24 +30,13 @@ def runs(tmp_path_factory) -> dict:
     """A sweep over lr (one diverging) and a standalone run with a different width: three tiny runs (~1 s)."""
     root = tmp_path_factory.mktemp("compare")
     base = dict(
-        train=write_tokens(root / "train.bin", 6000, 0),
-        val=write_tokens(root / "val.bin", 1500, 1),
-        vocab_size=40,
-        context_length=16,
-        d_model=32,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        batch_size=4,
-        steps=12,
-        lr=3e-3,
-        warmup_steps=3,
+        TINY_RUN,
+        train=write_toy_tokens(root / "train.bin", 6000, 0),
+        val=write_toy_tokens(root / "val.bin", 1500, 1),
         eval_interval=4,
-        eval_batches=2,
         log_interval=2,
         checkpoint_interval=0,
         device="cpu",
-        plot=False,
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # (module-scoped: set up before the one_torch_thread fixture)

@@ -12,39 +12,23 @@ from cs336_basics import cli
 from cs336_basics.sweep import expand_points, parse_axes, point_config, read_status, run_point, run_sweep
 from cs336_basics.train import TrainConfig, train
 
+from ._tiny_run import TINY_RUN, toy_ids, write_tokens
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def write_tokens(path: Path, n: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    ids = (np.arange(n) * 7 % 37 + rng.integers(0, 3, n)).astype(np.uint16)
-    ids.tofile(path)
-    path.with_name(path.name + ".json").write_text(json.dumps({"dtype": "uint16", "num_tokens": n}))
-    return path
+def write_toy_tokens(path: Path, n: int, seed: int) -> Path:
+    return write_tokens(path, toy_ids(n, np.random.default_rng(seed)))
 
 
 @pytest.fixture
 def base(tmp_path) -> dict:
     """Settings of a tiny model on a learnable toy language (vocab 40): a run takes ~0.2 s."""
     return dict(
-        train=str(write_tokens(tmp_path / "train.bin", 6000, 0)),
-        val=str(write_tokens(tmp_path / "val.bin", 1500, 1)),
-        vocab_size=40,
-        context_length=16,
-        d_model=32,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        batch_size=4,
-        steps=12,
-        lr=3e-3,
-        warmup_steps=3,
-        eval_interval=6,
-        eval_batches=2,
-        log_interval=1,
-        checkpoint_interval=4,
+        TINY_RUN,
+        train=str(write_toy_tokens(tmp_path / "train.bin", 6000, 0)),
+        val=str(write_toy_tokens(tmp_path / "val.bin", 1500, 1)),
         device="cpu",
-        plot=False,
     )
 
 

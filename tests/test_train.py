@@ -22,6 +22,7 @@ from cs336_basics.nn_utils import cross_entropy
 from cs336_basics.optimizer import get_lr_cosine_schedule
 from cs336_basics.train import NonFiniteLossError, TrainConfig, list_checkpoints, measure_throughput, train
 
+from ._tiny_run import TINY_RUN, toy_ids, write_tokens
 from .conftest import project_fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,21 +33,13 @@ DEVICE = os.environ.get("CS336_TEST_DEVICE", "cpu")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def write_tokens(path: Path, ids, dtype="uint16") -> Path:
-    arr = np.asarray(ids, dtype=dtype)
-    arr.tofile(path)
-    path.with_name(path.name + ".json").write_text(json.dumps({"dtype": dtype, "num_tokens": int(arr.size)}))
-    return path
-
-
 @pytest.fixture
 def token_files(tmp_path):
     """A learnable toy language: mostly-periodic ids with a little noise (vocab 40)."""
     rng = np.random.default_rng(0)
 
     def make(name, n):
-        ids = (np.arange(n) * 7 % 37 + rng.integers(0, 3, n)).astype(np.uint16)
-        return write_tokens(tmp_path / f"{name}.bin", ids)
+        return write_tokens(tmp_path / f"{name}.bin", toy_ids(n, rng))
 
     return make("train", 6000), make("val", 1500)
 
@@ -54,26 +47,12 @@ def token_files(tmp_path):
 def tiny_config(tmp_path, token_files, **overrides) -> TrainConfig:
     train_path, val_path = token_files
     values = dict(
+        TINY_RUN,
         train=str(train_path),
         val=str(val_path),
         out=str(tmp_path / "run"),
-        vocab_size=40,
-        context_length=16,
-        d_model=32,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        batch_size=4,
-        steps=12,
-        lr=3e-3,
-        warmup_steps=3,
-        eval_interval=6,
-        eval_batches=2,
-        log_interval=1,
-        checkpoint_interval=4,
         device=DEVICE,
         deterministic=DEVICE != "cpu",
-        plot=False,
     )
     values.update(overrides)
     return TrainConfig(**values)
