@@ -290,16 +290,7 @@ def prepare(
         if src is not None:
             texts[split] = stages.fetch(src, progress) if isinstance(src, Remote) else src
     if "valid" not in texts:
-        whole = texts["train"]
-        texts = {"train": root / "train.txt", "valid": root / "valid.txt"}
-
-        def split_work() -> None:
-            cut = find_split(whole, valid_fraction, special_tokens)
-            _copy_range(whole, texts["train"], 0, cut)
-            _copy_range(whole, texts["valid"], cut, whole.stat().st_size)
-
-        params = {"input": fingerprint(whole), "valid_fraction": valid_fraction, "special_tokens": special_tokens}
-        stages.stage("split", params, [texts["train"], texts["valid"]], split_work)
+        texts = _split_stage(stages, texts["train"], valid_fraction, special_tokens)
 
     tokenizer_dir = root / "tokenizer"
     tokenizer_files = [tokenizer_dir / n for n in ("vocab.json", "merges.txt", "special_tokens.json")]
@@ -339,6 +330,20 @@ def prepare(
         "special_tokens": special_tokens,
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _split_stage(stages: "_Stages", whole: Path, valid_fraction: float, special_tokens: list[str]) -> dict[str, Path]:
+    """The "split" stage: hold out the last `valid_fraction` of `whole` (cut at a document boundary)."""
+    texts = {"train": stages.root / "train.txt", "valid": stages.root / "valid.txt"}
+
+    def split_work() -> None:
+        cut = find_split(whole, valid_fraction, special_tokens)
+        _copy_range(whole, texts["train"], 0, cut)
+        _copy_range(whole, texts["valid"], cut, whole.stat().st_size)
+
+    params = {"input": fingerprint(whole), "valid_fraction": valid_fraction, "special_tokens": special_tokens}
+    stages.stage("split", params, [texts["train"], texts["valid"]], split_work)
+    return texts
 
 
 def _resolve_inputs(source, valid, vocab_size, special_tokens, sha256):
