@@ -1,6 +1,6 @@
 """Tokenizer throughput against tiktoken and Hugging Face tokenizers, and the dataset CLI with 1 and 2 workers.
 
-    uv run python benchmarks/bench_tokenizer.py ../shared/data/english_mix_bench.txt
+    uv run python benchmarks/bench_tokenizer.py CORPUS      # any UTF-8 text file, e.g. 40 MB of English
     uv run python benchmarks/bench_tokenizer.py CORPUS --rounds 3 --hf-mb 4 --cli-scales 1 4
     python benchmarks/bench_tokenizer.py CORPUS --skip-encode --tokenizer DIR   # needs only numpy and regex
 

@@ -3,7 +3,7 @@
 #   1. a pure-Python loop: one copy alone, then two copies at once (each copy's seconds);
 #   2. the tokenize CLI with 1 worker on each half of CORPUS: one half after the other, then both at once.
 # If two copies of the loop each run slower than one alone, no 2-process job reaches 2x here.
-#   bash benchmarks/parallel_ceiling.sh ../shared/data/english_mix_bench.txt TOKENIZER_DIR
+#   bash benchmarks/parallel_ceiling.sh CORPUS TOKENIZER_DIR
 # Run from the repository root, with `python3` able to import cs336_basics (e.g. under `uv run`, or PYTHONPATH=.).
 set -euo pipefail
 corpus=$1 tok=$2

@@ -1,6 +1,6 @@
 """Where the time of one `cs336-basics tokenize` run goes: start-up, each worker's busy time, the tail.
 
-    uv run python benchmarks/tokenize_timeline.py ../shared/data/english_mix_bench.txt --tokenizer DIR --workers 2
+    uv run python benchmarks/tokenize_timeline.py CORPUS --tokenizer DIR --workers 2
     uv run python benchmarks/tokenize_timeline.py CORPUS --tokenizer DIR --workers 2 --pin 0 1   # parent, child CPUs
 
 Runs the tokenize command in this process with every range's encoding timed (seconds from this script's start,
