@@ -11,8 +11,9 @@ Three implementations, by length (n bytes):
 * `merge_list` (n < HEAP_MIN): a list of pair values, `min` and `index` in C. O(n^2), fastest for words.
 * `merge_heap` (up to NUMBA_MIN): a heap of (rank, position) over a linked list of parts; a popped entry whose
   pair has changed since it was pushed is skipped. O(n log n), in Python.
-* `_numba_merge` (from NUMBA_MIN): the same heap compiled with numba (`cache=True`; numba is imported only when
-  such a pre-token appears; without numba, `merge_heap` runs). ~50x faster than `merge_heap`.
+* the numba kernel (from NUMBA_MIN, or from NUMBA_LOADED_MIN once it is loaded): the same heap compiled with numba
+  (`cache=True`; numba is imported only when a pre-token of NUMBA_MIN bytes appears; without numba, `merge_heap`
+  runs). ~50x faster than `merge_heap`. `_kernel_for(n)` is the rule.
 """
 
 import heapq
@@ -24,15 +25,15 @@ from cs336_basics._piece_table import IntMap, ragged_arange
 HEAP_MIN = 200  # bytes from which the heap beats the list (the list's C-speed scans are O(n) per merge)
 BATCH_TAIL = 64  # words left in a numpy batch below which the rest finish one by one
 NUMBA_MIN = 100_000  # bytes from which importing numba and loading its compiled kernel (0.5-1 s) pays off
+NUMBA_LOADED_MIN = 1_000  # bytes from which the kernel, once loaded, beats merge_heap
 
 
 def merge(parts, pairs: dict[int, int], shift: int, table=None) -> tuple[int, ...]:
     """BPE of a pre-token's byte ids `parts` (a list or an int64 array; either may be modified in place).
     `table`: `pairs` as an `_piece_table.IntMap`, which the compiled kernel reads."""
-    if len(parts) >= NUMBA_MIN and table is not None:
-        kernel = _numba_kernel()
-        if kernel is not None:
-            return tuple(kernel(np.asarray(parts, dtype=np.int64), table.slots, table.bits, shift).tolist())
+    kernel = _kernel_for(len(parts)) if table is not None else None
+    if kernel is not None:
+        return tuple(kernel(np.asarray(parts, dtype=np.int64), table.slots, table.bits, shift).tolist())
     if isinstance(parts, np.ndarray):
         parts = parts.tolist()
     if len(parts) < HEAP_MIN:
@@ -98,6 +99,14 @@ def merge_heap(parts: list[int], pairs: dict[int, int], shift: int) -> tuple[int
 
 
 _KERNEL = []
+
+
+def _kernel_for(n: int):
+    """The compiled kernel if it should merge a pre-token of n bytes, else None: from NUMBA_MIN bytes (loading it
+    then), and from NUMBA_LOADED_MIN bytes once it is loaded (no load cost left to pay)."""
+    if n >= NUMBA_MIN or (n >= NUMBA_LOADED_MIN and _KERNEL and _KERNEL[0] is not None):
+        return _numba_kernel()
+    return None
 
 
 def _numba_kernel():
@@ -266,7 +275,7 @@ class Merges:
 
     def merge_array(self, ids: np.ndarray) -> np.ndarray:
         """`merge_ids` of an int64 array (modified), as an array: no Python int per id of a huge pre-token."""
-        kernel = _numba_kernel() if ids.size >= NUMBA_MIN else None
+        kernel = _kernel_for(ids.size)
         if kernel is not None:
             return kernel(ids, self.pair_map.slots, self.pair_map.bits, self.shift)
         return np.array(self.merge_ids(ids), dtype=np.int64)

@@ -105,6 +105,7 @@ def engine(request, monkeypatch):
     """Run the long-word path with the Python heap (numba off) or with the numba kernel from 1000 bytes on."""
     if request.param == "heap":
         monkeypatch.setattr(_bpe_encode, "NUMBA_MIN", 1 << 62)
+        monkeypatch.setattr(_bpe_encode, "NUMBA_LOADED_MIN", 1 << 62)
     else:
         monkeypatch.setattr(_bpe_encode, "NUMBA_MIN", 1000)
     return request.param
@@ -147,3 +148,17 @@ def test_long_words_among_many_new_words(engine):
     text = "".join(words)
     assert tok._engine.merges.bpe_batch(words) == [tok._engine.merges.bpe(w) for w in words]
     assert tok.encode_to_array(text).tolist() == oracle.encode(text)
+
+
+def test_kernel_takes_mid_length_pieces_only_once_loaded(monkeypatch):
+    """The compiled kernel merges pre-tokens of NUMBA_LOADED_MIN+ bytes once loaded, and is loaded only for one of
+    NUMBA_MIN+ bytes (a mid-length piece in a fresh process must not pay numba's import)."""
+    kernel = _bpe_encode._numba_kernel()
+    if kernel is None:
+        pytest.skip("numba is not installed")
+    assert _bpe_encode._kernel_for(5_000) is kernel
+    assert _bpe_encode._kernel_for(_bpe_encode.NUMBA_LOADED_MIN - 1) is None
+    monkeypatch.setattr(_bpe_encode, "_KERNEL", [])  # a fresh process: not loaded yet
+    assert _bpe_encode._kernel_for(5_000) is None
+    assert not _bpe_encode._KERNEL
+    assert _bpe_encode._kernel_for(_bpe_encode.NUMBA_MIN) is kernel
