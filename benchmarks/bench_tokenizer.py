@@ -150,7 +150,7 @@ def bench_cli(
             tok = Tokenizer.from_files(_gpt2_dir() / "encoder.json", _gpt2_dir() / "vocab.bpe")
             save_tokenizer(tok.vocab, tok.merges, tmp / "tok", special_tokens=[EOT])
             tok_dir = tmp / "tok"
-        # The tokenizer cache (see tokenize_dataset.load_tokenizer) in a directory of this run, filled by a first
+        # The tokenizer cache (see tokenizer_cache.load_tokenizer) in a directory of this run, filled by a first
         # run on a tiny input, as any earlier run on the machine would have filled it.
         (tmp / "tiny.txt").write_text("warm up", encoding="utf-8")
         _run_cli(tmp / "tiny.txt", tok_dir, tmp / "tiny.bin", 1, tmp / "cache")

@@ -41,7 +41,7 @@ def pytest_addoption(parser):
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache_dir(tmp_path_factory):
-    """The tokenizer cache (`tokenize_dataset.load_tokenizer`) goes to a temporary directory, not ~/.cache."""
+    """The tokenizer cache (`tokenizer_cache.load_tokenizer`) goes to a temporary directory, not ~/.cache."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CS336_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         yield

