@@ -47,7 +47,8 @@ def _child(args) -> None:
     """Measure one setting (runs in a subprocess); prints one JSON line."""
     import torch
 
-    from cs336_basics.train import TrainConfig, measure_throughput
+    from cs336_basics.throughput import measure_throughput
+    from cs336_basics.train import TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
