@@ -1,6 +1,6 @@
 """BPE of one pre-token, fast at every length: the merge step of the tokenizer's encoding engine.
 
-Contract: `merge(parts, pairs, shift)` returns the ids left after BPE of `parts` (the ids of a pre-token's single
+Contract: `merge(parts, pairs, shift, table)` returns the ids left after BPE of `parts` (the ids of a pre-token's single
 bytes): while some adjacent pair has a merge, merge the pair with the lowest rank, the leftmost one on ties,
 exactly as GPT-2 and tiktoken do. `pairs` maps (a << shift | b) to (rank << shift | merged id). It is checked
 against the plain reference `tokenizer_reference.bpe_merge` (tests/test_bpe_encode.py: Hypothesis, GPT-2's and a
@@ -28,10 +28,10 @@ NUMBA_MIN = 100_000  # bytes from which importing numba and loading its compiled
 NUMBA_LOADED_MIN = 1_000  # bytes from which the kernel, once loaded, beats merge_heap
 
 
-def merge(parts, pairs: dict[int, int], shift: int, table=None) -> tuple[int, ...]:
+def merge(parts, pairs: dict[int, int], shift: int, table) -> tuple[int, ...]:
     """BPE of a pre-token's byte ids `parts` (a list or an int64 array; either may be modified in place).
     `table`: `pairs` as an `_piece_table.IntMap`, which the compiled kernel reads."""
-    kernel = _kernel_for(len(parts)) if table is not None else None
+    kernel = _kernel_for(len(parts))
     if kernel is not None:
         return tuple(kernel(np.asarray(parts, dtype=np.int64), table.slots, table.bits, shift).tolist())
     if isinstance(parts, np.ndarray):

@@ -12,7 +12,8 @@ Memory: about 28 bytes per byte of the pre-token (ids 8, links 8, heap 12).
 import numpy as np
 from numba import njit
 
-_K1 = np.uint64(0x9E3779B97F4A7C15)  # IntMap's Fibonacci hashing constant
+from cs336_basics._piece_table import _K1  # IntMap's Fibonacci hashing constant: the kernel must hash as IntMap does
+
 _LOW32 = (1 << 32) - 1
 
 

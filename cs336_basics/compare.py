@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_bytes, atomic_write_text
+from .run_files import read_log
+from .sweep import SWEEP_FILE, read_status
 
 X_AXES = {"steps": ("step", "step"), "tokens": ("tokens", "tokens"), "time": ("wall_clock_s", "wall-clock (s)")}
 TABLE_COLUMNS = (
@@ -64,7 +66,7 @@ def _expand(path: Path) -> list[Path]:
         raise FileNotFoundError(f"run directory {str(path)!r} does not exist")
     if _is_run_dir(path):
         return [path]
-    sweep_file = path / "sweep.json"
+    sweep_file = path / SWEEP_FILE
     if sweep_file.is_file():
         names = [p["name"] for p in json.loads(sweep_file.read_text()).get("points", [])]
         return [path / n for n in names if _is_run_dir(path / n)]
@@ -77,13 +79,13 @@ def _expand(path: Path) -> list[Path]:
 def read_run(path: str | os.PathLike, name: str | None = None) -> RunData:
     """The settings, log records and status of one run directory."""
     path = Path(path)
-    records = [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines() if line.strip()]
+    records = read_log(path / "log.jsonl")
     config_path = path / "config.json"
     settings = json.loads(config_path.read_text()).get("train_config", {}) if config_path.is_file() else {}
     status = "incomplete"
-    sweep_status, summary = path / "sweep_status.json", path / "summary.json"
-    if sweep_status.is_file():
-        status = json.loads(sweep_status.read_text())["status"]
+    summary = path / "summary.json"
+    if (recorded := read_status(path)) is not None:
+        status = recorded["status"]
     elif any(not math.isfinite(r.get(k, 0.0)) for r in records for k in ("train_loss", "val_loss")):
         status = "diverged"
     elif summary.is_file() and not json.loads(summary.read_text()).get("stopped_early"):

@@ -67,7 +67,8 @@ def load_hf_tokenizer(hf_dir: str | os.PathLike):
             "tokenizer.json (transformers' save_pretrained of a fast tokenizer writes one)"
         )
     vocab, merges, special_tokens = tokenizer_from_json(read_json(path, "tokenizer"), str(path))
-    missing = [b for b in range(256) if bytes([b]) not in set(vocab.values())]
+    tokens = set(vocab.values())
+    missing = [b for b in range(256) if bytes([b]) not in tokens]
     if missing:
         raise ValueError(f"{path}: single-byte tokens {missing[:8]} are missing; byte-level BPE needs all 256")
     return vocab, merges, special_tokens

@@ -14,7 +14,7 @@ PIECE_RE                      stdlib `re` that cuts text into *pieces*: a whites
                               and a final whitespace run. Pieces pre-tokenize independently (see `last_safe_cut`).
 SpecialTokens(tokens)         the special-token splitter: `.split(text)` -> [text, special, text, ...], longest
                               first; `.regex` / `.bytes_regex` (the same alternation on str / UTF-8 bytes);
-                              `.max_len` (chars), `.max_bytes`.
+                              `.max_len` (chars).
 straddles(buf, pos, tokens)   does an occurrence of some token start before `pos` and end after it (str or bytes)?
 first_safe_cut(window, lo, specials_b)
                               bytes: the first cut >= lo that splits encoding exactly, judged from the window alone.
@@ -99,7 +99,6 @@ class SpecialTokens:
         self.longest_first = sorted(self.tokens, key=len, reverse=True)
         self.encoded = [t.encode("utf-8") for t in self.tokens]
         self.max_len = max(map(len, self.tokens), default=0)
-        self.max_bytes = max(map(len, self.encoded), default=0)
         alternation = "|".join(map(re.escape, self.longest_first))
         self.regex = re.compile(f"({alternation})") if self.tokens else None
         by_bytes = sorted(self.encoded, key=len, reverse=True)  # (longest in chars is longest in bytes too)
