@@ -210,14 +210,15 @@ class AbsolutePositionalEmbedding(nn.Module):
 
     def forward(self, token_positions: Int[Tensor, " ... seq"]) -> Float[Tensor, " ... seq d_model"]:
         table = self.table if self.kind == "sinusoidal" else self.weight
-        if token_positions.numel() and not torch.compiler.is_compiling():
-            lo, hi = int(token_positions.min()), int(token_positions.max())
-            if lo < 0 or hi >= self.max_seq_len:
-                raise ValueError(
-                    f"position {lo if lo < 0 else hi} is outside the {self.kind} position table of "
-                    f"max_seq_len={self.max_seq_len} positions (the context length); truncate the input or use a "
-                    "longer context_length"
-                )
+        _check_token_ids(
+            token_positions,
+            self.max_seq_len,
+            f"{self.kind} positions",
+            describe=lambda bad: (
+                f"position {bad} is outside the {self.kind} position table of max_seq_len={self.max_seq_len} "
+                "positions (the context length); truncate the input or use a longer context_length"
+            ),
+        )
         return table[token_positions]
 
     def extra_repr(self) -> str:
@@ -407,12 +408,13 @@ def _check_kernels(kernels: str, attention_backend: str = "scratch") -> None:
             )
 
 
-def _check_token_ids(ids: Tensor, upper: int, what: str = "token ids") -> None:
+def _check_token_ids(ids: Tensor, upper: int, what: str = "token ids", describe=None) -> None:
     """Check every id is in [0, upper) without stalling an accelerator.
 
     On the CPU: ValueError naming the bad id. Elsewhere reading the answer back would be a device-to-host sync on
     every call, so the check is queued on the device (`torch._assert_async`): a bad id fails the next sync with a
-    RuntimeError carrying the same rule. Skipped while compiling (it would need a graph break).
+    RuntimeError carrying the same rule. Skipped while compiling (it would need a graph break). `describe(bad)`,
+    if given, words the CPU error.
     """
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"{what} must be an integer tensor, got dtype {ids.dtype}")
@@ -424,7 +426,7 @@ def _check_token_ids(ids: Tensor, upper: int, what: str = "token ids") -> None:
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= upper:
         bad = lo if lo < 0 else hi
-        raise ValueError(f"{what} must be in [0, {upper}), found {bad}")
+        raise ValueError(describe(bad) if describe else f"{what} must be in [0, {upper}), found {bad}")
 
 
 def __getattr__(name: str):

@@ -211,8 +211,11 @@ class TransformerLM(nn.Module):
             )
         x = self.token_embeddings(in_indices)
         if self.position_embeddings is not None:
-            positions = torch.arange(past, past + seq_len, device=in_indices.device)
-            x = x + self.position_embeddings(positions if token_positions is None else token_positions)
+            if token_positions is None:
+                positions = torch.arange(past, past + seq_len, device=in_indices.device)
+            else:
+                positions = token_positions
+            x = x + self.position_embeddings(positions)
         for i, layer in enumerate(self.layers):
             x = layer(x, token_positions, None if kv_cache is None else kv_cache.layers[i])
         if self.config.norm != "none":
