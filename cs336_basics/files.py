@@ -4,6 +4,7 @@ A crash mid-write leaves the previous file (or none) in place, never a truncated
 tokenizer and BPE modules can use it cheaply.
 """
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -29,6 +30,11 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """`atomic_write_bytes` for UTF-8 text: JSON sidecars, tokenizer files, run metadata."""
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    """`obj` as indented JSON (a trailing newline), atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .download import CHUNK, COMPRESSED_SUFFIXES, DownloadError, decompress, download
-from .files import atomic_write_bytes, atomic_write_text
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 MANIFEST = "manifest.json"
 FINGERPRINT_BYTES = 1 << 20  # a fingerprint reads the first and last MiB of a file (see `fingerprint`)
@@ -121,7 +121,7 @@ class Manifest:
 
     def record(self, name: str, params: dict, outputs: list[Path]) -> None:
         self.stages[name] = {"params": params, "outputs": _describe(outputs, self.root)}
-        atomic_write_text(self.path, json.dumps({"stages": self.stages}, indent=2) + "\n")
+        atomic_write_json(self.path, {"stages": self.stages})
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ the package's own pieces: `TransformerLM`, `cross_entropy(..., ignore_index)`, `
 Shape letters: N sequences, B batch, T sequence, V vocabulary.
 """
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -23,7 +22,7 @@ from typing import get_args
 import torch
 from torch import Tensor
 
-from .files import atomic_write_text
+from .files import atomic_write_json
 from .generation import generate
 from .model import ModelConfig, NormPlacement, TransformerLM
 from .nn_utils import gradient_clipping
@@ -311,7 +310,7 @@ def write_json_atomic(path: str | Path, payload) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"--json {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    atomic_write_json(path, payload)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -13,12 +13,11 @@ The built-in corpus is generated procedurally (seeded, so always the same): shor
 the style of TinyStories, written for this package from templates and word lists.
 """
 
-import json
 import random
 import time
 from pathlib import Path
 
-from .files import atomic_write_text
+from .files import atomic_write_json
 
 EOT = "<|endoftext|>"
 
@@ -198,7 +197,7 @@ def run_quickstart(
         "sample": sample,
         "timings": timings,
     }
-    atomic_write_text(out / "quickstart.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / "quickstart.json", result)
     return result
 
 

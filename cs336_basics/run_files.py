@@ -11,13 +11,10 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, atomic_write_json
 
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+write_json = atomic_write_json  # (the name the trainer's modules use)
 
 
 def read_log(path: str | os.PathLike) -> list[dict]:

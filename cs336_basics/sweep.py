@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_text
+from .files import atomic_write_json
 
 STATUS_FILE = "sweep_status.json"
 SWEEP_FILE = "sweep.json"
@@ -164,7 +164,7 @@ def read_status(run_dir: str | os.PathLike) -> dict | None:
 
 def _write_status(run_dir: Path, status: str, **extra) -> dict:
     record = {"status": status, **extra}
-    atomic_write_text(run_dir / STATUS_FILE, json.dumps(record, indent=2) + "\n")
+    atomic_write_json(run_dir / STATUS_FILE, record)
     return record
 
 
@@ -210,7 +210,7 @@ def _prepare_sweep_dir(sweep_dir: Path, base: dict, grid, ablations, points: lis
         "ablations": [[k, v] for k, v in ablations],
         "points": list(known_points.values()),
     }
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_json(path, record)
 
 
 def run_sweep(
