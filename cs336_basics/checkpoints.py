@@ -53,10 +53,11 @@ def resolve_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Pat
 
 def model_config_of(path: str | os.PathLike, what: str = "checkpoint") -> ModelConfig:
     """The ModelConfig saved in a checkpoint (a file, or a run directory's newest); ValueError when it has none."""
-    return _saved_model_config(read_checkpoint(resolve_checkpoint(path, what)), path, what)
+    return saved_model_config(read_checkpoint(resolve_checkpoint(path, what)), path, what)
 
 
-def _saved_model_config(payload: dict, path, what: str) -> ModelConfig:
+def saved_model_config(payload: dict, path, what: str) -> ModelConfig:
+    """The ModelConfig in a checkpoint's already-read `payload`; ValueError when it has none."""
     saved = payload.get("config")
     if saved is None:
         raise ValueError(f"{what}: checkpoint {str(path)!r} has no model config (it was not written by the trainer)")
@@ -110,6 +111,7 @@ __all__ = [
     "list_checkpoints",
     "resolve_checkpoint",
     "model_config_of",
+    "saved_model_config",
     "check_same_model",
     "prune_checkpoints",
     "remove_stale_temps",

@@ -187,7 +187,7 @@ class _Run:
     def restore(self, path: Path) -> None:
         """Continue from checkpoint `path`: weights, optimizer, counters and RNG streams."""
         payload = read_checkpoint(path)
-        saved = checkpoints.model_config_of(path, what="resume")
+        saved = checkpoints.saved_model_config(payload, path, what="resume")
         checkpoints.check_same_model(saved, self.model_config, what=f"--resume from {path}")
         self.model.load_state_dict(clean_state_dict(payload["model"]))
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -199,9 +199,10 @@ class _Run:
     def load_weights_from(self, path: Path) -> None:
         """Start from checkpoint `path`'s weights (its model config must equal ours, but for how it computes);
         the optimizer, the counters and the RNG streams stay fresh."""
-        saved = checkpoints.model_config_of(path, what="init_from")
+        payload = read_checkpoint(path)
+        saved = checkpoints.saved_model_config(payload, path, what="init_from")
         checkpoints.check_same_model(saved, self.model_config, f"init_from={str(path)!r}", COMPUTE_ONLY_FIELDS)
-        self.model.load_state_dict(clean_state_dict(read_checkpoint(path)["model"]))
+        self.model.load_state_dict(clean_state_dict(payload["model"]))
 
     # ---- steps
 
