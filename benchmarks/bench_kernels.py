@@ -20,12 +20,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812 - the built-in peers
 
-from cs336_basics import _triton, layers
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import BuiltinRoPE, synchronize  # noqa: E402 - the peers, shared with the throughput benchmark
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from cs336_basics import _triton, layers  # noqa: E402
 
 
 def _time_ms(fn, inputs: list[torch.Tensor], backward: bool, warmup: int, reps: int) -> float:
@@ -34,14 +32,14 @@ def _time_ms(fn, inputs: list[torch.Tensor], backward: bool, warmup: int, reps: 
     grad = None
     times = []
     for i in range(warmup + reps):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         out = fn(*leaves)
         if backward:
             outs = list(out) if isinstance(out, tuple) else [out]
             grad = [torch.ones_like(o) for o in outs] if grad is None else grad
             torch.autograd.backward(outs, grad)
-        _sync(device)
+        synchronize(device)
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
         for t in leaves:
@@ -56,14 +54,7 @@ def _cases(b: int, h: int, t: int, d: int, device: torch.device) -> dict:
     x = torch.randn(b, t, h * d, device=device)  # the residual stream is float32 under autocast
     w = torch.ones(h * d, device=device)
     rope = layers.RotaryPositionalEmbedding(10_000.0, d, t, device=device)
-    cos32, sin32 = rope.cos.float(), rope.sin.float()
-
-    def rope_builtin(q, k):  # the peer of benchmarks/bench_model.py: fp32 tables, plain tensor ops
-        def rot(x):
-            e, o = x[..., 0::2].float(), x[..., 1::2].float()
-            return torch.stack((e * cos32 - o * sin32, e * sin32 + o * cos32), -1).flatten(-2).type_as(x)
-
-        return rot(q), rot(k)
+    peer_rope = BuiltinRoPE(10_000.0, d, t, device=device)  # the built-in model's RoPE: fp32 tables, plain ops
 
     def norm(kernels):
         module = layers.RMSNorm(h * d, device=device, kernels=kernels)
@@ -91,7 +82,7 @@ def _cases(b: int, h: int, t: int, d: int, device: torch.device) -> dict:
             {
                 "plain": lambda q, k: (rope(q), rope(k)),
                 "triton": lambda q, k: _triton.rope_qk(q, k, rope.cos, rope.sin),
-                "builtin": rope_builtin,
+                "builtin": lambda q, k: (peer_rope(q), peer_rope(k)),
             },
         ),
     }

@@ -30,10 +30,9 @@ from bench_model import TINY, BuiltinLM  # noqa: E402 - the peer model, shared w
 
 from cs336_basics.data import load_tokens, read_windows  # noqa: E402
 from cs336_basics.layers import ModelConfig, TransformerLM  # noqa: E402
+from cs336_basics.model_info import MODEL_DEFAULTS  # noqa: E402 - the CS336 TinyStories model
 from cs336_basics.nn_utils import cross_entropy  # noqa: E402
 from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule  # noqa: E402
-
-TINYSTORIES = dict(vocab_size=10_000, context_length=256, d_model=512, d_ff=1344, num_layers=4, num_heads=16)
 
 
 def _setting(name: str, config: ModelConfig, state: dict, device: torch.device, compile_: bool):
@@ -104,7 +103,7 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
-    model = {k: v for k, v in TINY.items() if k != "batch_size"} if args.tiny else TINYSTORIES
+    model = {k: v for k, v in TINY.items() if k != "batch_size"} if args.tiny else dict(MODEL_DEFAULTS)
     if args.tiny:
         args.steps, args.batch_size, args.eval_every, args.eval_batches, args.warmup = 6, 2, 3, 2, 2
     if args.data:
