@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pretokenize import GPT2_ASCII_BYTES_RE, GPT2_RE, SpecialTokens, first_safe_cut
+from .pretokenize import GPT2_ASCII_BYTES_RE, GPT2_RE, SpecialTokens, first_safe_cut, first_safe_cut_in_file
 
 SUBCHUNK_BYTES = 4 << 20  # what a worker reads at once; with its decoded text and matches, ~10x this in memory
 SMALL_FILE_BYTES = 2 << 20  # below this, worker processes cost more than they save
@@ -153,30 +153,13 @@ def find_chunk_boundaries(path: str | os.PathLike, num_chunks: int, special_toke
             target = max(size * i // num_chunks, bounds[-1] + 1)
             if target >= size:
                 break
-            cut = _find_cut_in_file(f, target, size, specials_b)
+            cut = first_safe_cut_in_file(f, target, size, specials_b)
             if cut is None:
                 break
             if cut > bounds[-1]:
                 bounds.append(cut)
     bounds.append(size)
     return sorted(set(bounds))
-
-
-def _find_cut_in_file(f, target: int, size: int, specials_b: list[bytes]) -> int | None:
-    """The first exact cut at or after `target`, reading a window that grows 4x until one is found."""
-    margin = max(map(len, specials_b), default=1)  # bytes before the target that a straddler may start in
-    window = 1 << 16
-    while True:
-        lo = max(0, target - margin)
-        f.seek(lo)
-        buf = f.read(target - lo + window)
-        at_eof = lo + len(buf) >= size
-        cut = first_safe_cut(buf, target - lo, specials_b, at_eof=at_eof)
-        if cut is not None:
-            return lo + cut
-        if at_eof:
-            return None
-        window *= 4
 
 
 def pretokenize_range(

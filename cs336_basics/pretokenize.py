@@ -18,6 +18,8 @@ SpecialTokens(tokens)         the special-token splitter: `.split(text)` -> [tex
 straddles(buf, pos, tokens)   does an occurrence of some token start before `pos` and end after it (str or bytes)?
 first_safe_cut(window, lo, specials_b)
                               bytes: the first cut >= lo that splits encoding exactly, judged from the window alone.
+first_safe_cut_in_file(f, target, size, specials_b)
+                              the same in a file: the first cut at or after byte `target`, reading bounded windows.
 last_safe_cut(text, specials, start=0)
                               str: the last cut of a growing stream's buffer that no later text can move.
 
@@ -148,6 +150,29 @@ def first_safe_cut(window: bytes, lo: int, specials_b: list[bytes], at_eof: bool
             if not straddles(window, cut, specials_b):
                 return cut
         lo = min(candidates) + 1  # all straddled (a special token that holds a space, or overlaps): look on
+    return None
+
+
+_SEARCH_WINDOWS = (1 << 12, 1 << 16)  # bytes read past a target offset for a cut: a little first, then more
+
+
+def first_safe_cut_in_file(f, target: int, size: int, specials_b: list[bytes]) -> int | None:
+    """The first exact cut at or after byte `target` of the open binary file `f` (`size` bytes), or None when
+    there is none before the end. Reads a 4 kB window past the target, then a 64 kB one, then steps on 64 kB at a
+    time (inside one enormous word), so memory stays bounded; the windows follow on, so no cut is skipped."""
+    max_len = max(map(len, specials_b), default=1)
+    while target < size:
+        base = max(0, target - max_len)  # the window holds every occurrence that could straddle a cut
+        for window_size in _SEARCH_WINDOWS:
+            f.seek(base)
+            window = f.read(target - base + window_size + max_len)
+            at_eof = base + len(window) >= size
+            cut = first_safe_cut(window, target - base, specials_b, at_eof=at_eof)
+            if cut is not None:
+                return base + cut
+            if at_eof:
+                return None
+        target += _SEARCH_WINDOWS[-1]
     return None
 
 

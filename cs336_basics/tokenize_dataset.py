@@ -29,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cs336_basics.pretokenize import SpecialTokens, first_safe_cut
+from cs336_basics.pretokenize import SpecialTokens, first_safe_cut_in_file
 from cs336_basics.tokenizer import Tokenizer
 from cs336_basics.tokenizer_cache import load_tokenizer
 
 DEFAULT_RANGE_BYTES = 4 << 20  # 4 MiB of text per task: ~0.3 s of work, large next to the IPC and bookkeeping
-_SEARCH_WINDOWS = (1 << 12, 1 << 16)  # bytes scanned past a target offset for a cut, then more, then give up
 _GRAINS_PER_RANGE = 8  # with several workers, ranges are cut 8x finer and claimed 1 to 8 at a time
 
 
@@ -46,27 +45,12 @@ def find_cuts(path: str | os.PathLike, special_tokens: list[str], range_bytes: i
     """
     size = os.path.getsize(path)
     specials = SpecialTokens(special_tokens).encoded
-    max_len = max(map(len, specials), default=1)
     cuts = [0]
     with open(path, "rb") as f:
         target = range_bytes
         while target < size:
-            base = max(0, target - max_len)  # the window holds every occurrence that could straddle a cut
-            cut = None
-            for window_size in _SEARCH_WINDOWS:  # usually a cut is near: read a little first
-                f.seek(base)
-                window = f.read(target - base + window_size + max_len)
-                at_eof = base + len(window) >= size
-                cut = first_safe_cut(window, target - base, specials, at_eof=at_eof)
-                if cut is not None or at_eof:
-                    break
-            if cut is None:  # no cut in the largest window (one enormous word): try further on
-                if at_eof:
-                    break
-                target += _SEARCH_WINDOWS[-1]
-                continue
-            cut += base
-            if cut >= size:
+            cut = first_safe_cut_in_file(f, target, size, specials)
+            if cut is None or cut >= size:
                 break
             cuts.append(cut)
             target = cut + range_bytes
