@@ -96,7 +96,7 @@ class SpecialTokens:
     def __init__(self, tokens: list[str] | tuple[str, ...] = ()):
         for token in tokens:
             if not isinstance(token, str) or not token:
-                raise ValueError(f"special tokens must be non-empty strings, got {token!r}")
+                raise ValueError(f"special_tokens must be non-empty strings, got {token!r}")
         self.tokens: list[str] = list(dict.fromkeys(tokens))
         self.longest_first = sorted(self.tokens, key=len, reverse=True)
         self.encoded = [t.encode("utf-8") for t in self.tokens]

@@ -16,7 +16,7 @@ import numpy as np
 
 from cs336_basics._bpe_encode import Merges
 from cs336_basics._encoder import DEFAULT_CACHE_SIZE, Encoder
-from cs336_basics.pretokenize import GPT2_PATTERN, WHITESPACE_CHARS, last_safe_cut
+from cs336_basics.pretokenize import GPT2_PATTERN, WHITESPACE_CHARS, SpecialTokens, last_safe_cut
 from cs336_basics.tokenizer_files import load_tokenizer_dir, load_vocab_and_merges
 
 __all__ = ["DEFAULT_CACHE_SIZE", "GPT2_PATTERN", "WHITESPACE_CHARS", "Tokenizer"]
@@ -59,11 +59,7 @@ class Tokenizer:
         self.special_tokens: list[str] = []
         special_ids: dict[str, int] = {}
         next_id = max(self.vocab, default=-1) + 1
-        for special in special_tokens or []:
-            if not isinstance(special, str) or not special:
-                raise ValueError(f"special_tokens must be non-empty strings, got {special!r}")
-            if special in special_ids:
-                continue
+        for special in SpecialTokens(special_tokens or []).tokens:  # checked, duplicates dropped, in order
             token = special.encode("utf-8")
             if token not in self._token_to_id:  # appended, as the handout asks
                 self.vocab[next_id] = token
