@@ -24,19 +24,24 @@ def tokenizer_fingerprint(vocab: dict[int, bytes], merges: list[tuple[bytes, byt
 
     Each list of byte strings goes in as its count, its lengths (int64) and its bytes, so the input parses back
     unambiguously; no Python object per token is made (GPT-2's tokenizer: ~10 ms)."""
-    ids = sorted(vocab)
-    sections = [
-        list(map(vocab.__getitem__, ids)),
-        list(map(itemgetter(0), merges)),
-        list(map(itemgetter(1), merges)),
-        [special.encode("utf-8") for special in special_tokens],
-    ]
+    ids, sections = _sections(vocab, merges, special_tokens)
     digest = hashlib.sha256(b"cs336-tokenizer-v2")
     digest.update(np.array(ids, dtype=np.int64).tobytes())
-    for items in sections:
+    for items in sections.values():
         digest.update(np.array([len(items), *map(len, items)], dtype=np.int64).tobytes())
         digest.update(b"".join(items))
     return digest.hexdigest()
+
+
+def _sections(vocab, merges, special_tokens) -> tuple[list[int], dict[str, list[bytes]]]:
+    """The sorted ids, and the tokenizer as lists of byte strings: what the fingerprint and a cache entry hold."""
+    ids = sorted(vocab)
+    return ids, {
+        "tokens": list(map(vocab.__getitem__, ids)),
+        "firsts": list(map(itemgetter(0), merges)),
+        "seconds": list(map(itemgetter(1), merges)),
+        "specials": [special.encode("utf-8") for special in special_tokens],
+    }
 
 
 def load_tokenizer(directory: str | os.PathLike) -> tuple[Tokenizer, str]:
@@ -82,14 +87,9 @@ def _unpacked(data: np.ndarray, lengths: np.ndarray) -> list[bytes]:
 
 
 def _write_cache_entry(path: Path, vocab, merges, special_tokens, fingerprint: str) -> None:
-    ids = sorted(vocab)
+    ids, sections = _sections(vocab, merges, special_tokens)
     arrays = {"ids": np.array(ids, dtype=np.int64), "fingerprint": np.array(fingerprint)}
-    for name, items in [
-        ("tokens", [vocab[i] for i in ids]),
-        ("firsts", [a for a, _ in merges]),
-        ("seconds", [b for _, b in merges]),
-        ("specials", [s.encode("utf-8") for s in special_tokens]),
-    ]:
+    for name, items in sections.items():
         arrays[name], arrays[name + "_lengths"] = _packed(items)
     atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
 
