@@ -6,7 +6,9 @@ tokenizer and BPE modules can use it cheaply.
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -48,3 +50,32 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_dir_atomically(out: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """Call fill(tmp) on a fresh temporary directory beside `out`, then rename it to `out`.
+
+    `out` must not exist (or be an empty directory). If `fill` raises, the temporary directory is removed and
+    nothing appears at `out`.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"out={str(out)!r} already exists; choose a new directory or delete it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); the result is an ordinary directory
+        fill(tmp)
+        for path in tmp.rglob("*"):  # the files are complete on disk before the directory appears
+            if path.is_file():
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+        if out.is_dir():
+            out.rmdir()  # an empty directory the caller made
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

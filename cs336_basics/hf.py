@@ -16,8 +16,6 @@ Only `safetensors` is needed to convert (the `hf` extra also brings `transformer
 """
 
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -260,38 +258,6 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {str(path)!r} is not valid JSON: {e}") from None
-
-
-def write_dir_atomically(out: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
-    """Call fill(tmp) on a fresh temporary directory beside `out`, then rename it to `out`.
-
-    `out` must not exist (or be an empty directory). If `fill` raises, the temporary directory is removed and
-    nothing appears at `out`.
-    """
-    import shutil
-    import tempfile
-
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"out={str(out)!r} already exists; choose a new directory or delete it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); the result is an ordinary directory
-        fill(tmp)
-        for path in tmp.rglob("*"):  # the files are complete on disk before the directory appears
-            if path.is_file():
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
-        if out.is_dir():
-            out.rmdir()  # an empty directory the caller made
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .hf import EOS_TOKEN, llama_config, require_safetensors, to_hf_state_dict, tokenizer_json, write_dir_atomically
+from .files import write_dir_atomically
+from .hf import EOS_TOKEN, llama_config, require_safetensors, to_hf_state_dict, tokenizer_json
 from .model import ModelConfig
 from .serialization import clean_state_dict, read_checkpoint
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
+from .files import write_dir_atomically
 from .hf import (
     from_hf_state_dict,
     model_config_from_llama,
     read_json,
     require_safetensors,
     tokenizer_from_json,
-    write_dir_atomically,
 )
 from .hf_export import TOKENIZER_SUBDIR
 from .model import TransformerLM

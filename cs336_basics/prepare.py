@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .download import CHUNK, COMPRESSED_SUFFIXES, DownloadError, decompress, download
-from .files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, write_dir_atomically
 
 MANIFEST = "manifest.json"
 FINGERPRINT_BYTES = 1 << 20  # a fingerprint reads the first and last MiB of a file (see `fingerprint`)
@@ -375,16 +374,12 @@ def _train_tokenizer(
     from .tokenizer_files import SPECIAL_TOKENS_FILE, save_tokenizer
 
     vocab, merges = train_bpe(text, vocab_size, special_tokens, num_workers=workers, progress=progress)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the directory should look like any the user makes
+
+    def fill(tmp: Path) -> None:
         save_tokenizer(vocab, merges, tmp, special_tokens)
-        atomic_write_text(tmp / SPECIAL_TOKENS_FILE, json.dumps(special_tokens, ensure_ascii=False) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if not special_tokens:  # (save_tokenizer writes the file only for a non-empty list; the manifest wants it)
+            atomic_write_text(tmp / SPECIAL_TOKENS_FILE, "[]\n")
+
+    if directory.exists():  # a stale, incomplete one (its stage did not finish)
+        shutil.rmtree(directory)
+    write_dir_atomically(directory, fill)
