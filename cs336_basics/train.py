@@ -266,6 +266,7 @@ class _Meter:
         self.interval_start = time.perf_counter()
         self.run_start_tokens, self.train_time = run.tokens, 0.0
         self.last_train_loss: float | None = None
+        self.checked_step = -1  # the step check_finite last ran at (first_bad changes only in add)
 
     def add(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         self.first_bad = torch.where((self.first_bad == 0) & ~torch.isfinite(loss), self.run.step, self.first_bad)
@@ -298,6 +299,9 @@ class _Meter:
         return record
 
     def check_finite(self, last_checkpoint: tuple[Path, int] | None) -> None:
+        if self.checked_step == self.run.step:  # already checked at this step (log, eval, checkpoint): one sync
+            return
+        self.checked_step = self.run.step
         worst = self.first_bad.clone()
         if self.run.dist.enabled:
             dist.all_reduce(worst, op=dist.ReduceOp.MAX)
