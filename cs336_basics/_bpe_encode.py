@@ -1,6 +1,6 @@
 """BPE of one pre-token, fast at every length: the merge step of the tokenizer's encoding engine.
 
-Contract: `merge(parts, pairs, shift, table)` returns the ids left after BPE of `parts` (the ids of a pre-token's single
+Contract: `merge(parts, pairs, shift)` returns the ids left after BPE of `parts` (the ids of a pre-token's single
 bytes): while some adjacent pair has a merge, merge the pair with the lowest rank, the leftmost one on ties,
 exactly as GPT-2 and tiktoken do. `pairs` maps (a << shift | b) to (rank << shift | merged id). It is checked
 against the plain reference `tokenizer_reference.bpe_merge` (tests/test_bpe_encode.py: Hypothesis, GPT-2's and a
@@ -11,9 +11,11 @@ Three implementations, by length (n bytes):
 * `merge_list` (n < HEAP_MIN): a list of pair values, `min` and `index` in C. O(n^2), fastest for words.
 * `merge_heap` (up to NUMBA_MIN): a heap of (rank, position) over a linked list of parts; a popped entry whose
   pair has changed since it was pushed is skipped. O(n log n), in Python.
-* the numba kernel (from NUMBA_MIN, or from NUMBA_LOADED_MIN once it is loaded): the same heap compiled with numba
-  (`cache=True`; numba is imported only when a pre-token of NUMBA_MIN bytes appears; without numba, `merge_heap`
-  runs). ~50x faster than `merge_heap`. `_kernel_for(n)` is the rule.
+* the numba kernel (from NUMBA_MIN, or from NUMBA_LOADED_MIN once it is loaded; `Merges.merge_ids` and
+  `merge_array` call it): a heap compiled with numba (`cache=True`; numba is imported only when a pre-token of
+  NUMBA_MIN bytes appears; without numba, `merge_heap` runs), on int32 ids in place, with no link arrays and only the
+  local minima in its heap: about 4-5 bytes per byte of the pre-token. ~50x faster than `merge_heap`.
+  `_kernel_for(n)` is the rule.
 """
 
 import heapq
@@ -28,12 +30,8 @@ NUMBA_MIN = 100_000  # bytes from which importing numba and loading its compiled
 NUMBA_LOADED_MIN = 1_000  # bytes from which the kernel, once loaded, beats merge_heap
 
 
-def merge(parts, pairs: dict[int, int], shift: int, table) -> tuple[int, ...]:
-    """BPE of a pre-token's byte ids `parts` (a list or an int64 array; either may be modified in place).
-    `table`: `pairs` as an `_piece_table.IntMap`, which the compiled kernel reads."""
-    kernel = _kernel_for(len(parts))
-    if kernel is not None:
-        return tuple(kernel(np.asarray(parts, dtype=np.int64), table.slots, table.bits, shift).tolist())
+def merge(parts, pairs: dict[int, int], shift: int) -> tuple[int, ...]:
+    """BPE of a pre-token's byte ids `parts` (a list or an array; either may be modified in place) in Python."""
     if isinstance(parts, np.ndarray):
         parts = parts.tolist()
     if len(parts) < HEAP_MIN:
@@ -151,6 +149,10 @@ class Merges:
             np.fromiter(self.pair_table.values(), dtype=np.int64, count=len(self.pair_table)),
         )
         self.byte_ids_np = np.array([-1 if i is None else i for i in self.byte_ids], dtype=np.int64)
+        self.byte_ids_i32 = self.byte_ids_np.astype(np.int32)  # (the kernel's ids: 4 bytes per byte of a pre-token)
+        # byte length of every token, for the kernel (a merged token's length is its parts' lengths added up)
+        self.token_lengths = np.zeros(max(token_to_id.values(), default=0) + 1, dtype=np.int32)
+        self.token_lengths[list(token_to_id.values())] = list(map(len, token_to_id))
         self.byte_missing = self.byte_ids_np < 0  # per byte value: has no id
         # value of every byte pair (b0 << 8 | b1): the first round of BPE is a plain gather
         byte_ids = np.maximum(self.byte_ids_np, 0)
@@ -162,7 +164,7 @@ class Merges:
 
     def bpe_from_bytes(self, pretoken_bytes: bytes) -> tuple[int, ...]:
         if len(pretoken_bytes) >= HEAP_MIN:  # an array: no Python int per byte of a long pre-token
-            parts = self.byte_ids_np[np.frombuffer(pretoken_bytes, dtype=np.uint8)]
+            parts = self.byte_ids_i32[np.frombuffer(pretoken_bytes, dtype=np.uint8)]
             if parts.min() >= 0:
                 return self.merge_ids(parts)
         parts = list(map(self.byte_ids.__getitem__, pretoken_bytes))
@@ -176,8 +178,11 @@ class Merges:
         return self.merge_ids(parts)
 
     def merge_ids(self, parts) -> tuple[int, ...]:
-        """`merge` of a list (modified in place) or int64 array of token ids."""
-        return merge(parts, self.pair_table, self.shift, self.pair_map)
+        """`merge` of a list (modified in place) or int64 array of token ids (by the kernel from `_kernel_for`'s
+        length)."""
+        if _kernel_for(len(parts)) is not None:
+            return tuple(self.merge_array(np.asarray(parts, dtype=np.int32)).tolist())
+        return merge(parts, self.pair_table, self.shift)
 
     def bpe_batch(self, pretokens: list[str]) -> list[tuple[int, ...]]:
         """`_bpe` of each pre-token, computed together by `_bpe_bytes` (numpy)."""
@@ -264,7 +269,7 @@ class Merges:
         counts = np.zeros(lengths.size, dtype=np.int64)
         short_ids, counts[short] = self.bpe_bytes(data[ragged_arange(starts[short], lengths[short])], lengths[short])
         spans = zip(starts[long].tolist(), lengths[long].tolist(), strict=True)
-        long_ids = [self.merge_array(self.byte_ids_np[data[a : a + m]]) for a, m in spans]
+        long_ids = [self.merge_array(self.byte_ids_i32[data[a : a + m]]) for a, m in spans]
         counts[long] = [ids.size for ids in long_ids]
         out_start = np.cumsum(counts) - counts
         out = np.empty(int(counts.sum()), dtype=np.int64)
@@ -274,11 +279,13 @@ class Merges:
         return out, counts
 
     def merge_array(self, ids: np.ndarray) -> np.ndarray:
-        """`merge_ids` of an int64 array (modified), as an array: no Python int per id of a huge pre-token."""
+        """`merge_ids` of an int32 array of byte ids (modified), as an array: no Python int per id of a huge
+        pre-token. The kernel needs int32 ids and positions below 2**31 - 2 (a pre-token of 2 GB)."""
         kernel = _kernel_for(ids.size)
-        if kernel is not None:
-            return kernel(ids, self.pair_map.slots, self.pair_map.bits, self.shift)
-        return np.array(self.merge_ids(ids), dtype=np.int64)
+        if kernel is not None and ids.size < (1 << 31) - 2:
+            ids = np.ascontiguousarray(ids, dtype=np.int32)
+            return kernel(ids, self.pair_map.slots, self.pair_map.bits, self.shift, self.token_lengths)
+        return np.array(merge(ids, self.pair_table, self.shift), dtype=np.int64)
 
     def pair_values_of(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """Vectorized `_pair_table.get((left << shift) | right, inf)`."""

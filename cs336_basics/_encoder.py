@@ -23,6 +23,7 @@ Cache policy, one for all three caches (the dict, the piece table, the pre-token
 entries each, cleared when full, so encoding an arbitrarily large stream holds bounded memory.
 """
 
+import codecs
 import contextlib
 import gc
 from collections import deque
@@ -47,6 +48,9 @@ _GROUP_ROUNDS = 8  # pieces with up to this many pre-tokens get their ids by vec
 _BATCH_BPE_MIN = 256  # new pre-tokens in one block from which numpy batch BPE beats the per-word loop
 _TABLE_MIN_CHARS = 4096  # texts at least this long go through the numpy piece table (see _piece_table)
 _BLOCK_CHARS = 1 << 20  # encode long texts in blocks of about this many chars: bounded lists, a meaningful cache bound
+# Pieces and pre-tokens of at least this many bytes (a run without spaces: only pathological text) skip the caches,
+# and a pre-token that long goes to the BPE kernel with no other copy of it held (see `_encode_huge_piece`).
+_HUGE_BYTES = 1 << 20
 
 # Entries per cache: the dict of the short-text path (pieces + pre-tokens, ~150 bytes each) and each numpy table
 # of the long-text path (pieces; pre-tokens: ~100 bytes each) is cleared when it would hold more.
@@ -116,12 +120,13 @@ class Encoder:
         with _gc_paused():
             return self.encode_long(text).tolist() if len(text) >= _TABLE_MIN_CHARS else self.encode_short(text)
 
-    def encode_to_array(self, text: str) -> np.ndarray:
-        """`encode` as a numpy int64 array (no list of Python ints is made for long texts)."""
+    def encode_to_array(self, text: str, dtype=np.int64) -> np.ndarray:
+        """`encode` as a numpy array of `dtype` (no list of Python ints is made for long texts; each block's ids
+        are converted as they come, so a long text's ids are never all held as int64)."""
         if len(text) < _TABLE_MIN_CHARS:
-            return np.array(self.encode(text), dtype=np.int64)
+            return np.array(self.encode(text), dtype=dtype)
         with _gc_paused():
-            return self.encode_long(text)
+            return self.encode_long(text, dtype)
 
     def encode_short(self, text: str) -> list[int]:
         """Ids of a short text (under _TABLE_MIN_CHARS): its pieces through the dict cache, special tokens as their
@@ -137,7 +142,7 @@ class Encoder:
                 pieces += PIECE_RE.findall(part)
         return self._encode_pieces(pieces)
 
-    def encode_long(self, text: str) -> np.ndarray:
+    def encode_long(self, text: str, dtype=np.int64) -> np.ndarray:
         """The numpy path: blocks of about _BLOCK_CHARS cut where encoding splits exactly (`find_safe_cut`)."""
         blocks = []
         start, n = 0, len(text)
@@ -148,9 +153,9 @@ class Encoder:
                 searched = max(0, end - start - self.specials.max_len - 1)  # (search only the new part)
                 end = min(n, start + 2 * (end - start))
                 cut = last_safe_cut(text[start:end], self.specials, searched) if end < n else n - start
-            blocks.append(self._encode_block_array(text[start : start + cut]))
+            blocks.append(self._encode_block_array(text[start : start + cut]).astype(dtype, copy=False))
             start += cut
-        blocks.append(self._encode_block_array(text[start:]))
+        blocks.append(self._encode_block_array(text[start:]).astype(dtype, copy=False))
         return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
 
     def _encode_block_array(self, text: str) -> np.ndarray:
@@ -175,9 +180,65 @@ class Encoder:
                 flags[s] = True
                 flags[e[e < n]] = True
         starts = np.flatnonzero(flags)
-        pieces = PieceWords(raw, starts, np.diff(np.append(starts, n)))
-        ids, _ = cached_ids(self.table, pieces, lambda reps: self._encode_new_pieces(raw, ws, pieces, reps))
-        return ids
+        del flags
+        lengths = np.diff(np.append(starts, n))
+        huge = np.flatnonzero(lengths >= _HUGE_BYTES)
+        if not huge.size:
+            pieces = PieceWords(raw, starts, lengths)
+            ids, _ = cached_ids(self.table, pieces, lambda reps: self._encode_new_pieces(raw, ws, pieces, reps))
+            return ids
+        # Huge pieces (runs without spaces) are encoded one by one, uncached, after the others (whose arrays are
+        # freed first): a huge run's memory is then its text, its bytes and the kernel's arrays, little more.
+        small = np.flatnonzero(lengths < _HUGE_BYTES)
+        ids, counts = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        if small.size:
+            pieces = PieceWords(raw, starts[small], lengths[small])
+            ids, counts = cached_ids(self.table, pieces, lambda reps: self._encode_new_pieces(raw, ws, pieces, reps))
+            del pieces
+        ws = data = None  # (freed before the huge pieces are encoded)
+        id_ends = np.concatenate(([0], np.cumsum(counts)))[huge - np.arange(huge.size)].tolist()  # ids before each
+        out, done = [], 0
+        for end, a, m in zip(id_ends, starts[huge].tolist(), lengths[huge].tolist(), strict=True):
+            out += [ids[done:end], self._encode_huge_piece(raw, a, m)]
+            done = end
+        out.append(ids[done:])
+        return np.concatenate(out)
+
+    def _encode_huge_piece(self, raw: bytes, start: int, length: int) -> np.ndarray:
+        """Ids of the piece raw[start : start + length], of _HUGE_BYTES or more. Its pre-tokens go through the
+        pre-token table in batches of about _HUGE_BYTES, except those of _HUGE_BYTES or more, which go to
+        `Merges.merge_array` as int32 byte ids with no other copy of the pre-token left (the kernel works in place,
+        with a heap of local minima only: see _bpe_encode_numba)."""
+        pretokens = GPT2_RE.findall(codecs.decode(memoryview(raw)[start : start + length], "utf-8"))
+        out, batch, batch_bytes = [], [], 0
+        for i in range(len(pretokens)):
+            token = pretokens[i].encode("utf-8")
+            pretokens[i] = None  # (the str of a huge pre-token is freed before its ids are made)
+            if len(token) < _HUGE_BYTES:
+                batch.append(token)
+                batch_bytes += len(token)
+                if batch_bytes < _HUGE_BYTES:
+                    continue
+            if batch:
+                out.append(self._pretokens_ids(batch))
+                batch, batch_bytes = [], 0
+            if len(token) >= _HUGE_BYTES:
+                data = np.frombuffer(token, dtype=np.uint8)
+                if self.merges.byte_missing[data].any():
+                    self.merges.bpe_from_bytes(token)  # raises the error naming the byte
+                ids = self.merges.byte_ids_i32[data]
+                del data, token
+                out.append(self.merges.merge_array(ids))
+                del ids
+        if batch:
+            out.append(self._pretokens_ids(batch))
+        return np.concatenate(out).astype(np.int64, copy=False) if out else np.zeros(0, dtype=np.int64)
+
+    def _pretokens_ids(self, pretokens: list[bytes]) -> np.ndarray:
+        """The ids of the pre-tokens (UTF-8 bytes), concatenated: through the pre-token table, BPE for new ones."""
+        plen = np.fromiter(map(len, pretokens), dtype=np.int64, count=len(pretokens))
+        pw = PieceWords(b"".join(pretokens), np.cumsum(plen) - plen, plen)
+        return cached_ids(self.pretoken_table, pw, lambda new: self._bpe_pieces(pw, new))[0]
 
     def _encode_new_pieces(
         self, raw: bytes, ws: np.ndarray, pieces: PieceWords, reps: np.ndarray

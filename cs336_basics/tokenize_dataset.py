@@ -104,8 +104,9 @@ def _encode_range(path: str, start: int, end: int, dtype: str, tokenizer: Tokeni
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"input {path!r} is not valid UTF-8 at byte {start + e.start}: {e.reason}") from None
-    ids = tokenizer.encode_to_array(text).astype(dtype)
-    del text, data
+    del data  # (not held while the range is encoded: a huge run without spaces is all of it)
+    ids = tokenizer.encode_to_array(text, dtype)
+    del text
     global _memory_cap
     _memory_cap = _memory_cap or _MemoryCap()
     _memory_cap.check()

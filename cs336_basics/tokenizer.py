@@ -92,11 +92,12 @@ class Tokenizer:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         return self._engine.encode(text)
 
-    def encode_to_array(self, text: str) -> np.ndarray:
-        """`encode` as a numpy int64 array (what the dataset command writes; no list of Python ints is made)."""
+    def encode_to_array(self, text: str, dtype=np.int64) -> np.ndarray:
+        """`encode` as a numpy array (what the dataset command writes; no list of Python ints is made). `dtype`
+        (int64): an integer type that holds every id (the dataset command's uint16: converted block by block)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return self._engine.encode_to_array(text)
+        return self._engine.encode_to_array(text, dtype)
 
     def encode_iterable(self, iterable: Iterable[str], buffer_size: int = 1 << 16) -> Iterator[int]:
         """Lazily yield the ids of "".join(iterable), equal to `encode` of it for any chunking.

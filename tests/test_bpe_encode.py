@@ -59,7 +59,8 @@ def _all_merges(tok: Tokenizer, word: bytes) -> list[tuple[int, ...]]:
     ]
     if kernel is not None and ids:
         slots, bits = tables.pair_map.slots, tables.pair_map.bits
-        out.append(tuple(kernel(np.array(ids, dtype=np.int64), slots, bits, tables.shift).tolist()))
+        lengths = tables.token_lengths
+        out.append(tuple(kernel(np.array(ids, dtype=np.int32), slots, bits, tables.shift, lengths).tolist()))
     return out
 
 
@@ -162,3 +163,30 @@ def test_kernel_takes_mid_length_pieces_only_once_loaded(monkeypatch):
     assert _bpe_encode._kernel_for(5_000) is None
     assert not _bpe_encode._KERNEL
     assert _bpe_encode._kernel_for(_bpe_encode.NUMBA_MIN) is kernel
+
+
+def test_huge_pieces_take_their_own_path_exactly(engine, monkeypatch):
+    """Pieces and pre-tokens of _encoder._HUGE_BYTES+ bytes skip the caches (the longest pre-tokens go to the
+    kernel as int32 ids, with no other copy held), between ordinary pieces; made 300 bytes here so that short texts
+    take that path, with runs of many pre-tokens, of one, and several per block: ids equal tiktoken's."""
+    from cs336_basics import _encoder
+
+    monkeypatch.setattr(_encoder, "_HUGE_BYTES", 300)
+    tok, oracle = _cached_gpt2_pair()
+    rng = random.Random(3)
+    mixed = "".join(rng.choice(["a", "b1", "=", "'s", "日", "é", "xyz"]) for _ in range(3000))
+    texts = [
+        "a" * 5000,
+        "hello world, " * 200 + "x1=" * 400 + " tail" + EOT + "日本" * 300 + " end " + "z" * 400,
+        " " + "é" * 3000 + "!" * 500 + "\n" + "q" * 299 + " " + "r" * 300,
+        mixed + " " + mixed[::-1] + " the end",
+    ]
+    calls = []
+    huge_piece = _encoder.Encoder._encode_huge_piece
+    monkeypatch.setattr(_encoder.Encoder, "_encode_huge_piece", lambda *a: calls.append(a[3]) or huge_piece(*a))
+    for text in texts:
+        assert len(text) >= _encoder._TABLE_MIN_CHARS  # (the block path)
+        expected = oracle.encode(text, allowed_special="all")
+        assert tok.encode(text) == expected
+        assert tok.encode_to_array(text).tolist() == expected
+    assert len(calls) >= 2 * 8 and max(calls) >= 5000  # (each text has huge pieces, of all kinds)
