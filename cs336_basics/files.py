@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file beside the target, fsynced, then renamed over it.
+"""Atomic file writes: a temporary file beside the target, fsynced, then renamed over it; and the cache directory.
 
 A crash mid-write leaves the previous file (or none) in place, never a truncated one. No torch import here, so the
 tokenizer and BPE modules can use it cheaply.
@@ -10,6 +10,18 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def cache_dir(kind: str) -> Path | None:
+    """The directory for this package's caches of one kind ("tokenizers", "bpe-engine"):
+    $CS336_CACHE_DIR/kind, by default $XDG_CACHE_HOME/cs336_basics/kind, else ~/.cache/cs336_basics/kind.
+    None when CS336_CACHE_DIR is set to "" (caches off)."""
+    root = os.environ.get("CS336_CACHE_DIR")
+    if root is None:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cs336_basics"
+    elif not root:
+        return None
+    return Path(root) / kind
 
 
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cs336_basics import tokenizer_files
-from cs336_basics.files import atomic_write_bytes
+from cs336_basics.files import atomic_write_bytes, cache_dir
 from cs336_basics.tokenizer import Tokenizer
 from cs336_basics.tokenizer_files import MERGES_FILE, SPECIAL_TOKENS_FILE, VOCAB_FILE, load_tokenizer_dir
 
@@ -113,10 +113,8 @@ def _prune(directory: Path, keep: int) -> None:
 
 
 def _tokenizer_cache_path(directory: Path) -> Path | None:
-    root = os.environ.get("CS336_CACHE_DIR")
+    root = cache_dir("tokenizers")
     if root is None:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cs336_basics"
-    elif not root:
         return None
     key = hashlib.sha256(f"{sys.version}|{np.__version__}".encode())
     code = [__file__, tokenizer_files.__file__]
@@ -127,4 +125,4 @@ def _tokenizer_cache_path(directory: Path) -> Path | None:
             key.update(Path(path).read_bytes())
         except FileNotFoundError:  # (special_tokens.json is optional; a missing file is reported by the loader)
             key.update(b"<missing>")
-    return Path(root) / "tokenizers" / f"{key.hexdigest()[:32]}.npz"
+    return root / f"{key.hexdigest()[:32]}.npz"
