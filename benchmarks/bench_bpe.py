@@ -7,8 +7,9 @@ reports its split between pre-tokenization and merging.
 
     uv run python benchmarks/bench_bpe.py CORPUS --vocab-size 10000 --repeat 3 --cold
 
-`--cold` adds a run of ours with an empty numba cache (a fresh NUMBA_CACHE_DIR each round): the first run on a
-fresh checkout, which compiles the merge engine. Rounds interleave the trainers; the table shows each one's median
+`--cold` adds a run of ours with empty caches (a fresh NUMBA_CACHE_DIR and CS336_CACHE_DIR each round): the first run
+on a fresh checkout, which builds the C merge engine (or compiles numba's). `--backends auto,numba` adds a row per
+merge backend (`train_bpe(merge_backend=...)`). Rounds interleave the trainers; the table shows each one's median
 round and the ratios are of medians.
 
 Hugging Face is configured as GPT-2 is: ByteLevel pre-tokenizer with its regex, BpeTrainer with the 256-byte
@@ -38,14 +39,14 @@ times = []
 for _ in range(int(sys.argv[5])):
     stats = TrainStats()
     t0 = time.perf_counter()
-    vocab, merges = train_bpe(path, vocab_size, [special], num_workers=workers, stats=stats)
+    vocab, merges = train_bpe(path, vocab_size, [special], num_workers=workers, stats=stats, merge_backend=sys.argv[6])
     times.append(time.perf_counter() - t0)
 t, first = min(times), times[0]
 ru_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 ru_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps({"train_s": t, "first_s": first, "import_s": t_import, "pretokenize_s": stats.pretokenize_s,
                   "merge_s": stats.merge_s, "pretokens": stats.num_pretokens, "merges": len(merges),
-                  "ru_self_mb": ru_self, "ru_child_mb": ru_child}))
+                  "engine": stats.merge_backend, "ru_self_mb": ru_self, "ru_child_mb": ru_child}))
 """
 
 HF = r"""
@@ -113,7 +114,8 @@ def main() -> None:
     parser.add_argument("--special-token", default="<|endoftext|>", help="the one special token (default %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="our worker processes (default: CPUs)")
     parser.add_argument("--skip-hf", action="store_true", help="run only ours (e.g. for a memory check)")
-    parser.add_argument("--cold", action="store_true", help="also run ours with an empty numba cache (first use)")
+    parser.add_argument("--cold", action="store_true", help="also run ours with empty caches (first use)")
+    parser.add_argument("--backends", default="auto", help="our merge backends, comma-separated (default auto)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; each round runs every trainer once (default 1)")
     parser.add_argument(
         "--in-process",
@@ -123,12 +125,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    runs = {
-        f"ours ({args.workers} proc)": (
-            [sys.executable, "-c", OURS, args.corpus, str(args.vocab_size), str(args.workers), args.special_token]
-            + [str(args.in_process)],
-            {},
-        ),
+    ours = [sys.executable, "-c", OURS, args.corpus, str(args.vocab_size), str(args.workers), args.special_token]
+    ours.append(str(args.in_process))
+    backends = args.backends.split(",")
+    runs = {f"ours ({args.workers} proc{'' if b == 'auto' else ', ' + b})": (ours + [b], {}) for b in backends} | {
         "HF tokenizers (1 thread)": (
             [sys.executable, "-c", HF, args.corpus, str(args.vocab_size), args.special_token, str(args.in_process)],
             {"RAYON_NUM_THREADS": "1"},
@@ -139,18 +139,19 @@ def main() -> None:
         ),
     }
     if args.skip_hf:
-        runs = dict(list(runs.items())[:1])
+        runs = dict(list(runs.items())[: len(backends)])
     if args.cold:
-        ours_argv = next(iter(runs.values()))[0]
-        runs = {next(iter(runs)): runs[next(iter(runs))], "ours, empty numba cache": (ours_argv, {"cold": "1"}), **runs}
+        first = next(iter(runs))
+        runs = {first: runs[first], "ours, empty caches": (ours + ["auto"], {"cold": "1"}), **runs}
     rounds: dict[str, list[dict]] = {name: [] for name in runs}
     for _ in range(args.repeat):
         for name, (argv, extra_env) in runs.items():  # interleaved, so load changes hit every trainer alike
             env = {**os.environ, **extra_env}
             cache = None
             if env.pop("cold", None):
-                cache = tempfile.mkdtemp(prefix="numba-cache-")
-                env["NUMBA_CACHE_DIR"] = cache
+                cache = tempfile.mkdtemp(prefix="empty-caches-")
+                env["NUMBA_CACHE_DIR"] = os.path.join(cache, "numba")
+                env["CS336_CACHE_DIR"] = os.path.join(cache, "cs336")
             try:
                 rounds[name].append(run_measured(argv, env))
             finally:
@@ -174,14 +175,15 @@ def main() -> None:
         )
     ours = best[next(iter(runs))]
     if args.cold:
-        cold = best["ours, empty numba cache"]
+        cold = best["ours, empty caches"]
         print(f"ours, empty cache / warm: process {cold['process_s'] / ours['process_s']:.2f}x")
         for name in [n for n in runs if n.startswith("HF")]:
             print(f"ours, empty cache / {name}: process {cold['process_s'] / best[name]['process_s']:.2f}x")
     for name in [n for n in list(runs)[1:] if n.startswith("HF")]:
         print(f"ours / {name}: train {ours['train_s'] / best[name]['train_s']:.2f}x, "
               f"process {ours['process_s'] / best[name]['process_s']:.2f}x")  # fmt: skip
-    print(f"ours: {ours['pretokens']} distinct pre-tokens, {ours['merges']} merges")
+    print(f"ours: {ours['pretokens']} distinct pre-tokens, {ours['merges']} merges, engines: "
+          + ", ".join(f"{name}: {r['engine']}" for name, r in best.items() if "engine" in r))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ How it is fast:
 - Pre-tokenization runs in worker processes over byte ranges of the file cut at exact cuts
   (`pretokenize.first_safe_cut`), each read in bounded sub-chunks; workers return only the counts of their
   distinct pre-tokens, so the parent never holds the text.
-- Merging is incremental: the compiled engine (`_bpe_merge.py`, numba) for large problems, a pure-Python one
-  (`_bpe_merge_py.py`) for small ones, where importing numba costs more than the merges; both give the reference's
-  merges. While workers pre-tokenize, the idle parent imports numba and compiles (first run) or loads the engine.
+- Merging is incremental, in one of two engines that both give the reference's merges: a pure-Python one
+  (`_bpe_merge_py.py`) for small problems, and a C one (`_bpe_merge.c`) for large ones, which the system C compiler
+  builds on first use (~0.3 s, while the workers pre-tokenize) into a cache; with no C compiler, Python merges all.
 """
 
 import multiprocessing as mp
@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -58,8 +59,8 @@ def train_bpe(
     Returns `(vocab, merges)`: `vocab` maps ids 0..N-1 to bytes (special tokens first, then the 256 bytes, then one
     token per merge), `merges` lists the merged pairs in order. `num_workers` processes pre-tokenize (default: the
     CPU count; 1 keeps everything in this process). `progress` shows tqdm bars on a terminal. `merge_backend` is
-    "auto" (pure Python for small problems, numba for large ones), "python" or "numba" (see `merge_pretokens`); all
-    give the same result. `stats`, when given, is filled with the timings.
+    "auto" (pure Python for small problems, C for large ones when a C compiler is there), "python" or "c" (see
+    `merge_pretokens`); all give the same result. `stats`, when given, is filled with the timings.
 
     Example: a file holding "low low lower" with vocab_size=258 and no special tokens has the pre-tokens "low",
     " low", " lower"; (l, o) and (o, w) tie at 3 and (b"o", b"w") is the greater pair, so
@@ -83,19 +84,18 @@ def train_bpe(
     num_merges = vocab_size - 256 - len(special_tokens)
 
     t0 = time.perf_counter()
-    # the parent is idle while workers pre-tokenize: it readies the compiled engine if that will likely merge
-    warm_up = _warm_up_numba if _numba_likely(path, num_merges, merge_backend) else None
+    # the parent is idle while workers pre-tokenize: it builds or loads the C engine if that will likely merge
+    warm_up = _ready_c_engine if _c_likely(path, num_merges, merge_backend) else None
     counts = count_pretokens(path, special_tokens, num_workers=num_workers, progress=progress, while_waiting=warm_up)
     t1 = time.perf_counter()
-    merges = merge_pretokens(counts, num_merges, progress=progress, backend=merge_backend)
+    merges, engine = _merge(counts, num_merges, progress, merge_backend)
     t2 = time.perf_counter()
 
     tokens = [t.encode("utf-8") for t in special_tokens] + [bytes([b]) for b in range(256)] + [a + b for a, b in merges]
     if stats is not None:
         stats.pretokenize_s, stats.merge_s, stats.num_pretokens = t1 - t0, t2 - t1, len(counts)
         stats.num_workers = _effective_workers(path, num_workers)
-        distinct_bytes = sum(len(w) for w in counts if len(w) > 1)
-        stats.merge_backend = _resolve_backend(distinct_bytes, num_merges, merge_backend) if merges else "none"
+        stats.merge_backend = engine
     return dict(enumerate(tokens)), merges
 
 
@@ -319,15 +319,15 @@ def _progress_bar(enabled: bool, **kwargs):
 # Merging
 
 
-MERGE_BACKENDS = ("auto", "python", "numba")
-# "auto" merges in pure Python while that is expected to take under ~1 s: a fresh process pays ~0.5-1 s to import
-# numba and load its compiled engine (a few seconds more to compile it on a fresh checkout), which only large
-# problems win back. The Python engine takes a few microseconds per byte of distinct pre-tokens per 3000 merges;
-# the rule is bytes x (1 + num_merges / 3000) <= 250_000 (docs/bpe.md has the measurements).
+MERGE_BACKENDS = ("auto", "python", "c")
+# "auto" merges in pure Python while that is expected to take under ~1 s: the C engine costs a build on first use
+# (~0.3 s) and a load after, which only larger problems win back. The Python engine takes a few microseconds per byte
+# of distinct pre-tokens per 3000 merges; the rule is bytes x (1 + num_merges / 3000) <= 250_000 (docs/bpe.md has the
+# measurements).
 PYTHON_MERGE_MAX_WORK = 250_000
 PYTHON_MERGE_MERGES_SCALE = 3000
 # Before counting, "auto" guesses the distinct pre-token bytes as this share of the file (English: ~3%), to decide
-# whether the parent readies numba while the workers count.
+# whether the parent builds or loads the C engine while the workers count.
 _DISTINCT_SHARE_GUESS = 0.01
 
 
@@ -335,19 +335,22 @@ def _resolve_backend(distinct_bytes: int, num_merges: int, backend: str) -> str:
     if backend != "auto":
         return backend
     work = distinct_bytes * (1 + num_merges / PYTHON_MERGE_MERGES_SCALE)
-    return "python" if work <= PYTHON_MERGE_MAX_WORK else "numba"
+    return "python" if work <= PYTHON_MERGE_MAX_WORK else "c"
 
 
-def _numba_likely(path: Path, num_merges: int, backend: str) -> bool:
+def _c_likely(path: Path, num_merges: int, backend: str) -> bool:
     guess = int(os.path.getsize(path) * _DISTINCT_SHARE_GUESS)
-    return num_merges > 0 and _resolve_backend(guess, num_merges, backend) == "numba"
+    return num_merges > 0 and _resolve_backend(guess, num_merges, backend) == "c"
 
 
-def _warm_up_numba() -> None:
-    """Import numba and compile (first run on a checkout) or load the compiled engine, on a tiny problem."""
-    from ._bpe_merge import warm_up
+def _ready_c_engine() -> None:
+    """Build (first use) or load the C engine; if it is unavailable, `_merge` says so when it merges."""
+    from . import _bpe_merge_c
 
-    warm_up()
+    try:
+        _bpe_merge_c.load()
+    except _bpe_merge_c.EngineUnavailable:
+        pass
 
 
 def merge_pretokens(
@@ -358,60 +361,81 @@ def merge_pretokens(
 ) -> list[tuple[bytes, bytes]]:
     """Up to `num_merges` merges (fewer when no pair is left) on pre-token counts, in order.
 
-    `backend` is "python" (pure Python, no compile or import cost), "numba" (compiled, for large problems) or "auto"
-    (Python when bytes of the distinct pre-tokens x (1 + num_merges / PYTHON_MERGE_MERGES_SCALE) <=
-    PYTHON_MERGE_MAX_WORK, i.e. about 1 s of Python); all give the same merges.
+    `backend` is "python" (pure Python: no build, no load), "c" (built by the system C compiler on first use, ~0.3 s,
+    then cached) or "auto": Python when bytes of the distinct pre-tokens x (1 + num_merges /
+    PYTHON_MERGE_MERGES_SCALE) <= PYTHON_MERGE_MAX_WORK, i.e. about 1 s of Python, else C, else (no C compiler: a
+    warning says why) Python. Both give the same merges.
 
     Example: merge_pretokens({b"low": 5, b"lower": 2, b"widest": 3, b"newest": 6}, 6) ==
     [(b"s", b"t"), (b"e", b"st"), (b"o", b"w"), (b"l", b"ow"), (b"w", b"est"), (b"n", b"e")]  (the handout's example).
     """
     if backend not in MERGE_BACKENDS:
         raise ValueError(f"merge_backend={backend!r} must be one of {MERGE_BACKENDS}")
+    return _merge(counts, num_merges, progress, backend)[0]
+
+
+def _merge(counts, num_merges: int, progress: bool, backend: str) -> tuple[list[tuple[bytes, bytes]], str]:
+    """(the merges, the engine that made them: "python", "c", or "none" when there was nothing to merge)."""
     items = counts.items() if isinstance(counts, dict) else counts
     pairs = [(w, c) for w, c in items if len(w) > 1 and c > 0]
     if num_merges <= 0 or not pairs:
-        return []
+        return [], "none"
     words = [w for w, _ in pairs]
     wcnt = [c for _, c in pairs]
-    if _resolve_backend(sum(map(len, words)), num_merges, backend) == "python":
-        from ._bpe_merge_py import merge_python
+    engine = _resolve_backend(sum(map(len, words)), num_merges, backend)
+    if engine == "c" and backend == "auto":
+        from . import _bpe_merge_c
 
-        bar = _progress_bar(progress, total=num_merges, desc="merge", unit="merge") if progress else None
         try:
-            return merge_python(words, wcnt, num_merges, None if bar is None else bar.update)
-        finally:
-            if bar is not None:
-                bar.close()
-    return _merge_numba(words, wcnt, num_merges, progress)
+            _bpe_merge_c.load()
+        except _bpe_merge_c.EngineUnavailable as e:
+            why = f"the C engine is unavailable, so BPE merges run in pure Python (~6x slower): {e}"
+            warnings.warn(why, stacklevel=3)
+            engine = "python"
+    bar = _progress_bar(progress, total=num_merges, desc="merge", unit="merge") if progress else None
+    try:
+        if engine == "python":
+            from ._bpe_merge_py import merge_python
+
+            return merge_python(words, wcnt, num_merges, None if bar is None else bar.update), "python"
+        return _merge_c(words, wcnt, num_merges, bar), "c"
+    finally:
+        if bar is not None:
+            bar.close()
 
 
-def _merge_numba(words: list[bytes], wcnt: list[int], num_merges: int, progress: bool) -> list[tuple[bytes, bytes]]:
-    """The compiled engine (`_bpe_merge.merge_words`); with `progress`, a thread runs it while this one shows a bar."""
+def _merge_c(words: list[bytes], wcnt: list[int], num_merges: int, bar) -> list[tuple[bytes, bytes]]:
+    """The C engine on the words; with a progress bar, a thread runs it while this one updates the bar."""
+    from ._bpe_merge_c import merge_words
+
+    data = b"".join(words)
     wstart = np.zeros(len(words) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=wstart[1:])
-    syms = np.frombuffer(b"".join(words), dtype=np.uint8).astype(np.int64)
     counts = np.array(wcnt, dtype=np.int64)
-    from ._bpe_merge import merge_words  # numba is imported only when it merges
-
     done = np.zeros(1, dtype=np.int64)
-    if not progress:
-        result = merge_words(syms, wstart, counts, num_merges, done)
-    else:
-        out: list = []
-        thread = threading.Thread(target=lambda: out.append(merge_words(syms, wstart, counts, num_merges, done)))
-        with _progress_bar(True, total=num_merges, desc="merge", unit="merge") as bar:
-            thread.start()
-            while thread.is_alive():
-                thread.join(0.1)
-                bar.update(int(done[0]) - bar.n)
-        if not out:
-            raise RuntimeError("the merge engine failed (its traceback is above)")
-        result = out[0]
-    tok = result.tokens
-    data = tok.data.tobytes()
-    off, length = tok.off.tolist(), tok.length.tolist()
-    ids = result.merges[: 2 * result.n_merges].tolist()
-    return [
-        (data[off[a] : off[a] + length[a]], data[off[b] : off[b] + length[b]])
-        for a, b in zip(ids[::2], ids[1::2], strict=True)
-    ]
+    if bar is None:
+        return _merges_from_ids(merge_words(data, wstart, counts, num_merges, done).tolist())
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(merge_words(data, wstart, counts, num_merges, done)))
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+        bar.update(int(done[0]) - bar.n)
+    if not out:
+        raise RuntimeError("the C merge engine failed (its traceback is above)")
+    return _merges_from_ids(out[0].tolist())
+
+
+def _merges_from_ids(ids: list[list[int]]) -> list[tuple[bytes, bytes]]:
+    """The merges as byte pairs, from an engine's token-id pairs: ids 0..255 are the bytes, then each merge makes
+    the next id, unless its bytes already belong to a token (which it then is)."""
+    tokens = [bytes([x]) for x in range(256)]
+    known = {t: x for x, t in enumerate(tokens)}
+    merges = []
+    for a, b in ids:
+        merges.append((tokens[a], tokens[b]))
+        merged = tokens[a] + tokens[b]
+        if merged not in known:
+            known[merged] = len(tokens)
+            tokens.append(merged)
+    return merges

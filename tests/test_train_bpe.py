@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from cs336_basics import _bpe_merge_py as bpe_py
 from cs336_basics import bpe
+from cs336_basics._bpe_merge_c import find_compiler
 from cs336_basics.bpe import TrainStats, find_chunk_boundaries, merge_pretokens, train_bpe
 from cs336_basics.bpe_reference import count_pretokens_reference as naive_pretokens
 from cs336_basics.bpe_reference import merge_reference as naive_merges
@@ -32,7 +33,7 @@ from cs336_basics.tokenizer_files import decode_token, load_tokenizer_dir, save_
 from .adapters import run_train_bpe
 from .conftest import shared_fixture
 
-BACKENDS = ["python", "numba"]  # every exactness test runs on both merge backends
+BACKENDS = ["python", "c"]  # every exactness test runs on both merge engines
 FIXTURES = Path(__file__).parent / "fixtures" / "bpe"
 
 
@@ -174,6 +175,17 @@ def test_merge_pretokens_matches_naive(words, num_merges, backend):
     assert merge_pretokens(words, num_merges, backend=backend) == naive_merges(words, num_merges)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(
+    words=st.dictionaries(st.text("ab", min_size=2, max_size=80).map(str.encode), st.integers(1, 4), max_size=4),
+    num_merges=st.integers(1, 40),
+)
+def test_long_words_over_two_letters_match_naive(words, num_merges, backend):
+    """Few long words over two letters: many occurrences of a pair in one word, adjacent (a b a b) and overlapping
+    (a a a) ones, a merge's neighbour merged in the same step, and merges that make existing bytes again."""
+    assert merge_pretokens(words, num_merges, backend=backend) == naive_merges(words, num_merges)
+
+
 @given(
     pair1=st.tuples(st.binary(max_size=4), st.binary(max_size=4)),
     pair2=st.tuples(st.binary(max_size=4), st.binary(max_size=4)),
@@ -187,16 +199,17 @@ def test_python_merger_tie_break_key_is_descending(pair1, pair2):
     assert (k1 == k2) == (pair1 == pair2)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("words", [{b"abab": 3, b"ab": 1}, {b"aaaa": 2, b"aaa": 5, b"aaaaa": 1}, {b"abcabab": 2}])
-def test_python_merger_overlapping_occurrences(words):
+def test_overlapping_occurrences(words, backend):
     """Adjacent and overlapping occurrences (a b a b -> new new, runs of a) update the neighbouring pair counts
     exactly: every merge, down to the last pair, equals the naive trainer's."""
-    assert merge_pretokens(words, 20, backend="python") == naive_merges(words, 20)
+    assert merge_pretokens(words, 20, backend=backend) == naive_merges(words, 20)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batched_merging_equals_one_call(backend):
-    """With progress on, merging runs in batches of 1% (state passed between numba calls): same merges."""
+    """With progress on (a thread merges while this one updates the bar), the same merges."""
     counts = naive_pretokens(HANDWRITTEN["scripts"] + HANDWRITTEN["punctuation"] + HANDWRITTEN["handout"], [])
     expected = naive_merges(counts, 250)
     assert merge_pretokens(counts, 250, progress=True, backend=backend) == expected
@@ -315,7 +328,7 @@ def test_matches_cs336_reference(backend):
 def test_corpus_en_is_fast():
     """Generous guard: a second call on corpus.en at vocab 500 in under 1.5 s (we measure ~0.1 s, Python merging)."""
     corpus = shared_fixture("corpus.en")
-    train_bpe(corpus, 300, ["<|endoftext|>"])  # imports (and numba, if chosen) are paid once, not here
+    train_bpe(corpus, 300, ["<|endoftext|>"])  # imports (and the C engine's load, if chosen) are paid once, not here
     start = time.perf_counter()
     train_bpe(corpus, 500, ["<|endoftext|>"])
     assert time.perf_counter() - start < 1.5
@@ -343,17 +356,18 @@ def test_corpus_en_is_fast_in_a_fresh_process():
     assert float(seconds) < 1.5
 
 
+@pytest.mark.skipif(find_compiler() is None, reason="no C compiler (cc, gcc or clang) here")
 def test_auto_backend_choice(monkeypatch):
-    """ "auto" merges small problems in Python (numba never imported for them) and large ones with numba."""
+    """ "auto" merges small problems in Python (the C engine is not even loaded for them) and large ones in C."""
     calls = []
     real = bpe_py.merge_python
     monkeypatch.setattr(bpe_py, "merge_python", lambda *a: calls.append("python") or real(*a))
     counts = {b"low": 5, b"lower": 2, b"widest": 3, b"newest": 6}
     expected = naive_merges(counts, 6)
-    assert merge_pretokens(counts, 6) == expected
+    assert bpe._merge(counts, 6, False, "auto") == (expected, "python")
     assert calls == ["python"]
-    monkeypatch.setattr(bpe, "PYTHON_MERGE_MAX_WORK", 10)  # 21 bytes x (1 + 6 / 3000) > 10: numba
-    assert merge_pretokens(counts, 6) == expected
+    monkeypatch.setattr(bpe, "PYTHON_MERGE_MAX_WORK", 10)  # 21 bytes x (1 + 6 / 3000) > 10: C
+    assert bpe._merge(counts, 6, False, "auto") == (expected, "c")
     assert calls == ["python"]
 
 
@@ -421,7 +435,7 @@ def test_invalid_utf8_says_where(tmp_path, tiny_chunks, num_workers):
 
 
 def test_bad_merge_backend(tmp_path):
-    with pytest.raises(ValueError, match=r"merge_backend='fast' must be one of \('auto', 'python', 'numba'\)"):
+    with pytest.raises(ValueError, match=r"merge_backend='fast' must be one of \('auto', 'python', 'c'\)"):
         train_bpe(write(tmp_path, "hello"), 300, [], merge_backend="fast")
     with pytest.raises(ValueError, match=r"merge_backend='C' must be one of"):
         merge_pretokens({b"ab": 1}, 1, backend="C")
@@ -660,7 +674,9 @@ def test_stats_are_filled(tmp_path):
 def test_cited_docs_exist():
     """Every docs/ or notes/ file that a BPE module cites exists in the repository."""
     root = Path(__file__).resolve().parent.parent
-    for name in ("bpe.py", "_bpe_merge.py", "_bpe_merge_py.py", "bpe_reference.py", "commands/train_bpe.py"):
+    modules = ["bpe.py", "_bpe_merge.c", "_bpe_merge_c.py", "_bpe_merge_py.py", "bpe_reference.py"]
+    modules.append("commands/train_bpe.py")
+    for name in modules:
         source = (root / "cs336_basics" / name).read_text("utf-8")
         for cited in re.findall(r"\b(?:docs|notes)/[\w./-]+\.md", source):
             assert (root / cited).is_file(), f"{name} cites {cited}, which does not exist"

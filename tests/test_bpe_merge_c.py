@@ -1,0 +1,141 @@
+"""The C merge engine's build and load (cs336_basics/_bpe_merge_c.py); its merges are checked against the reference
+with every other engine in tests/test_train_bpe.py (BACKENDS)."""
+
+import os
+import stat
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cs336_basics import _bpe_merge_c, bpe
+from cs336_basics.bpe import TrainStats, merge_pretokens, train_bpe
+from cs336_basics.bpe_reference import merge_reference
+
+WORDS = {b"low": 5, b"lower": 2, b"widest": 3, b"newest": 6, b"abcabc": 4, b"aaaa": 3}
+HANDOUT = [(b"s", b"t"), (b"e", b"st"), (b"o", b"w"), (b"l", b"ow"), (b"w", b"est"), (b"n", b"e")]
+
+
+@pytest.fixture
+def fresh_engine(monkeypatch, tmp_path):
+    """No library loaded in this process yet, and an empty cache directory."""
+    monkeypatch.setattr(_bpe_merge_c, "_loaded", {})
+    monkeypatch.setenv("CS336_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "bpe-engine"
+
+
+def fake_compiler(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "fake-cc"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+needs_cc = pytest.mark.skipif(_bpe_merge_c.find_compiler() is None, reason="no C compiler (cc, gcc or clang) here")
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="the fake compiler is a shell script")
+
+
+@needs_cc
+def test_builds_once_then_loads_from_the_cache(fresh_engine, monkeypatch):
+    assert merge_pretokens(WORDS, 30, backend="c") == merge_reference(WORDS, 30)
+    built = list(fresh_engine.iterdir())
+    assert len(built) == 1 and built[0].suffix in (".so", ".dylib", ".dll")  # no temporary file left behind
+    mtime = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(_bpe_merge_c, "_loaded", {})  # as a new process would: found in the cache, not rebuilt
+    assert merge_pretokens(WORDS, 30, backend="c") == merge_reference(WORDS, 30)
+    assert [p.stat().st_mtime_ns for p in fresh_engine.iterdir()] == [mtime]
+
+
+@needs_cc
+def test_a_corrupt_cached_library_is_rebuilt(fresh_engine):
+    """A truncated or foreign file in the cache is built again (in a new process: this one keeps its loaded copy)."""
+    _bpe_merge_c.load()
+    (path,) = fresh_engine.iterdir()
+    path.unlink()  # a new file, not a write into the one this process has mapped
+    path.write_bytes(b"not a shared library")
+    script = "from cs336_basics.bpe import merge_pretokens; print(merge_pretokens({b'abab': 2}, 2, backend='c'))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=os.environ)
+    assert out.stdout.strip() == "[(b'a', b'b'), (b'ab', b'ab')]"
+    assert path.read_bytes()[:4] != b"not "
+
+
+@needs_cc
+def test_caches_off_still_builds(monkeypatch):
+    monkeypatch.setattr(_bpe_merge_c, "_loaded", {})
+    monkeypatch.setenv("CS336_CACHE_DIR", "")
+    counts = {b"low": 5, b"lower": 2, b"widest": 3, b"newest": 6}
+    assert merge_pretokens(counts, 6, backend="c") == HANDOUT
+
+
+def test_no_compiler_is_a_clear_error(fresh_engine, monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(_bpe_merge_c.EngineUnavailable, match="no-such-cc"):
+        merge_pretokens(WORDS, 5, backend="c")
+    with pytest.raises(_bpe_merge_c.EngineUnavailable, match="no-such-cc"):  # tried once per process, same answer
+        _bpe_merge_c.load()
+    monkeypatch.setattr(_bpe_merge_c.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CC")
+    monkeypatch.setattr(_bpe_merge_c, "_loaded", {})
+    with pytest.raises(_bpe_merge_c.EngineUnavailable, match="no C compiler found"):
+        _bpe_merge_c.load()
+
+
+@posix_only
+def test_a_failing_compiler_is_reported_with_its_output(fresh_engine, monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", fake_compiler(tmp_path, 'echo "error: boom at line 7" >&2; exit 1'))
+    with pytest.raises(_bpe_merge_c.EngineUnavailable, match="(?s)failed \\(exit 1\\) on _bpe_merge.c.*boom at line 7"):
+        _bpe_merge_c.load()
+    assert not fresh_engine.exists() or not any(fresh_engine.iterdir())  # nothing half-written is left
+
+
+@posix_only
+def test_auto_falls_back_to_python_with_a_warning(fresh_engine, monkeypatch, tmp_path):
+    """No working compiler: "auto" on a large problem merges in Python, says why, and gets the same merges."""
+    monkeypatch.setenv("CC", fake_compiler(tmp_path, "exit 1"))
+    monkeypatch.setattr(bpe, "PYTHON_MERGE_MAX_WORK", 0)  # every problem counts as large
+    path = tmp_path / "corpus.txt"
+    path.write_text("low low lower widest newest newest " * 20)
+    stats = TrainStats()
+    with pytest.warns(UserWarning, match="C engine is unavailable"):
+        vocab, merges = train_bpe(path, 256 + 12, [], stats=stats, num_workers=1)
+    assert stats.merge_backend == "python"
+    assert merges == merge_pretokens(bpe.count_pretokens(path, []), 12, backend="python")
+
+
+@needs_cc
+def test_auto_uses_c_for_large_problems(fresh_engine, monkeypatch, tmp_path):
+    monkeypatch.setattr(bpe, "PYTHON_MERGE_MAX_WORK", 0)
+    path = tmp_path / "corpus.txt"
+    path.write_text("low low lower widest newest newest " * 20)
+    stats = TrainStats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_bpe(path, 256 + 12, [], stats=stats, num_workers=1)
+    assert stats.merge_backend == "c"
+
+
+@needs_cc
+def test_merge_words_checks_its_arguments(fresh_engine):
+    wstart, wcnt, done = np.array([0, 3], np.int64), np.array([1]), np.zeros(1, np.int64)
+    with pytest.raises(ValueError, match="needs data"):
+        _bpe_merge_c.merge_words(b"abab", wstart, wcnt, 2, done)  # wstart must end at len(data)
+    with pytest.raises(TypeError, match="progress must be a contiguous int64 array"):
+        _bpe_merge_c.merge_words(b"aba", wstart, wcnt, 2, np.zeros(1, np.int32))
+    ids = _bpe_merge_c.merge_words(b"aba", wstart, wcnt, 5, done)
+    assert ids.tolist() == [[98, 97], [97, 256]]  # (b, a) > (a, b) on the tie; then nothing is left to merge
+    assert done[0] == 2
+
+
+@needs_cc
+def test_an_edited_source_builds_a_new_library(fresh_engine, monkeypatch, tmp_path):
+    """The cached library is named by a hash of the source (and compiler, flags): an edit never loads a stale one."""
+    _bpe_merge_c.load()
+    edited = tmp_path / "_bpe_merge.c"
+    edited.write_text(_bpe_merge_c.SOURCE.read_text() + "\n/* edited */\n")
+    monkeypatch.setattr(_bpe_merge_c, "SOURCE", edited)
+    monkeypatch.setattr(_bpe_merge_c, "_loaded", {})
+    assert merge_pretokens(WORDS, 30, backend="c") == merge_reference(WORDS, 30)
+    assert len(list(fresh_engine.iterdir())) == 2
