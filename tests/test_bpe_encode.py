@@ -139,6 +139,35 @@ def test_long_runs_are_not_quadratic(engine):
     assert tok.decode(ids) == "a" * 200_000
 
 
+def test_kernel_refills_a_full_heap_exactly(small, monkeypatch):
+    """The kernel's heap rarely fills (it holds local minima only, and stale entries pop early; no input of the suite
+    or of the benchmarks fills it), so the refill path is forced here: the kernel runs as plain Python (`py_func`)
+    with a heap left only 2 entries of room after each fill, so that every merge refills it (and must find the next
+    merge among the local minima the refill lists)."""
+    numba_kernel = pytest.importorskip("cs336_basics._bpe_encode_numba")
+    fill = numba_kernel._fill_heap.py_func
+    refills = []
+
+    def tight_fill(ids, lengths, heap, slots, bits, shift):
+        heap, size = fill(ids, lengths, heap, slots, bits, shift)
+        refills.append(size)
+        return heap[: size + 2].copy(), size
+
+    monkeypatch.setattr(numba_kernel, "_fill_heap", tight_fill)
+    tok, vocab, merges = small
+    tables = tok._engine.merges
+    lengths = tables.token_lengths.astype(np.int64)  # (in Python, int32 positions would overflow the heap keys)
+    rng = random.Random(4)
+    words = [bytes(rng.choice(b"abc ") for _ in range(400)), b"a" * 300, b"ab" * 150 + b"c", b"cab " * 80]
+    for word in words:
+        ids = [tables.byte_ids[b] for b in word]
+        expected = _bpe_encode.merge_heap(list(ids), tables.pair_table, tables.shift)
+        kernel = numba_kernel.merge_heap_kernel.py_func
+        got = kernel(np.array(ids, dtype=np.int32), tables.pair_map.slots, tables.pair_map.bits, tables.shift, lengths)
+        assert tuple(got.tolist()) == expected
+    assert len(refills) > 400  # (one fill per word, then a refill after each merge)
+
+
 def test_long_words_among_many_new_words(engine):
     """The batch path (many new pre-tokens at once) sends long ones to the heap and keeps the order."""
     tok, oracle = _cached_gpt2_pair()
