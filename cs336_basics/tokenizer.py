@@ -97,6 +97,10 @@ class Tokenizer:
         (int64): an integer type that holds every id (the dataset command's uint16: converted block by block)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        dtype = np.dtype(dtype)
+        largest = max(self.vocab, default=0)
+        if dtype.kind not in "iu" or np.iinfo(dtype).max < largest:
+            raise ValueError(f"dtype={dtype.name} must be an integer type that holds every token id (up to {largest})")
         return self._engine.encode_to_array(text, dtype)
 
     def encode_iterable(self, iterable: Iterable[str], buffer_size: int = 1 << 16) -> Iterator[int]:

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import regex
 from hypothesis import given
@@ -597,3 +598,16 @@ def test_slots_left_by_an_interrupted_encode_are_dropped(gpt2_oracle):
     assert tok._engine.cache[" hello"] == []  # what a missed lookup leaves until its batch is encoded
     assert tok.encode("say hello hello") == gpt2_oracle.encode_ordinary("say hello hello")
     assert not tok._engine.cache.pending and tok._engine.cache[" hello"] == (23748,)
+
+
+def test_encode_to_array_dtype_must_hold_every_id():
+    """A dtype too small for the vocabulary would wrap ids silently: refused, naming it and the largest id."""
+    tok, _ = _cached_gpt2_pair()
+    assert tok.encode_to_array("hello world", np.uint16).tolist() == tok.encode("hello world")
+    assert tok.encode_to_array("hello world", np.uint16).dtype == np.uint16
+    with pytest.raises(
+        ValueError, match=r"dtype=uint8 must be an integer type that holds every token id \(up to 50256\)"
+    ):
+        tok.encode_to_array("hello world", np.uint8)
+    with pytest.raises(ValueError, match="dtype=float32"):
+        tok.encode_to_array("hello world", np.float32)
