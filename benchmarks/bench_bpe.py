@@ -7,9 +7,9 @@ reports its split between pre-tokenization and merging.
 
     uv run python benchmarks/bench_bpe.py CORPUS --vocab-size 10000 --repeat 3 --cold
 
-`--cold` adds a run of ours with empty caches (a fresh NUMBA_CACHE_DIR and CS336_CACHE_DIR each round): the first run
-on a fresh checkout, which builds the C merge engine (or compiles numba's). `--backends auto,numba` adds a row per
-merge backend (`train_bpe(merge_backend=...)`). Rounds interleave the trainers; the table shows each one's median
+`--cold` adds a run of ours with empty caches (a fresh CS336_CACHE_DIR each round): the first run
+on a fresh checkout, which builds the C merge engine. `--backends auto,python` adds a row per merge backend
+(`train_bpe(merge_backend=...)`). Rounds interleave the trainers; the table shows each one's median
 round and the ratios are of medians.
 
 Hugging Face is configured as GPT-2 is: ByteLevel pre-tokenizer with its regex, BpeTrainer with the 256-byte
@@ -150,7 +150,6 @@ def main() -> None:
             cache = None
             if env.pop("cold", None):
                 cache = tempfile.mkdtemp(prefix="empty-caches-")
-                env["NUMBA_CACHE_DIR"] = os.path.join(cache, "numba")
                 env["CS336_CACHE_DIR"] = os.path.join(cache, "cs336")
             try:
                 rounds[name].append(run_measured(argv, env))

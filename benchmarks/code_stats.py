@@ -3,7 +3,8 @@
     uv run python benchmarks/code_stats.py            # the work tree
     uv run python benchmarks/code_stats.py 73818a2    # a commit
 
-Functions decorated with numba's jit are left out of the function lengths (compiled kernels may be long).
+Functions decorated with a jit (numba, in older commits) are left out of the function lengths (compiled kernels may be
+long).
 """
 
 import ast
@@ -28,7 +29,7 @@ def read_tree(rev: str | None) -> dict[str, str]:
 
 
 def function_lengths(source: str) -> list[tuple[int, str]]:
-    """(lines, name) of every function that is not numba-compiled."""
+    """(lines, name) of every function that is not jit-compiled."""
     out = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):

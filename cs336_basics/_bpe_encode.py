@@ -9,25 +9,27 @@ trained vocabulary, and runs of a million bytes against tiktoken in benchmarks/b
 Three implementations, by length (n bytes):
 
 * `merge_list` (n < HEAP_MIN): a list of pair values, `min` and `index` in C. O(n^2), fastest for words.
-* `merge_heap` (up to NUMBA_MIN): a heap of (rank, position) over a linked list of parts; a popped entry whose
-  pair has changed since it was pushed is skipped. O(n log n), in Python.
-* the numba kernel (from NUMBA_MIN, or from NUMBA_LOADED_MIN once it is loaded; `Merges.merge_ids` and
-  `merge_array` call it): a heap compiled with numba (`cache=True`; numba is imported only when a pre-token of
-  NUMBA_MIN bytes appears; without numba, `merge_heap` runs), on int32 ids in place, with no link arrays and only the
-  local minima in its heap: about 4-5 bytes per byte of the pre-token. ~50x faster than `merge_heap`.
-  `_kernel_for(n)` is the rule.
+* `merge_heap` (HEAP_MIN up to KERNEL_MIN, and beyond when there is no C compiler): a heap of (rank, position) over
+  a linked list of parts; a popped entry whose pair has changed since it was pushed is skipped. O(n log n), in Python.
+* the C kernel `_bpe_encode.c` (from KERNEL_MIN; `Merges.merge_ids` and `merge_array` call it): a heap on int32 ids
+  in place, with no link arrays and only the local minima in its heap: about 4-5 bytes per byte of the pre-token,
+  ~50x faster than `merge_heap`. `_clib` builds it with the system compiler on first use (~0.3 s, once per machine:
+  it is cached) and loads it in about a millisecond after.
 """
 
+import ctypes
 import heapq
+import warnings
+from pathlib import Path
 
 import numpy as np
 
+from cs336_basics._clib import EngineUnavailable, load_library
 from cs336_basics._piece_table import IntMap, ragged_arange
 
 HEAP_MIN = 200  # bytes from which the heap beats the list (the list's C-speed scans are O(n) per merge)
 BATCH_TAIL = 64  # words left in a numpy batch below which the rest finish one by one
-NUMBA_MIN = 100_000  # bytes from which importing numba and loading its compiled kernel (0.5-1 s) pays off
-NUMBA_LOADED_MIN = 1_000  # bytes from which the kernel, once loaded, beats merge_heap
+KERNEL_MIN = 1_000  # bytes from which the C kernel beats merge_heap
 
 
 def merge(parts, pairs: dict[int, int], shift: int) -> tuple[int, ...]:
@@ -96,26 +98,38 @@ def merge_heap(parts: list[int], pairs: dict[int, int], shift: int) -> tuple[int
     return tuple(x for x in parts if x >= 0)
 
 
-_KERNEL = []
+_KERNEL: list = []  # [the C kernel's function, or None when it cannot be built here], once looked up
+_I32P, _I64P = ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64)
 
 
-def _kernel_for(n: int):
-    """The compiled kernel if it should merge a pre-token of n bytes, else None: from NUMBA_MIN bytes (loading it
-    then), and from NUMBA_LOADED_MIN bytes once it is loaded (no load cost left to pay)."""
-    if n >= NUMBA_MIN or (n >= NUMBA_LOADED_MIN and _KERNEL and _KERNEL[0] is not None):
-        return _numba_kernel()
-    return None
-
-
-def _numba_kernel():
-    """The compiled heap merge, or None when numba is not installed (imported and compiled on first use)."""
+def _kernel():
+    """The C kernel's function (built on first use), or None when it cannot be built here: then `merge_heap` runs,
+    after a warning that says why."""
     if not _KERNEL:
         try:
-            from cs336_basics._bpe_encode_numba import merge_heap_kernel
-        except ImportError:
-            merge_heap_kernel = None
-        _KERNEL.append(merge_heap_kernel)
+            fn = load_library(Path(__file__).with_name("_bpe_encode.c")).bpe_encode_merge
+            fn.restype = ctypes.c_int64
+            fn.argtypes = [_I32P, ctypes.c_int64, _I64P, ctypes.c_int64, ctypes.c_int64, _I32P, ctypes.c_int64]
+        except EngineUnavailable as e:
+            why = f"long pre-tokens are merged in Python (~50x slower): the C kernel is unavailable: {e}"
+            warnings.warn(why, stacklevel=2)
+            fn = None
+        _KERNEL.append(fn)
     return _KERNEL[0]
+
+
+def merge_kernel(ids: np.ndarray, pair_map: IntMap, shift: int, lengths: np.ndarray, room: int = 0) -> np.ndarray:
+    """BPE of the byte ids `ids` (a contiguous int32 array, modified) by the C kernel: the ids left, as a new int32
+    array. lengths: token id -> byte length (int32). `room` > 0 is a test hook (the heap refills with only that much
+    room). Needs n < 2**31 - 2 (a pre-token under 2 GB) and `_kernel()`."""
+    if ids.dtype != np.int32 or not ids.flags.c_contiguous or lengths.dtype != np.int32 or ids.size >= (1 << 31) - 2:
+        raise ValueError("merge_kernel needs contiguous int32 ids (under 2**31 - 2 of them) and int32 lengths")
+    slots = np.ascontiguousarray(pair_map.slots, dtype=np.int64)
+    ptr = ids.ctypes.data_as(_I32P)
+    n = _kernel()(ptr, ids.size, slots.ctypes.data_as(_I64P), pair_map.bits, shift, lengths.ctypes.data_as(_I32P), room)
+    if n < 0:
+        raise MemoryError(f"the C BPE kernel ran out of memory on a pre-token of {ids.size:,} bytes")
+    return ids[:n].copy()
 
 
 class Merges:
@@ -143,7 +157,7 @@ class Merges:
         # a pair listed twice: the first (lowest rank) is written last, and wins
         self.pair_table: dict[int, int] = dict(zip(keys[::-1].tolist(), values[::-1].tolist(), strict=True))
         self.byte_ids: list[int | None] = [token_to_id.get(bytes((b,))) for b in range(256)]
-        # The same table as a numpy hash map, for `bpe_bytes` (many pairs looked up at once) and the numba kernel.
+        # The same table as a numpy hash map, for `bpe_bytes` (many pairs looked up at once) and the C kernel.
         self.pair_map = IntMap(
             np.fromiter(self.pair_table.keys(), dtype=np.int64, count=len(self.pair_table)),
             np.fromiter(self.pair_table.values(), dtype=np.int64, count=len(self.pair_table)),
@@ -178,9 +192,8 @@ class Merges:
         return self.merge_ids(parts)
 
     def merge_ids(self, parts) -> tuple[int, ...]:
-        """`merge` of a list (modified in place) or int64 array of token ids (by the kernel from `_kernel_for`'s
-        length)."""
-        if _kernel_for(len(parts)) is not None:
+        """`merge` of a list (modified in place) or array of token ids (by the C kernel from KERNEL_MIN of them)."""
+        if len(parts) >= KERNEL_MIN and _kernel() is not None:
             return tuple(self.merge_array(np.asarray(parts, dtype=np.int32)).tolist())
         return merge(parts, self.pair_table, self.shift)
 
@@ -281,10 +294,9 @@ class Merges:
     def merge_array(self, ids: np.ndarray) -> np.ndarray:
         """`merge_ids` of an int32 array of byte ids (modified), as an array: no Python int per id of a huge
         pre-token. The kernel needs int32 ids and positions below 2**31 - 2 (a pre-token of 2 GB)."""
-        kernel = _kernel_for(ids.size)
-        if kernel is not None and ids.size < (1 << 31) - 2:
+        if ids.size >= KERNEL_MIN and ids.size < (1 << 31) - 2 and _kernel() is not None:
             ids = np.ascontiguousarray(ids, dtype=np.int32)
-            return kernel(ids, self.pair_map.slots, self.pair_map.bits, self.shift, self.token_lengths)
+            return merge_kernel(ids, self.pair_map, self.shift, self.token_lengths)
         return np.array(merge(ids, self.pair_table, self.shift), dtype=np.int64)
 
     def pair_values_of(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:

@@ -208,7 +208,7 @@ class Encoder:
         """Ids of the piece raw[start : start + length], of _HUGE_BYTES or more. Its pre-tokens go through the
         pre-token table in batches of about _HUGE_BYTES, except those of _HUGE_BYTES or more, which go to
         `Merges.merge_array` as int32 byte ids with no other copy of the pre-token left (the kernel works in place,
-        with a heap of local minima only: see _bpe_encode_numba)."""
+        with a heap of local minima only: see _bpe_encode.c)."""
         pretokens = GPT2_RE.findall(codecs.decode(memoryview(raw)[start : start + length], "utf-8"))
         out, batch, batch_bytes = [], [], 0
         for i in range(len(pretokens)):

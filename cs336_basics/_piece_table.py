@@ -397,7 +397,7 @@ class IntMap:
 
     @property
     def slots(self) -> np.ndarray:
-        """The (key, value) rows; key -1 marks an empty row (read by the numba BPE kernel)."""
+        """The (key, value) rows; key -1 marks an empty row (read by the C BPE kernel, _bpe_encode.c)."""
         return self._slots
 
     @property

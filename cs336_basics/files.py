@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def cache_dir(kind: str) -> Path | None:
-    """The directory for this package's caches of one kind ("tokenizers", "bpe-engine"):
+    """The directory for this package's caches of one kind ("tokenizers", "c-kernels"):
     $CS336_CACHE_DIR/kind, by default $XDG_CACHE_HOME/cs336_basics/kind, else ~/.cache/cs336_basics/kind.
     None when CS336_CACHE_DIR is set to "" (caches off)."""
     root = os.environ.get("CS336_CACHE_DIR")

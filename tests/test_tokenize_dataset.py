@@ -68,7 +68,7 @@ def test_output_equals_encode_of_whole_file(tok_dir, tmp_path, num_workers, rang
 
 @pytest.mark.parametrize("num_workers", [1, 2])
 def test_hostile_runs_equal_encode(tok_dir, tmp_path, num_workers):
-    """Runs without any cut (250k letters: numba's path; 20k of "=", 30k digits, 9k newlines) between ordinary
+    """Runs without any cut (250k letters: the C kernel's path; 20k of "=", 30k digits, 9k newlines) between ordinary
     documents, in ranges far smaller than the runs: the same ids as encode of the whole file."""
     text = _text(seed=7, num_docs=40)
     for run in ["a" * 250_000, "=" * 20_000, "0" * 30_000, "\n" * 9_000 + "x", "ab" * 5_000]:

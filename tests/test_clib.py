@@ -1,5 +1,5 @@
-"""The C merge engine's build and load (cs336_basics/_bpe_merge_c.py); its merges are checked against the reference
-with every other engine in tests/test_train_bpe.py (BACKENDS)."""
+"""Building and loading the C kernels (cs336_basics/_clib.py), shown on the BPE merge engine (_bpe_merge_c.py);
+the kernels' results are checked against their references in tests/test_train_bpe.py and tests/test_bpe_encode.py."""
 
 import os
 import stat
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cs336_basics import _bpe_merge_c, bpe
+from cs336_basics import _bpe_merge_c, _clib, bpe
 from cs336_basics.bpe import TrainStats, merge_pretokens, train_bpe
 from cs336_basics.bpe_reference import merge_reference
 
@@ -22,9 +22,9 @@ HANDOUT = [(b"s", b"t"), (b"e", b"st"), (b"o", b"w"), (b"l", b"ow"), (b"w", b"es
 @pytest.fixture
 def fresh_engine(monkeypatch, tmp_path):
     """No library loaded in this process yet, and an empty cache directory."""
-    monkeypatch.setattr(_bpe_merge_c, "_loaded", {})
+    monkeypatch.setattr(_clib, "_loaded", {})
     monkeypatch.setenv("CS336_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "bpe-engine"
+    return tmp_path / "cache" / "c-kernels"
 
 
 def fake_compiler(tmp_path: Path, body: str) -> str:
@@ -34,7 +34,7 @@ def fake_compiler(tmp_path: Path, body: str) -> str:
     return str(path)
 
 
-needs_cc = pytest.mark.skipif(_bpe_merge_c.find_compiler() is None, reason="no C compiler (cc, gcc or clang) here")
+needs_cc = pytest.mark.skipif(_clib.find_compiler() is None, reason="no C compiler (cc, gcc or clang) here")
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="the fake compiler is a shell script")
 
 
@@ -44,7 +44,7 @@ def test_builds_once_then_loads_from_the_cache(fresh_engine, monkeypatch):
     built = list(fresh_engine.iterdir())
     assert len(built) == 1 and built[0].suffix in (".so", ".dylib", ".dll")  # no temporary file left behind
     mtime = built[0].stat().st_mtime_ns
-    monkeypatch.setattr(_bpe_merge_c, "_loaded", {})  # as a new process would: found in the cache, not rebuilt
+    monkeypatch.setattr(_clib, "_loaded", {})  # as a new process would: found in the cache, not rebuilt
     assert merge_pretokens(WORDS, 30, backend="c") == merge_reference(WORDS, 30)
     assert [p.stat().st_mtime_ns for p in fresh_engine.iterdir()] == [mtime]
 
@@ -64,7 +64,7 @@ def test_a_corrupt_cached_library_is_rebuilt(fresh_engine):
 
 @needs_cc
 def test_caches_off_still_builds(monkeypatch):
-    monkeypatch.setattr(_bpe_merge_c, "_loaded", {})
+    monkeypatch.setattr(_clib, "_loaded", {})
     monkeypatch.setenv("CS336_CACHE_DIR", "")
     counts = {b"low": 5, b"lower": 2, b"widest": 3, b"newest": 6}
     assert merge_pretokens(counts, 6, backend="c") == HANDOUT
@@ -72,21 +72,21 @@ def test_caches_off_still_builds(monkeypatch):
 
 def test_no_compiler_is_a_clear_error(fresh_engine, monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    with pytest.raises(_bpe_merge_c.EngineUnavailable, match="no-such-cc"):
+    with pytest.raises(_clib.EngineUnavailable, match="no-such-cc"):
         merge_pretokens(WORDS, 5, backend="c")
-    with pytest.raises(_bpe_merge_c.EngineUnavailable, match="no-such-cc"):  # tried once per process, same answer
+    with pytest.raises(_clib.EngineUnavailable, match="no-such-cc"):  # tried once per process, same answer
         _bpe_merge_c.load()
-    monkeypatch.setattr(_bpe_merge_c.shutil, "which", lambda name: None)
+    monkeypatch.setattr(_clib.shutil, "which", lambda name: None)
     monkeypatch.delenv("CC")
-    monkeypatch.setattr(_bpe_merge_c, "_loaded", {})
-    with pytest.raises(_bpe_merge_c.EngineUnavailable, match="no C compiler found"):
+    monkeypatch.setattr(_clib, "_loaded", {})
+    with pytest.raises(_clib.EngineUnavailable, match="no C compiler found"):
         _bpe_merge_c.load()
 
 
 @posix_only
 def test_a_failing_compiler_is_reported_with_its_output(fresh_engine, monkeypatch, tmp_path):
     monkeypatch.setenv("CC", fake_compiler(tmp_path, 'echo "error: boom at line 7" >&2; exit 1'))
-    with pytest.raises(_bpe_merge_c.EngineUnavailable, match="(?s)failed \\(exit 1\\) on _bpe_merge.c.*boom at line 7"):
+    with pytest.raises(_clib.EngineUnavailable, match="(?s)failed \\(exit 1\\) on _bpe_merge.c.*boom at line 7"):
         _bpe_merge_c.load()
     assert not fresh_engine.exists() or not any(fresh_engine.iterdir())  # nothing half-written is left
 
@@ -136,6 +136,6 @@ def test_an_edited_source_builds_a_new_library(fresh_engine, monkeypatch, tmp_pa
     edited = tmp_path / "_bpe_merge.c"
     edited.write_text(_bpe_merge_c.SOURCE.read_text() + "\n/* edited */\n")
     monkeypatch.setattr(_bpe_merge_c, "SOURCE", edited)
-    monkeypatch.setattr(_bpe_merge_c, "_loaded", {})
+    monkeypatch.setattr(_clib, "_loaded", {})
     assert merge_pretokens(WORDS, 30, backend="c") == merge_reference(WORDS, 30)
     assert len(list(fresh_engine.iterdir())) == 2

@@ -1,0 +1,165 @@
+/* BPE of one long pre-token in O(n log n) time and ~4.5-5 bytes per byte: `_bpe_encode.merge_heap`'s merges in C,
+ * built and loaded by cs336_basics/_clib.py, called by `_bpe_encode.Merges.merge_array`. Checked against `merge_heap`
+ * and `tokenizer_reference.bpe_merge` (tests/test_bpe_encode.py).
+ *
+ * The rule: while some adjacent pair of parts has a merge, merge the pair of lowest rank, the leftmost on ties.
+ *
+ * Legend: the pre-token's parts live in `ids` (int32, one slot per byte, modified in place): a part starting at byte
+ * x holds its token id at ids[x] and spans lengths[ids[x]] bytes, so the next part starts at x + lengths[ids[x]]; the
+ * slots inside a part are negative, and the last slot of a part of 2+ bytes holds -(x + 2), so the part before any
+ * part is found in O(1) too (no link arrays). v(x): the rank of the merge of the pair at part x (x and the next
+ * part), NONE when there is none. The next merge is the leftmost part with the lowest v, which is a *local minimum*:
+ * v(x) < v(previous part) and v(x) <= v(next part). The heap holds (rank << 32 | x) for every local minimum (so a run
+ * of one byte keeps it tiny) and entries gone stale, which are skipped when popped: a popped entry is merged only if
+ * the pair at x still has that rank. `slots` is `_piece_table.IntMap`'s open-addressing table, rows of (pair key
+ * a << shift | b, rank << shift | merged id), key -1 empty, hashed by Fibonacci hashing as IntMap does.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+
+typedef int64_t i64;
+typedef int32_t i32;
+
+#define NONE ((i64)1 << 62)
+#define LOW32 (((i64)1 << 32) - 1)
+
+typedef struct {
+    i32 *ids;
+    i64 n;
+    const i64 *slots;
+    int bits, shift;
+    const i32 *lengths;
+} Parts;
+
+/* IntMap.get of one key: its value, or -1. */
+static i64 get(const Parts *P, i64 key) {
+    i64 mask = ((i64)1 << P->bits) - 1;
+    i64 pos = (i64)(((uint64_t)key * 0x9E3779B97F4A7C15ull) >> (64 - P->bits));
+    for (;;) {
+        i64 k = P->slots[2 * pos];
+        if (k == key) return P->slots[2 * pos + 1];
+        if (k < 0) return -1;
+        pos = (pos + 1) & mask;
+    }
+}
+
+/* v(x): the rank of the pair at part x (x < 0 or x >= n: no part), or NONE. */
+static i64 rank_at(const Parts *P, i64 x) {
+    if (x < 0 || x >= P->n) return NONE;
+    i64 a = P->ids[x], y = x + P->lengths[a];
+    if (y >= P->n) return NONE;
+    i64 v = get(P, (a << P->shift) | (i64)P->ids[y]);
+    return v < 0 ? NONE : v >> P->shift;
+}
+
+/* The part before part x, or -1. */
+static i64 prev_part(const Parts *P, i64 x) {
+    if (x <= 0) return -1;
+    i64 y = P->ids[x - 1];
+    return y >= 0 ? x - 1 : -y - 2;
+}
+
+static void sift_down(i64 *heap, i64 size, i64 i) {
+    i64 item = heap[i];
+    for (;;) {
+        i64 child = 2 * i + 1;
+        if (child >= size) break;
+        if (child + 1 < size && heap[child + 1] < heap[child]) child += 1;
+        if (heap[child] >= item) break;
+        heap[i] = heap[child];
+        i = child;
+    }
+    heap[i] = item;
+}
+
+static i64 push(i64 *heap, i64 size, i64 item) {
+    i64 i = size;
+    while (i > 0) {
+        i64 parent = (i - 1) >> 1;
+        if (heap[parent] <= item) break;
+        heap[i] = heap[parent];
+        i = parent;
+    }
+    heap[i] = item;
+    return size + 1;
+}
+
+typedef struct {
+    i64 *items, size, cap, alloc; /* cap: the size from which it is refilled (<= alloc, the room allocated) */
+} Heap;
+
+/* Fill the heap with every local minimum's entry and heapify it. Its capacity then leaves room for half as many
+ * entries again plus 1/16 of the parts (refills are amortized O(1) a push); `room` > 0 (a test hook) leaves only
+ * `room` entries of room instead. 0, or -1 when out of memory. */
+static int fill_heap(const Parts *P, Heap *H, i64 room) {
+    i64 size = 0, parts = 0, x = 0, v_before = NONE, v = rank_at(P, 0);
+    while (x < P->n) {
+        i64 y = x + P->lengths[P->ids[x]], v_after = rank_at(P, y);
+        if (v < v_before && v <= v_after) {
+            if (size == H->alloc) {
+                i64 *grown = realloc(H->items, (size_t)(2 * H->alloc + 16) * sizeof(i64));
+                if (!grown) return -1;
+                H->items = grown, H->alloc = 2 * H->alloc + 16;
+            }
+            H->items[size++] = (v << 32) | x;
+        }
+        v_before = v, v = v_after, x = y;
+        parts += 1;
+    }
+    i64 want = room > 0 ? size + room : size + size / 2 + parts / 16 + 16;
+    if (H->alloc < want) {
+        i64 *grown = realloc(H->items, (size_t)want * sizeof(i64));
+        if (!grown) return -1;
+        H->items = grown, H->alloc = want;
+    }
+    H->size = size, H->cap = room > 0 ? want : H->alloc;
+    for (i64 k = size / 2 - 1; k >= 0; k--) sift_down(H->items, size, k);
+    return 0;
+}
+
+/* BPE of the byte ids ids[0 .. n) (modified): the ids left after merging are moved to ids[0 .. returned count).
+ * lengths[t]: the byte length of token t (a merge's token is its parts' bytes, so lengths add up). n < 2^31 - 2.
+ * `room`: 0, or the test hook of fill_heap. Returns the count, or -1 when out of memory. */
+i64 bpe_encode_merge(i32 *ids, i64 n, const i64 *slots, i64 bits, i64 shift, const i32 *lengths, i64 room) {
+    Parts P = {ids, n, slots, (int)bits, (int)shift, lengths};
+    Heap H = {malloc(16 * sizeof(i64)), 0, 0, 16};
+    i64 mask = ((i64)1 << shift) - 1;
+    if (!H.items || fill_heap(&P, &H, room)) return free(H.items), -1;
+    while (H.size) {
+        i64 top = H.items[0];
+        H.items[0] = H.items[--H.size];
+        sift_down(H.items, H.size, 0);
+        i64 i = top & LOW32, a = ids[i];
+        if (a < 0) continue;
+        i64 j = i + lengths[a];
+        if (j >= n) continue;
+        i64 b = ids[j], v = get(&P, (a << shift) | b);
+        if (v < 0 || (v >> shift) != (top >> 32)) continue; /* stale: the pair changed since this entry was pushed */
+        i64 k = j + lengths[b];                               /* the part after the merged one */
+        ids[j] = -1;
+        ids[i] = (i32)(v & mask);
+        ids[k - 1] = (i32)(-(i + 2));
+        if (H.size + 4 > H.cap) { /* full of stale entries: refill (it then holds every local minimum already) */
+            if (fill_heap(&P, &H, room)) return free(H.items), -1;
+            continue;
+        }
+        /* v changed at p (pair p, new part) and i (new part, k); so the parts whose local-minimum status can change
+         * are pp, p, i and k. Push those that are local minima now and did not already have a valid entry. */
+        i64 p = prev_part(&P, i), pp = prev_part(&P, p);
+        i64 vi = rank_at(&P, i), vp = rank_at(&P, p), vk = rank_at(&P, k), vpp = rank_at(&P, pp);
+        if (vi < vp && vi <= vk) H.size = push(H.items, H.size, (vi << 32) | i);
+        if (vp < vpp && vp <= vi) H.size = push(H.items, H.size, (vp << 32) | p);
+        if (k < n && vk < vi && vk <= rank_at(&P, k + lengths[ids[k]])) {
+            i64 old = get(&P, (b << shift) | (i64)ids[k]); /* v(j) before: was k a minimum already? */
+            if (old >= 0 && vk >= (old >> shift)) H.size = push(H.items, H.size, (vk << 32) | k);
+        }
+        if (vpp <= vp && vpp < rank_at(&P, prev_part(&P, pp))) {
+            i64 old = get(&P, ((i64)ids[p] << shift) | a); /* v(p) before: was pp a minimum already? */
+            if (old >= 0 && vpp > (old >> shift)) H.size = push(H.items, H.size, (vpp << 32) | pp);
+        }
+    }
+    free(H.items);
+    i64 w = 0;
+    for (i64 x = 0; x < n; x += lengths[ids[w - 1]]) ids[w++] = ids[x]; /* the parts left, moved to the front */
+    return w;
+}
