@@ -223,6 +223,113 @@ static int cmp_i32(const void *x, const void *y) {
     return (u > v) - (u < v);
 }
 
+/* The symbols of the words, by position (see the legend). */
+typedef struct {
+    i32 *sym, *prv, *nxt, *word;
+    const i64 *wcnt;
+} Words;
+
+/* The heap of (count, slot) entries, and its capacity. */
+typedef struct {
+    i64 *c, *s, n, cap;
+} Heap;
+
+/* Push the slots touched since the last call whose counts are positive; clear the touched list. 0, or -1 (memory). */
+static int push_touched(Heap *H, Pairs *P, const Tokens *tok) {
+    if (H->n + P->n_touched > H->cap) {
+        i64 cap = H->cap;
+        if (grow(&H->c, &cap, H->n + P->n_touched, 0) || grow(&H->s, &H->cap, H->n + P->n_touched, 0)) return -1;
+    }
+    for (i64 k = 0; k < P->n_touched; k++) {
+        i64 s = P->touched[k];
+        if (P->pcnt[s] > 0) H->n = heap_push(H->c, H->s, H->n, P->pcnt[s], s, P->pa, P->pb, tok);
+    }
+    P->n_touched = 0;
+    return 0;
+}
+
+/* The slot of the best pair: pop until the top entry's count is current (a stale one goes back with its current
+ * count). -1 when no pair is left. */
+static i64 pop_best(Heap *H, const Pairs *P, const Tokens *tok) {
+    while (H->n > 0) {
+        i64 c = H->c[0], s = H->s[0];
+        H->n = heap_pop(H->c, H->s, H->n, P->pa, P->pb, tok);
+        if (P->pcnt[s] == c && c > 0) return s;
+        if (P->pcnt[s] > 0) H->n = heap_push(H->c, H->s, H->n, P->pcnt[s], s, P->pa, P->pb, tok);
+    }
+    return -1;
+}
+
+/* The token with the bytes of a then b: an existing one with those bytes, else a new one. -1 when out of memory. */
+static i64 make_token(Tokens *tok, i64 a, i64 b) {
+    i64 la = tok->len[a], lb = tok->len[b];
+    if (tok->used + la + lb > tok->data_cap) {
+        uint8_t *data = realloc(tok->data, (size_t)(2 * (tok->used + la + lb)));
+        if (!data) return -1;
+        tok->data = data;
+        tok->data_cap = 2 * (tok->used + la + lb);
+    }
+    memcpy(tok->data + tok->used, tok->data + tok->off[a], (size_t)la);
+    memcpy(tok->data + tok->used + la, tok->data + tok->off[b], (size_t)lb);
+    i64 q = tok_slot(tok, tok->used, la + lb);
+    if (tok->table[q] == -1) {
+        i64 t = tok->n_tok++;
+        tok->off[t] = tok->used;
+        tok->len[t] = la + lb;
+        tok->table[q] = t;
+        tok->used += la + lb;
+    }
+    return tok->table[q];
+}
+
+/* Take slot s's list of positions into *buf, in increasing order: each step appends its positions in order, so the
+ * list is sorted runs, and order matters where an occurrence's neighbour is merged in the same step. (A list comes
+ * out unsorted only when a step makes a token again, from another pair, left of where an earlier step made it; no
+ * test or fuzzing run has produced one, and the sort keeps the rule exact if one appears.) The count, or -1 when out
+ * of memory. */
+static i64 take_positions(Pairs *P, i64 s, i32 **buf, i64 *buf_cap) {
+    i64 n = 0;
+    int sorted = 1;
+    for (i32 node = P->head[s]; node >= 0; node = P->node_next[node]) {
+        if (n == *buf_cap) {
+            if (resize32(buf, 2 * *buf_cap)) return -1;
+            *buf_cap *= 2;
+        }
+        (*buf)[n] = P->node_pos[node];
+        sorted &= n == 0 || (*buf)[n - 1] < (*buf)[n];
+        n++;
+    }
+    P->head[s] = P->tail[s] = -1;
+    if (!sorted) qsort(*buf, (size_t)n, sizeof(i32), cmp_i32);
+    return n;
+}
+
+/* Merge (a, b) into `new` at each of the positions pos[0 .. n) that still holds it, left to right, and change the
+ * counts of the pairs around each occurrence. 0; -1 when out of memory; -3 if a pair to lose was never counted. */
+static int merge_at(Words *W, Pairs *P, const i32 *pos, i64 n, i64 a, i64 b, i64 new, i64 step) {
+    i32 *sym = W->sym, *prv = W->prv, *nxt = W->nxt;
+    i64 last = -1; /* the position merged just before */
+    for (i64 k = 0; k < n; k++) {
+        i64 p = pos[k], r = nxt[p];
+        if (sym[p] != a || r < 0 || sym[r] != b) continue; /* stale: merged or changed since it was listed */
+        i64 c = W->wcnt[W->word[p]], left = prv[p], right = nxt[r];
+        if (left >= 0) {
+            i64 x = left == last ? b : sym[left]; /* after the previous occurrence: (b, a) goes, (new, new) comes */
+            if (lose(P, x, a, c)) return -3;
+            if (gain(P, left == last ? new : x, new, left, c, step)) return -1;
+        }
+        /* (b, right) goes and (new, right) comes, unless an occurrence starts at `right` (it does this then) */
+        if (right >= 0 && !(sym[right] == a && nxt[right] >= 0 && sym[nxt[right]] == b)) {
+            if (lose(P, b, sym[right], c)) return -3;
+            if (gain(P, new, sym[right], p, c, step)) return -1;
+        }
+        sym[p] = (i32) new, sym[r] = -1, nxt[p] = (i32)right;
+        if (right >= 0) prv[right] = (i32)p;
+        last = p;
+    }
+    return 0;
+}
+
 /* Up to num_merges merges of the words data[wstart[w] .. wstart[w + 1]) (bytes; each word at least 2 long) counted
  * wcnt[w] times; merge k is (merges[2k], merges[2k + 1]). progress[0] holds the merges done so far (read by another
  * thread for a progress bar). Returns the number of merges, -1 when out of memory, -2 when the words hold 2^31 bytes
@@ -231,7 +338,7 @@ i64 bpe_merge_words(const uint8_t *data, const i64 *wstart, const i64 *wcnt, i64
                     i64 *merges, volatile i64 *progress) {
     i64 n_syms = wstart[n_words];
     if (n_syms >= INT32_MAX) return -2;
-    i64 result = -1, n_tok_max = 256 + num_merges, tcap = 1024, cap = 1024, buf_cap = 1024, heap_cap = 1024;
+    i64 result = -1, n_tok_max = 256 + num_merges, tcap = 1024, cap = 1024, buf_cap = 1024, step = 0;
     while (tcap < 2 * n_tok_max) tcap *= 2;
     while (cap < n_words) cap *= 2;
     size_t n32 = (size_t)(n_syms + 1) * sizeof(i32);
@@ -240,120 +347,47 @@ i64 bpe_merge_words(const uint8_t *data, const i64 *wstart, const i64 *wcnt, i64
     Pairs P = {.ht_keys = filled(4 * cap, -1), .ht_vals = filled(4 * cap, 0), .ht_cap = 4 * cap,
                .pa = malloc(cap * sizeof(i64)), .pb = malloc(cap * sizeof(i64)), .pcnt = malloc(cap * sizeof(i64)),
                .sstamp = malloc(cap * sizeof(i64)), .head = malloc(cap * sizeof(i32)),
-               .tail = malloc(cap * sizeof(i32)),
-               .slot_cap = cap, .node_pos = malloc(n32), .node_next = malloc(n32), .node_cap = n_syms + 1,
-               .touched = filled(1024, 0), .touched_cap = 1024};
-    i32 *sym = malloc(n32), *prv = malloc(n32), *nxt = malloc(n32), *word = malloc(n32);
+               .tail = malloc(cap * sizeof(i32)), .slot_cap = cap, .node_pos = malloc(n32), .node_next = malloc(n32),
+               .node_cap = n_syms + 1, .touched = filled(1024, 0), .touched_cap = 1024};
+    Words W = {.sym = malloc(n32), .prv = malloc(n32), .nxt = malloc(n32), .word = malloc(n32), .wcnt = wcnt};
+    Heap H = {.c = filled(1024, 0), .s = filled(1024, 0), .cap = 1024};
     i32 *buf = malloc((size_t)buf_cap * sizeof(i32));
-    i64 *hc = filled(heap_cap, 0), *hs = filled(heap_cap, 0), heap_n = 0, step = 0;
     if (!tok.off || !tok.len || !tok.table || !tok.data || !P.ht_keys || !P.ht_vals || !P.pa || !P.pb || !P.pcnt ||
-        !P.sstamp || !P.head || !P.tail || !P.node_pos || !P.node_next || !P.touched || !sym || !prv || !nxt || !word ||
-        !buf || !hc || !hs)
+        !P.sstamp || !P.head || !P.tail || !P.node_pos || !P.node_next || !P.touched || !W.sym || !W.prv || !W.nxt ||
+        !W.word || !H.c || !H.s || !buf)
         goto done;
     for (i64 t = 0; t < 256; t++) {
         tok.off[t] = t;
         tok.data[t] = (uint8_t)t;
         tok.table[tok_slot(&tok, t, 1)] = t;
     }
-    /* the positions, and every pair of every word (step -1) */
+    /* the positions, and every pair of every word (as gained in "step -1") */
     for (i64 w = 0; w < n_words; w++)
         for (i64 p = wstart[w]; p < wstart[w + 1]; p++) {
-            sym[p] = data[p], word[p] = (i32)w;
-            prv[p] = p > wstart[w] ? (i32)(p - 1) : -1;
-            nxt[p] = p + 1 < wstart[w + 1] ? (i32)(p + 1) : -1;
+            W.sym[p] = data[p], W.word[p] = (i32)w;
+            W.prv[p] = p > wstart[w] ? (i32)(p - 1) : -1;
+            W.nxt[p] = p + 1 < wstart[w + 1] ? (i32)(p + 1) : -1;
             if (p > wstart[w] && gain(&P, data[p - 1], data[p], p - 1, wcnt[w], -1)) goto done;
         }
     for (; step <= num_merges; step++) {
-        /* the pairs whose counts went up (after the count: all of them) go on the heap */
-        if (grow(&hc, &(i64){heap_cap}, heap_n + P.n_touched, 0) || grow(&hs, &heap_cap, heap_n + P.n_touched, 0))
-            goto done;
-        for (i64 k = 0; k < P.n_touched; k++)
-            if (P.pcnt[P.touched[k]] > 0)
-                heap_n = heap_push(hc, hs, heap_n, P.pcnt[P.touched[k]], P.touched[k], P.pa, P.pb, &tok);
-        P.n_touched = 0;
+        if (push_touched(&H, &P, &tok)) goto done; /* the pairs whose counts went up (at first: all of them) */
         *progress = step;
-        if (step == num_merges) break;
-        /* 1) the best pair: pop until the top entry's count is current */
-        i64 best = -1;
-        while (heap_n > 0) {
-            i64 c = hc[0], s = hs[0];
-            heap_n = heap_pop(hc, hs, heap_n, P.pa, P.pb, &tok);
-            if (P.pcnt[s] == c && c > 0) {
-                best = s;
-                break;
-            }
-            if (P.pcnt[s] > 0) heap_n = heap_push(hc, hs, heap_n, P.pcnt[s], s, P.pa, P.pb, &tok);
-        }
+        i64 best = step < num_merges ? pop_best(&H, &P, &tok) : -1;
         if (best < 0) break;
-        i64 a = P.pa[best], b = P.pb[best];
-        merges[2 * step] = a;
-        merges[2 * step + 1] = b;
-        /* 2) the merged token's bytes, reusing an existing token with the same bytes */
-        i64 la = tok.len[a], lb = tok.len[b];
-        if (tok.used + la + lb > tok.data_cap) {
-            uint8_t *data = realloc(tok.data, (size_t)(2 * (tok.used + la + lb)));
-            if (!data) goto done;
-            tok.data = data;
-            tok.data_cap = 2 * (tok.used + la + lb);
-        }
-        memcpy(tok.data + tok.used, tok.data + tok.off[a], (size_t)la);
-        memcpy(tok.data + tok.used + la, tok.data + tok.off[b], (size_t)lb);
-        i64 q = tok_slot(&tok, tok.used, la + lb), new = tok.table[q];
-        if (new == -1) {
-            new = tok.n_tok++;
-            tok.off[new] = tok.used;
-            tok.len[new] = la + lb;
-            tok.table[q] = new;
-            tok.used += la + lb;
-        }
-        /* 3) the positions where (a, b) was formed, in order (each step appends its positions in order, so the list
-         * is sorted runs; sorting matters where an occurrence's neighbour is merged in this step too) */
-        i64 n_buf = 0;
-        int sorted = 1;
-        for (i32 node = P.head[best]; node >= 0; node = P.node_next[node]) {
-            if (n_buf == buf_cap) {
-                if (resize32(&buf, 2 * buf_cap)) goto done;
-                buf_cap *= 2;
-            }
-            buf[n_buf] = P.node_pos[node];
-            sorted &= n_buf == 0 || buf[n_buf - 1] < buf[n_buf];
-            n_buf++;
-        }
-        P.head[best] = P.tail[best] = -1;
-        if (!sorted) qsort(buf, (size_t)n_buf, sizeof(i32), cmp_i32);
-        /* 4) merge each occurrence still there, left to right; `last` is the position merged just before */
-        i64 last = -1;
-        for (i64 k = 0; k < n_buf; k++) {
-            i64 p = buf[k], r = nxt[p];
-            if (sym[p] != a || r < 0 || sym[r] != b) continue; /* stale: merged or changed since it was listed */
-            i64 c = wcnt[word[p]], left = prv[p], right = nxt[r];
-            if (left >= 0) {
-                if (left == last) { /* the previous occurrence ends here: (b, a) goes, (new, new) comes */
-                    if (lose(&P, b, a, c)) goto broken;
-                    if (gain(&P, new, new, left, c, step)) goto done;
-                } else {
-                    if (lose(&P, sym[left], a, c)) goto broken;
-                    if (gain(&P, sym[left], new, left, c, step)) goto done;
-                }
-            }
-            /* (b, right) goes and (new, right) comes, unless an occurrence starts at `right` (it does this then) */
-            if (right >= 0 && !(sym[right] == a && nxt[right] >= 0 && sym[nxt[right]] == b)) {
-                if (lose(&P, b, sym[right], c)) goto broken;
-                if (gain(&P, new, sym[right], p, c, step)) goto done;
-            }
-            sym[p] = (i32) new, sym[r] = -1, nxt[p] = (i32)right;
-            if (right >= 0) prv[right] = (i32)p;
-            last = p;
+        i64 a = P.pa[best], b = P.pb[best], new = make_token(&tok, a, b), n;
+        merges[2 * step] = a, merges[2 * step + 1] = b;
+        if (new < 0 || (n = take_positions(&P, best, &buf, &buf_cap)) < 0) goto done;
+        int failed = merge_at(&W, &P, buf, n, a, b, new, step);
+        if (failed) {
+            result = failed == -3 ? -3 : -1;
+            goto done;
         }
         P.pcnt[best] = 0;
     }
     result = step;
-    goto done;
-broken:
-    result = -3;
 done:
     free(tok.off), free(tok.len), free(tok.table), free(tok.data), free(P.ht_keys), free(P.ht_vals), free(P.pa);
     free(P.pb), free(P.pcnt), free(P.sstamp), free(P.head), free(P.tail), free(P.node_pos), free(P.node_next);
-    free(P.touched), free(sym), free(prv), free(nxt), free(word), free(buf), free(hc), free(hs);
+    free(P.touched), free(W.sym), free(W.prv), free(W.nxt), free(W.word), free(H.c), free(H.s), free(buf);
     return result;
 }
