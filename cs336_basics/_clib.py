@@ -62,20 +62,24 @@ def _load(source: Path) -> ctypes.CDLL:
     text = source.read_bytes()
     key = hashlib.sha256(b"|".join([text, cc.encode(), " ".join(FLAGS).encode(), _platform_tag()])).hexdigest()
     directory = cache_dir("c-kernels")
-    if directory is None:  # caches off: build into a private directory, removed once the library is loaded
-        with tempfile.TemporaryDirectory(prefix="cs336-c-", ignore_cleanup_errors=True) as tmp:
-            return ctypes.CDLL(str(_build(cc, source, Path(tmp) / f"{source.stem}{_suffix()}")))
-    path = directory / f"{source.stem}-{key[:24]}{_suffix()}"
-    if path.exists():
+    if directory is not None:
+        path = directory / f"{source.stem}-{key[:24]}{_suffix()}"
+        if path.exists():
+            try:
+                return ctypes.CDLL(str(path))
+            except OSError:  # truncated or foreign: build it again
+                path.unlink(missing_ok=True)
         try:
-            return ctypes.CDLL(str(path))
-        except OSError:  # truncated or foreign: build it again
-            path.unlink(missing_ok=True)
-    return ctypes.CDLL(str(_build(cc, source, path)))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return ctypes.CDLL(str(_build(cc, source, path)))
+        except OSError:  # a cache directory that cannot be made or written: build as with caches off
+            pass
+    # caches off: build into a private directory, removed once the library is loaded
+    with tempfile.TemporaryDirectory(prefix="cs336-c-", ignore_cleanup_errors=True) as tmp:
+        return ctypes.CDLL(str(_build(cc, source, Path(tmp) / f"{source.stem}{_suffix()}")))
 
 
 def _build(cc: str, source: Path, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

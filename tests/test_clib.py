@@ -70,6 +70,18 @@ def test_caches_off_still_builds(monkeypatch):
     assert merge_pretokens(counts, 6, backend="c") == HANDOUT
 
 
+@needs_cc
+def test_a_cache_directory_it_cannot_make_still_builds(monkeypatch, tmp_path):
+    """A cache path that cannot be a directory (here under a file; a read-only home on a CI box is the same case):
+    built into a temporary directory instead, not an error."""
+    monkeypatch.setattr(_clib, "_loaded", {})
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("CS336_CACHE_DIR", str(blocker / "cache"))
+    assert merge_pretokens(WORDS, 30, backend="c") == merge_reference(WORDS, 30)
+    assert blocker.read_text() == "not a directory"
+
+
 def test_no_compiler_is_a_clear_error(fresh_engine, monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with pytest.raises(_clib.EngineUnavailable, match="no-such-cc"):
