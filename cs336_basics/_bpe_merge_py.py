@@ -76,7 +76,7 @@ def merge_python(
             desc.append(_desc_key(nb))
         delta: dict[str, int] = {}  # count changes of the pairs holding `new`, pushed once all words are done
         dget = delta.get
-        for i in where.pop(pair):
+        for i in set(where.pop(pair)):  # (once per word: a long word is listed once per occurrence)
             s = syms[i]
             j = s.find(pair)
             if j < 0:
