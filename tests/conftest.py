@@ -1,6 +1,7 @@
 """Shared pytest fixtures: snapshots, the public CS336 fixture files, hypothesis settings."""
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,8 @@ import pytest
 import torch
 from hypothesis import settings
 from jaxtyping import install_import_hook
+
+from cs336_basics._clib import find_compiler
 
 # Runtime shape and dtype checks of every jaxtyping annotation in these modules, in tests only (STYLE.md §3): the
 # modules are imported here, under the hook, before any test imports them. CS336_JAXTYPING=0 turns it off.
@@ -24,6 +27,12 @@ SNAPSHOT_DIR = Path(__file__).parent / "_snapshots"
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 # The public CS336 fixture files live beside the checkout (../shared/fixtures), never inside it.
 SHARED_DIR = Path(os.environ.get("CS336_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+
+# The C kernels' tests need a compiler; `CC=/nonexistent uv run pytest` runs the suite as a machine without one would
+# (those tests skip, and the Python fallbacks take their place everywhere else).
+NEEDS_CC = pytest.mark.skipif(
+    find_compiler() is None or shutil.which(find_compiler()) is None, reason="no C compiler (cc, gcc, clang or $CC)"
+)
 
 # Example counts come from the environment, as in tiktoken's tests: MAX_EXAMPLES=1000 uv run pytest
 settings.register_profile("default", max_examples=int(os.environ.get("MAX_EXAMPLES", "60")), deadline=None)

@@ -15,6 +15,8 @@ from cs336_basics import _bpe_merge_c, _clib, bpe
 from cs336_basics.bpe import TrainStats, merge_pretokens, train_bpe
 from cs336_basics.bpe_reference import merge_reference
 
+from .conftest import NEEDS_CC
+
 WORDS = {b"low": 5, b"lower": 2, b"widest": 3, b"newest": 6, b"abcabc": 4, b"aaaa": 3}
 HANDOUT = [(b"s", b"t"), (b"e", b"st"), (b"o", b"w"), (b"l", b"ow"), (b"w", b"est"), (b"n", b"e")]
 
@@ -34,11 +36,10 @@ def fake_compiler(tmp_path: Path, body: str) -> str:
     return str(path)
 
 
-needs_cc = pytest.mark.skipif(_clib.find_compiler() is None, reason="no C compiler (cc, gcc or clang) here")
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="the fake compiler is a shell script")
 
 
-@needs_cc
+@NEEDS_CC
 def test_builds_once_then_loads_from_the_cache(fresh_engine, monkeypatch):
     assert merge_pretokens(WORDS, 30, backend="c") == merge_reference(WORDS, 30)
     built = list(fresh_engine.iterdir())
@@ -49,7 +50,7 @@ def test_builds_once_then_loads_from_the_cache(fresh_engine, monkeypatch):
     assert [p.stat().st_mtime_ns for p in fresh_engine.iterdir()] == [mtime]
 
 
-@needs_cc
+@NEEDS_CC
 def test_a_corrupt_cached_library_is_rebuilt(fresh_engine):
     """A truncated or foreign file in the cache is built again (in a new process: this one keeps its loaded copy)."""
     _bpe_merge_c.load()
@@ -62,7 +63,7 @@ def test_a_corrupt_cached_library_is_rebuilt(fresh_engine):
     assert path.read_bytes()[:4] != b"not "
 
 
-@needs_cc
+@NEEDS_CC
 def test_caches_off_still_builds(monkeypatch):
     monkeypatch.setattr(_clib, "_loaded", {})
     monkeypatch.setenv("CS336_CACHE_DIR", "")
@@ -70,7 +71,7 @@ def test_caches_off_still_builds(monkeypatch):
     assert merge_pretokens(counts, 6, backend="c") == HANDOUT
 
 
-@needs_cc
+@NEEDS_CC
 def test_a_cache_directory_it_cannot_make_still_builds(monkeypatch, tmp_path):
     """A cache path that cannot be a directory (here under a file; a read-only home on a CI box is the same case):
     built into a temporary directory instead, not an error."""
@@ -117,7 +118,7 @@ def test_auto_falls_back_to_python_with_a_warning(fresh_engine, monkeypatch, tmp
     assert merges == merge_pretokens(bpe.count_pretokens(path, []), 12, backend="python")
 
 
-@needs_cc
+@NEEDS_CC
 def test_auto_uses_c_for_large_problems(fresh_engine, monkeypatch, tmp_path):
     monkeypatch.setattr(bpe, "PYTHON_MERGE_MAX_WORK", 0)
     path = tmp_path / "corpus.txt"
@@ -129,7 +130,7 @@ def test_auto_uses_c_for_large_problems(fresh_engine, monkeypatch, tmp_path):
     assert stats.merge_backend == "c"
 
 
-@needs_cc
+@NEEDS_CC
 def test_merge_words_checks_its_arguments(fresh_engine):
     wstart, wcnt, done = np.array([0, 3], np.int64), np.array([1]), np.zeros(1, np.int64)
     with pytest.raises(ValueError, match="needs data"):
@@ -141,7 +142,7 @@ def test_merge_words_checks_its_arguments(fresh_engine):
     assert done[0] == 2
 
 
-@needs_cc
+@NEEDS_CC
 def test_an_edited_source_builds_a_new_library(fresh_engine, monkeypatch, tmp_path):
     """The cached library is named by a hash of the source (and compiler, flags): an edit never loads a stale one."""
     _bpe_merge_c.load()

@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from cs336_basics import _bpe_merge_py as bpe_py
 from cs336_basics import bpe
-from cs336_basics._clib import find_compiler
 from cs336_basics.bpe import TrainStats, find_chunk_boundaries, merge_pretokens, train_bpe
 from cs336_basics.bpe_reference import count_pretokens_reference as naive_pretokens
 from cs336_basics.bpe_reference import merge_reference as naive_merges
@@ -31,10 +30,9 @@ from cs336_basics.pretokenize import GPT2_PATTERN as GPT2_PAT
 from cs336_basics.tokenizer_files import decode_token, load_tokenizer_dir, save_tokenizer
 
 from .adapters import run_train_bpe
-from .conftest import shared_fixture
+from .conftest import NEEDS_CC, shared_fixture
 
-NO_CC = pytest.mark.skipif(find_compiler() is None, reason="no C compiler (cc, gcc or clang) here")
-BACKENDS = ["python", pytest.param("c", marks=NO_CC)]  # every exactness test runs on both merge engines
+BACKENDS = ["python", pytest.param("c", marks=NEEDS_CC)]  # every exactness test runs on both merge engines
 FIXTURES = Path(__file__).parent / "fixtures" / "bpe"
 
 
@@ -358,7 +356,7 @@ def test_corpus_en_is_fast_in_a_fresh_process():
     assert float(seconds) < 1.5
 
 
-@NO_CC
+@NEEDS_CC
 def test_auto_backend_choice(monkeypatch):
     """ "auto" merges small problems in Python (the C engine is not even loaded for them) and large ones in C."""
     calls = []
