@@ -98,8 +98,8 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         dtype = np.dtype(dtype)
-        largest = max(self.vocab, default=0)
-        if dtype.kind not in "iu" or np.iinfo(dtype).max < largest:
+        if dtype != np.int64 and (dtype.kind not in "iu" or np.iinfo(dtype).max < self.vocab_size - 1):
+            largest = self.vocab_size - 1
             raise ValueError(f"dtype={dtype.name} must be an integer type that holds every token id (up to {largest})")
         return self._engine.encode_to_array(text, dtype)
 
