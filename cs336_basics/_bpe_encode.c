@@ -119,8 +119,11 @@ static int fill_heap(const Parts *P, Heap *H, i64 room) {
 
 /* BPE of the byte ids ids[0 .. n) (modified): the ids left after merging are moved to ids[0 .. returned count).
  * lengths[t]: the byte length of token t (a merge's token is its parts' bytes, so lengths add up). n < 2^31 - 2.
- * `room`: 0, or the test hook of fill_heap. Returns the count, or -1 when out of memory. */
-i64 bpe_encode_merge(i32 *ids, i64 n, const i64 *slots, i64 bits, i64 shift, const i32 *lengths, i64 room) {
+ * `room`: 0, or the test hook of fill_heap. *merged grows by one per merge (another thread may read it to show
+ * progress: a merge joins two parts, so a pre-token of n bytes takes at most n - 1). Returns the count, or -1 when
+ * out of memory. */
+i64 bpe_encode_merge(i32 *ids, i64 n, const i64 *slots, i64 bits, i64 shift, const i32 *lengths, i64 room,
+                     volatile i64 *merged) {
     Parts P = {ids, n, slots, (int)bits, (int)shift, lengths};
     Heap H = {malloc(16 * sizeof(i64)), 0, 0, 16};
     i64 mask = ((i64)1 << shift) - 1;
@@ -139,6 +142,7 @@ i64 bpe_encode_merge(i32 *ids, i64 n, const i64 *slots, i64 bits, i64 shift, con
         ids[j] = -1;
         ids[i] = (i32)(v & mask);
         ids[k - 1] = (i32)(-(i + 2));
+        *merged += 1;
         if (H.size + 4 > H.cap) { /* full of stale entries: refill (it then holds every local minimum already) */
             if (fill_heap(&P, &H, room)) return free(H.items), -1;
             continue;

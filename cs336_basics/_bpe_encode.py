@@ -100,6 +100,14 @@ def merge_heap(parts: list[int], pairs: dict[int, int], shift: int) -> tuple[int
 
 _KERNEL: list = []  # [the C kernel's function, or None when it cannot be built here], once looked up
 _I32P, _I64P = ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64)
+_MERGED = np.zeros(1, dtype=np.int64)  # merges the kernel has made in this process (see `kernel_merges`)
+_MERGED_PTR = _MERGED.ctypes.data_as(_I64P)
+
+
+def kernel_merges() -> int:
+    """How many merges the C kernel has made in this process so far. It grows while the kernel runs (the kernel
+    releases the GIL), so another thread can show progress through one huge pre-token (at most one merge a byte)."""
+    return int(_MERGED[0])
 
 
 def _kernel():
@@ -109,7 +117,7 @@ def _kernel():
         try:
             fn = load_library(Path(__file__).with_name("_bpe_encode.c")).bpe_encode_merge
             fn.restype = ctypes.c_int64
-            fn.argtypes = [_I32P, ctypes.c_int64, _I64P, ctypes.c_int64, ctypes.c_int64, _I32P, ctypes.c_int64]
+            fn.argtypes = [_I32P, ctypes.c_int64, _I64P, ctypes.c_int64, ctypes.c_int64, _I32P, ctypes.c_int64, _I64P]
         except EngineUnavailable as e:
             why = f"long pre-tokens are merged in Python (~50x slower): the C kernel is unavailable: {e}"
             warnings.warn(why, stacklevel=2)
@@ -126,7 +134,8 @@ def merge_kernel(ids: np.ndarray, pair_map: IntMap, shift: int, lengths: np.ndar
         raise ValueError("merge_kernel needs contiguous int32 ids (under 2**31 - 2 of them) and int32 lengths")
     slots = np.ascontiguousarray(pair_map.slots, dtype=np.int64)
     ptr = ids.ctypes.data_as(_I32P)
-    n = _kernel()(ptr, ids.size, slots.ctypes.data_as(_I64P), pair_map.bits, shift, lengths.ctypes.data_as(_I32P), room)
+    slots_ptr, lengths_ptr, merged_ptr = slots.ctypes.data_as(_I64P), lengths.ctypes.data_as(_I32P), _MERGED_PTR
+    n = _kernel()(ptr, ids.size, slots_ptr, pair_map.bits, shift, lengths_ptr, room, merged_ptr)
     if n < 0:
         raise MemoryError(f"the C BPE kernel ran out of memory on a pre-token of {ids.size:,} bytes")
     return ids[:n].copy()

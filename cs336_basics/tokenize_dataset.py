@@ -24,11 +24,13 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from cs336_basics._bpe_encode import kernel_merges
 from cs336_basics.pretokenize import SpecialTokens, first_safe_cut_in_file
 from cs336_basics.tokenizer import Tokenizer
 from cs336_basics.tokenizer_cache import load_tokenizer
@@ -158,11 +160,12 @@ def tokenize_file(
             num_tokens = 0
             with open(tmp_bin, "wb") as out:
                 for start, end in zip(cuts[:-1], cuts[1:], strict=True):
-                    ids = _encode_range(str(input_path), start, end, dtype, tokenizer)
+                    with _KernelProgress(bar, end - start) as moved:
+                        ids = _encode_range(str(input_path), start, end, dtype, tokenizer)
                     ids.tofile(out)
                     num_tokens += len(ids)
                     if bar is not None:
-                        bar.update(end - start)
+                        bar.update(end - start - moved.shown)
         else:
             num_tokens = _encode_in_parallel(
                 str(input_path), cuts, dtype, tokenizer, tokenizer_dir, num_workers, tmp_bin, bar
@@ -192,6 +195,39 @@ def tokenize_file(
         if bar is not None:
             bar.close()
     return meta
+
+
+class _KernelProgress:
+    """Moves `bar` while one range is encoded in this process, by the merges the long-pre-token kernel makes (at most
+    one per byte), so that a range that is one unsplittable run of megabytes still shows progress; `shown` is how
+    far it moved (the caller adds the rest). Ordinary text makes no kernel merges: its bar moves per range."""
+
+    def __init__(self, bar, range_bytes: int, interval: float = 0.2):
+        self.bar, self.limit, self.interval = bar, max(range_bytes - 1, 0), interval
+        self.shown = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "_KernelProgress":
+        if self.bar is not None:
+            self._start = kernel_merges()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.step()
+
+    def step(self) -> None:
+        target = min(kernel_merges() - self._start, self.limit)
+        if target > self.shown:
+            self.bar.update(target - self.shown)
+            self.shown = target
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self._stop.set()
+            self._thread.join()
 
 
 class _Claims:

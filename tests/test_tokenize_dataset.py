@@ -427,3 +427,71 @@ def test_tokenizer_cache(tok_dir, tmp_path, monkeypatch):
     tokenizer_cache.load_tokenizer(edited)
     kept = sorted(cache.rglob("*.npz"))
     assert len(kept) == 2 and entry in kept  # the entry rebuilt above is newer than the first edited one
+
+
+def test_progress_moves_inside_one_huge_run(monkeypatch):
+    """The bar of an in-process range moves with the kernel's merges (one unsplittable run shows progress), never
+    past the range, and the caller's final update brings it to exactly the range's bytes."""
+    merges = [100]
+    monkeypatch.setattr(tokenize_dataset, "kernel_merges", lambda: merges[0])
+    updates = []
+
+    class Bar:
+        def update(self, n):
+            updates.append(n)
+
+    with tokenize_dataset._KernelProgress(Bar(), 1000, interval=3600) as moved:
+        moved.step()  # no merge yet: nothing shown
+        merges[0] = 400
+        moved.step()
+        merges[0] = 2000  # (merges of earlier ranges are not counted; the range's bytes bound the bar)
+        moved.step()
+    assert updates == [300, 699] and moved.shown == 999
+    with tokenize_dataset._KernelProgress(None, 1000) as moved:  # no bar: no thread
+        pass
+    assert moved.shown == 0
+
+
+def test_progress_of_a_huge_run_adds_up_to_the_file(tmp_path, monkeypatch, tok_dir):
+    """`tokenize --progress` on a file that is one run: the bar's updates (during the kernel and after) sum to the
+    file's bytes exactly, none negative, and the ids are `encode`'s."""
+    import tqdm
+
+    updates = []
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def update(self, n):
+            updates.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    real = tokenize_dataset._KernelProgress.__init__
+    monkeypatch.setattr(  # look often, so that the kernel's merges likely show before the range ends
+        tokenize_dataset._KernelProgress, "__init__", lambda self, bar, n, interval=0: real(self, bar, n, 0.001)
+    )
+    path = tmp_path / "run.txt"
+    path.write_text("=" * 300_000)
+    meta = tokenize_file(path, tmp_path / "run.bin", tok_dir, progress=True)
+    assert sum(updates) == 300_000 and min(updates) >= 0
+    ids = load_tokens(tmp_path / "run.bin")
+    assert ids.tolist() == Tokenizer.from_dir(tok_dir).encode("=" * 300_000) and meta["num_tokens"] == len(ids)
+
+
+def test_the_kernel_counts_its_merges():
+    """`kernel_merges` grows by exactly the merges of a pre-token the kernel merged (what the bar above reads)."""
+    from cs336_basics import _bpe_encode
+
+    if _bpe_encode._kernel() is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"aa", 257: b"aaaa"}
+    merges = _bpe_encode.Merges({t: i for i, t in vocab.items()}, [(b"a", b"a"), (b"aa", b"aa")])
+    ids = np.full(4001, 97, dtype=np.int32)
+    before = _bpe_encode.kernel_merges()
+    out = merges.merge_array(ids)
+    assert out.tolist() == [257] * 1000 + [97]
+    assert _bpe_encode.kernel_merges() - before == 4001 - len(out)
