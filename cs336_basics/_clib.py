@@ -10,10 +10,12 @@ temporary name, then a rename), so processes building it at once never load a ha
 reason, and the caller falls back to its Python twin.
 """
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from pathlib import Path
 from cs336_basics.files import cache_dir
 
 FLAGS = ("-O2", "-std=c99", "-shared", "-fPIC")
+_KEEP_BUILDS = 4  # libraries kept per kernel (other versions of its source, e.g. other checkouts sharing the cache)
 
 
 class EngineUnavailable(RuntimeError):
@@ -31,10 +34,22 @@ class EngineUnavailable(RuntimeError):
 
 
 def find_compiler() -> str | None:
-    """$CC if set (even if it does not exist: the build then fails and says so), else cc, gcc or clang on PATH."""
+    """$CC if set (a command line, such as "ccache gcc"; if it does not exist the build fails and says so), else cc,
+    gcc or clang on PATH."""
     if os.environ.get("CC"):
         return os.environ["CC"]
     return next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
+
+
+def compiler_exists() -> bool:
+    """Whether `find_compiler()`'s command names an executable that exists (the tests of the C kernels need one)."""
+    cc = find_compiler()
+    return cc is not None and bool(_command(cc)) and shutil.which(_command(cc)[0]) is not None
+
+
+def _command(cc: str) -> list[str]:
+    """$CC as an argument list: a path to a program as is (even with spaces or backslashes), else split like a shell."""
+    return [cc] if shutil.which(cc) or os.path.exists(cc) else shlex.split(cc)
 
 
 _lock = threading.Lock()
@@ -71,12 +86,36 @@ def _load(source: Path) -> ctypes.CDLL:
                 path.unlink(missing_ok=True)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return ctypes.CDLL(str(_build(cc, source, path)))
-        except OSError:  # a cache directory that cannot be made or written: build as with caches off
-            pass
+            library = ctypes.CDLL(str(_build(cc, source, path)))
+        except OSError:  # a cache directory that cannot be made, written or loaded from: build as with caches off
+            with contextlib.suppress(OSError):
+                path.unlink()
+        else:
+            _prune(path.parent, f"{source.stem}-*{_suffix()}", keep=_KEEP_BUILDS)
+            return library
     # caches off: build into a private directory, removed once the library is loaded
     with tempfile.TemporaryDirectory(prefix="cs336-c-", ignore_cleanup_errors=True) as tmp:
-        return ctypes.CDLL(str(_build(cc, source, Path(tmp) / f"{source.stem}{_suffix()}")))
+        built = Path(tmp) / f"{source.stem}{_suffix()}"
+        try:
+            return ctypes.CDLL(str(_build(cc, source, built)))
+        except OSError as e:  # (a temporary directory that may not run code, a compiler for another machine)
+            raise EngineUnavailable(f"what the C compiler {cc!r} built from {source.name} cannot be loaded: {e}") from e
+
+
+def _prune(directory: Path, pattern: str, keep: int) -> None:
+    """Remove all but the `keep` newest files matching `pattern` (builds of other versions of a source); a file that
+    cannot be removed (loaded by a process, on Windows) stays."""
+    builds = sorted(directory.glob(pattern), key=_mtime, reverse=True)
+    for old in builds[keep:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # (removed meanwhile by another process)
+        return 0.0
 
 
 def _build(cc: str, source: Path, path: Path) -> Path:
@@ -84,7 +123,8 @@ def _build(cc: str, source: Path, path: Path) -> Path:
     os.close(fd)
     try:
         try:
-            done = subprocess.run([cc, *FLAGS, "-o", tmp, str(source)], capture_output=True, text=True, timeout=300)
+            command = [*_command(cc), *FLAGS, "-o", tmp, str(source)]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as e:
             raise EngineUnavailable(f"the C compiler {cc!r} could not run: {e}") from e
         if done.returncode != 0:

@@ -1,7 +1,6 @@
 """Shared pytest fixtures: snapshots, the public CS336 fixture files, hypothesis settings."""
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 from hypothesis import settings
 from jaxtyping import install_import_hook
 
-from cs336_basics._clib import find_compiler
+from cs336_basics._clib import compiler_exists
 
 # Runtime shape and dtype checks of every jaxtyping annotation in these modules, in tests only (STYLE.md §3): the
 # modules are imported here, under the hook, before any test imports them. CS336_JAXTYPING=0 turns it off.
@@ -30,9 +29,7 @@ SHARED_DIR = Path(os.environ.get("CS336_SHARED_DIR", Path(__file__).resolve().pa
 
 # The C kernels' tests need a compiler; `CC=/nonexistent uv run pytest` runs the suite as a machine without one would
 # (those tests skip, and the Python fallbacks take their place everywhere else).
-NEEDS_CC = pytest.mark.skipif(
-    find_compiler() is None or shutil.which(find_compiler()) is None, reason="no C compiler (cc, gcc, clang or $CC)"
-)
+NEEDS_CC = pytest.mark.skipif(not compiler_exists(), reason="no C compiler (cc, gcc, clang or $CC)")
 
 # Example counts come from the environment, as in tiktoken's tests: MAX_EXAMPLES=1000 uv run pytest
 settings.register_profile("default", max_examples=int(os.environ.get("MAX_EXAMPLES", "60")), deadline=None)

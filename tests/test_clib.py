@@ -2,6 +2,7 @@
 the kernels' results are checked against their references in tests/test_train_bpe.py and tests/test_bpe_encode.py."""
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -83,6 +84,27 @@ def test_a_cache_directory_it_cannot_make_still_builds(monkeypatch, tmp_path):
     assert blocker.read_text() == "not a directory"
 
 
+@posix_only
+def test_a_library_that_will_not_load_is_unavailable_not_a_crash(fresh_engine, monkeypatch, tmp_path):
+    """A "compiler" that succeeds but writes something that is not a library (a cross-compiler, a noexec
+    directory): EngineUnavailable naming the load error, and "auto" falls back to Python."""
+    monkeypatch.setenv("CC", fake_compiler(tmp_path, 'while [ "$1" != "-o" ]; do shift; done; echo junk > "$2"'))
+    with pytest.raises(_clib.EngineUnavailable, match="cannot be loaded"):
+        _bpe_merge_c.load()
+    monkeypatch.setattr(bpe, "PYTHON_MERGE_MAX_WORK", 0)
+    with pytest.warns(UserWarning, match="cannot be loaded"):
+        assert merge_pretokens(WORDS, 12) == merge_reference(WORDS, 12)
+    assert not fresh_engine.exists() or not any(fresh_engine.iterdir())  # the junk is not kept in the cache
+
+
+@NEEDS_CC
+@posix_only
+def test_cc_may_be_a_command_line(fresh_engine, monkeypatch):
+    """$CC as a shell would take it ("ccache gcc", "gcc -m64"): split into arguments (here "env /path/to/cc")."""
+    monkeypatch.setenv("CC", f"env {shutil.which(_clib.find_compiler())}")
+    assert merge_pretokens(WORDS, 30, backend="c") == merge_reference(WORDS, 30)
+
+
 def test_no_compiler_is_a_clear_error(fresh_engine, monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with pytest.raises(_clib.EngineUnavailable, match="no-such-cc"):
@@ -144,11 +166,15 @@ def test_merge_words_checks_its_arguments(fresh_engine):
 
 @NEEDS_CC
 def test_an_edited_source_builds_a_new_library(fresh_engine, monkeypatch, tmp_path):
-    """The cached library is named by a hash of the source (and compiler, flags): an edit never loads a stale one."""
+    """The cached library is named by a hash of the source (and compiler, flags): an edit never loads a stale one; the
+    cache keeps the newest _KEEP_BUILDS builds of a kernel (here 1)."""
+    monkeypatch.setattr(_clib, "_KEEP_BUILDS", 1)
     _bpe_merge_c.load()
+    (first,) = fresh_engine.iterdir()
     edited = tmp_path / "_bpe_merge.c"
     edited.write_text(_bpe_merge_c.SOURCE.read_text() + "\n/* edited */\n")
     monkeypatch.setattr(_bpe_merge_c, "SOURCE", edited)
     monkeypatch.setattr(_clib, "_loaded", {})
     assert merge_pretokens(WORDS, 30, backend="c") == merge_reference(WORDS, 30)
-    assert len(list(fresh_engine.iterdir())) == 2
+    (second,) = fresh_engine.iterdir()
+    assert second.name != first.name and second.name.startswith("_bpe_merge-")
