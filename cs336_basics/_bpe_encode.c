@@ -20,6 +20,12 @@
 typedef int64_t i64;
 typedef int32_t i32;
 
+#ifdef _WIN32
+#define EXPORT __declspec(dllexport)
+#else
+#define EXPORT
+#endif
+
 #define NONE ((i64)1 << 62)
 #define LOW32 (((i64)1 << 32) - 1)
 
@@ -120,9 +126,9 @@ static int fill_heap(const Parts *P, Heap *H, i64 room) {
 /* BPE of the byte ids ids[0 .. n) (modified): the ids left after merging are moved to ids[0 .. returned count).
  * lengths[t]: the byte length of token t (a merge's token is its parts' bytes, so lengths add up). n < 2^31 - 2.
  * `room`: 0, or the test hook of fill_heap. *merged grows by one per merge (another thread may read it to show
- * progress: a merge joins two parts, so a pre-token of n bytes takes at most n - 1). Returns the count, or -1 when
- * out of memory. */
-i64 bpe_encode_merge(i32 *ids, i64 n, const i64 *slots, i64 bits, i64 shift, const i32 *lengths, i64 room,
+ * progress: a merge joins two parts, so a pre-token of n bytes takes at most n - 1; the count is not atomic, so kernels
+ * in several threads at once may undercount it). Returns the count, or -1 when out of memory. */
+EXPORT i64 bpe_encode_merge(i32 *ids, i64 n, const i64 *slots, i64 bits, i64 shift, const i32 *lengths, i64 room,
                      volatile i64 *merged) {
     Parts P = {ids, n, slots, (int)bits, (int)shift, lengths};
     Heap H = {malloc(16 * sizeof(i64)), 0, 0, 16};

@@ -19,6 +19,7 @@ Three implementations, by length (n bytes):
 
 import ctypes
 import heapq
+import threading
 import warnings
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def merge_heap(parts: list[int], pairs: dict[int, int], shift: int) -> tuple[int
 
 
 _KERNEL: list = []  # [the C kernel's function, or None when it cannot be built here], once looked up
+_KERNEL_LOCK = threading.Lock()
 _I32P, _I64P = ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64)
 _MERGED = np.zeros(1, dtype=np.int64)  # merges the kernel has made in this process (see `kernel_merges`)
 _MERGED_PTR = _MERGED.ctypes.data_as(_I64P)
@@ -112,17 +114,31 @@ def kernel_merges() -> int:
 
 def _kernel():
     """The C kernel's function (built on first use), or None when it cannot be built here: then `merge_heap` runs,
-    after a warning that says why."""
-    if not _KERNEL:
-        try:
-            fn = load_library(Path(__file__).with_name("_bpe_encode.c")).bpe_encode_merge
-            fn.restype = ctypes.c_int64
-            fn.argtypes = [_I32P, ctypes.c_int64, _I64P, ctypes.c_int64, ctypes.c_int64, _I32P, ctypes.c_int64, _I64P]
-        except EngineUnavailable as e:
-            why = f"long pre-tokens are merged in Python (~50x slower): the C kernel is unavailable: {e}"
-            warnings.warn(why, stacklevel=2)
-            fn = None
-        _KERNEL.append(fn)
+    after a warning, once per process, that says why."""
+    if _KERNEL:
+        return _KERNEL[0]
+    with _KERNEL_LOCK:
+        if not _KERNEL:
+            why = None
+            try:
+                fn = load_library(Path(__file__).with_name("_bpe_encode.c")).bpe_encode_merge
+                fn.restype = ctypes.c_int64
+                fn.argtypes = [
+                    _I32P,
+                    ctypes.c_int64,
+                    _I64P,
+                    ctypes.c_int64,
+                    ctypes.c_int64,
+                    _I32P,
+                    ctypes.c_int64,
+                    _I64P,
+                ]
+            except (EngineUnavailable, AttributeError) as e:  # (AttributeError: a build that does not export it)
+                fn, why = None, e
+            _KERNEL.append(fn)  # (before the warning: a warning turned into an error must not mean a retry per call)
+            if why is not None:
+                why = f"long pre-tokens are merged in Python (~50x slower): the C kernel is unavailable: {why}"
+                warnings.warn(why, stacklevel=1)  # (it names this line: the reason, not the caller, is what matters)
     return _KERNEL[0]
 
 

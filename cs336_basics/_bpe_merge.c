@@ -27,6 +27,13 @@
 #include <string.h>
 
 typedef int64_t i64;
+typedef int32_t i32;
+
+#ifdef _WIN32
+#define EXPORT __declspec(dllexport)
+#else
+#define EXPORT
+#endif
 
 typedef struct {
     i64 *off, *len, *table; /* table: open addressing, bytes -> token id (-1 empty) */
@@ -34,9 +41,7 @@ typedef struct {
     i64 data_cap, used, n_tok, tmask;
 } Tokens;
 
-typedef int32_t i32;
-
-/* The capacity for `need` items of an array of `cap`: cap, or at least twice it. */
+/* The capacity for `need` items of an array of `cap`: cap if it is enough, else the larger of 2 cap and need. */
 static i64 grown(i64 cap, i64 need) { return need <= cap ? cap : (2 * cap > need ? 2 * cap : need); }
 
 /* Resize *a to n items. 0, or -1 when out of memory (*a is then unchanged). */
@@ -260,7 +265,9 @@ static i64 pop_best(Heap *H, const Pairs *P, const Tokens *tok) {
     return -1;
 }
 
-/* The token with the bytes of a then b: an existing one with those bytes, else a new one. -1 when out of memory. */
+/* The token with the bytes of a then b: an existing one with those bytes, else a new one. -1 when out of memory.
+ * (Greedy training likely never makes the same bytes twice, as a merge applies everywhere at once; the reference
+ * trainer is keyed by bytes, so this one is too, whether or not it happens.) */
 static i64 make_token(Tokens *tok, i64 a, i64 b) {
     i64 la = tok->len[a], lb = tok->len[b];
     if (tok->used + la + lb > tok->data_cap) {
@@ -332,15 +339,16 @@ static int merge_at(Words *W, Pairs *P, const i32 *pos, i64 n, i64 a, i64 b, i64
 
 /* Up to num_merges merges of the words data[wstart[w] .. wstart[w + 1]) (bytes; each word at least 2 long) counted
  * wcnt[w] times; merge k is (merges[2k], merges[2k + 1]). progress[0] holds the merges done so far (read by another
- * thread for a progress bar). Returns the number of merges, -1 when out of memory, -2 when the words hold 2^31 bytes
- * or more (positions are int32), -3 if its bookkeeping broke (a bug). */
-i64 bpe_merge_words(const uint8_t *data, const i64 *wstart, const i64 *wcnt, i64 n_words, i64 num_merges,
+ * thread for a progress bar). Returns the number of merges, -1 when out of memory, -2 when the words hold 2^31 / 3
+ * bytes or more (positions and position-list nodes, at most 3 a byte, are int32), -3 if its bookkeeping broke. */
+EXPORT i64 bpe_merge_words(const uint8_t *data, const i64 *wstart, const i64 *wcnt, i64 n_words, i64 num_merges,
                     i64 *merges, volatile i64 *progress) {
     i64 n_syms = wstart[n_words];
-    if (n_syms >= INT32_MAX) return -2;
+    if (n_syms >= INT32_MAX / 3) return -2;
+    if (num_merges <= 0) return 0;
+    /* the pair table and the slots start small and double as pairs appear (words are no bound on pairs) */
     i64 result = -1, n_tok_max = 256 + num_merges, tcap = 1024, cap = 1024, buf_cap = 1024, step = 0;
     while (tcap < 2 * n_tok_max) tcap *= 2;
-    while (cap < n_words) cap *= 2;
     size_t n32 = (size_t)(n_syms + 1) * sizeof(i32);
     Tokens tok = {.off = filled(n_tok_max, 0), .len = filled(n_tok_max, 1), .table = filled(tcap, -1),
                   .data = malloc(4096), .data_cap = 4096, .used = 256, .n_tok = 256, .tmask = tcap - 1};

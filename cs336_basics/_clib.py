@@ -124,13 +124,14 @@ def _build(cc: str, source: Path, path: Path) -> Path:
     try:
         try:
             command = [*_command(cc), *FLAGS, "-o", tmp, str(source)]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=300)
         except (OSError, subprocess.SubprocessError) as e:
             raise EngineUnavailable(f"the C compiler {cc!r} could not run: {e}") from e
         if done.returncode != 0:
             output = done.stderr.strip()[-2000:] or "(no output)"
             failed = f"the C compiler {cc!r} failed (exit {done.returncode}) on {source.name}"
             raise EngineUnavailable(f"{failed}:\n{output}")
+        os.chmod(tmp, 0o755)  # (mkstemp's file is private: a cache shared by several users must read it)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

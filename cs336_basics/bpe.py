@@ -382,15 +382,12 @@ def _merge(counts, num_merges: int, progress: bool, backend: str) -> tuple[list[
         return [], "none"
     words = [w for w, _ in pairs]
     wcnt = [c for _, c in pairs]
-    engine = _resolve_backend(sum(map(len, words)), num_merges, backend)
+    distinct_bytes = sum(map(len, words))
+    engine = _resolve_backend(distinct_bytes, num_merges, backend)
     if engine == "c" and backend == "auto":
-        from . import _bpe_merge_c
-
-        try:
-            _bpe_merge_c.load()
-        except _bpe_merge_c.EngineUnavailable as e:
-            why = f"the C engine is unavailable, so BPE merges run in pure Python (~6x slower): {e}"
-            warnings.warn(why, stacklevel=3)
+        why = _c_unavailable(distinct_bytes)
+        if why:
+            warnings.warn(f"BPE merges run in pure Python (~6x slower): {why}", stacklevel=3)
             engine = "python"
     bar = _progress_bar(progress, total=num_merges, desc="merge", unit="merge") if progress else None
     try:
@@ -402,6 +399,19 @@ def _merge(counts, num_merges: int, progress: bool, backend: str) -> tuple[list[
     finally:
         if bar is not None:
             bar.close()
+
+
+def _c_unavailable(distinct_bytes: int) -> str | None:
+    """Why the C engine cannot merge this problem here, or None."""
+    from . import _bpe_merge_c
+
+    if distinct_bytes > _bpe_merge_c.MAX_BYTES:
+        return f"the distinct pre-tokens hold {distinct_bytes:,} bytes, over the C engine's {_bpe_merge_c.MAX_BYTES:,}"
+    try:
+        _bpe_merge_c.load()
+    except _bpe_merge_c.EngineUnavailable as e:
+        return f"the C engine is unavailable: {e}"
+    return None
 
 
 def _merge_c(words: list[bytes], wcnt: list[int], num_merges: int, bar) -> list[tuple[bytes, bytes]]:
@@ -416,13 +426,20 @@ def _merge_c(words: list[bytes], wcnt: list[int], num_merges: int, bar) -> list[
     if bar is None:
         return _merges_from_ids(merge_words(data, wstart, counts, num_merges, done).tolist())
     out: list = []
-    thread = threading.Thread(target=lambda: out.append(merge_words(data, wstart, counts, num_merges, done)))
+
+    def run():  # (the C call releases the GIL: this thread updates the bar meanwhile)
+        try:
+            out.append(merge_words(data, wstart, counts, num_merges, done))
+        except BaseException as e:  # raised again below, in the caller's thread
+            out.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     while thread.is_alive():
         thread.join(0.1)
         bar.update(int(done[0]) - bar.n)
-    if not out:
-        raise RuntimeError("the C merge engine failed (its traceback is above)")
+    if isinstance(out[0], BaseException):
+        raise out[0]
     return _merges_from_ids(out[0].tolist())
 
 

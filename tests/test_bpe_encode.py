@@ -3,6 +3,7 @@
 
 import random
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -218,6 +219,15 @@ def test_without_a_c_compiler_long_pre_tokens_merge_in_python(monkeypatch):
     monkeypatch.setattr(_bpe_encode, "load_library", unavailable)
     with pytest.warns(UserWarning, match="merged in Python .* the C kernel is unavailable: no C compiler found"):
         assert _bpe_encode._kernel() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _bpe_encode._kernel() is None  # (said once per process)
+    heap_lengths = []
+    real_heap = _bpe_encode.merge_heap
+    monkeypatch.setattr(
+        _bpe_encode, "merge_heap", lambda parts, *a: heap_lengths.append(len(parts)) or real_heap(parts, *a)
+    )
     tok, oracle = _cached_gpt2_pair()
-    for text in ("a" * 5000, " " + "=-" * 3000 + "\n", "x" + "日" * 2000):
+    for text in ("a" * 5003, " " + "=-" * 3001 + "\n", "x" + "日" * 2001):
         assert tok.encode_to_array(text).tolist() == tok.encode(text) == oracle.encode(text)
+    assert max(heap_lengths) >= 5003  # (the long pre-tokens went through the Python heap)

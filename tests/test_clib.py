@@ -159,6 +159,9 @@ def test_merge_words_checks_its_arguments(fresh_engine):
         _bpe_merge_c.merge_words(b"abab", wstart, wcnt, 2, done)  # wstart must end at len(data)
     with pytest.raises(TypeError, match="progress must be a contiguous int64 array"):
         _bpe_merge_c.merge_words(b"aba", wstart, wcnt, 2, np.zeros(1, np.int32))
+    with pytest.raises(ValueError, match="num_merges=-100 must be >= 0"):  # (C would write below its token table)
+        _bpe_merge_c.merge_words(b"aba", wstart, wcnt, -100, done)
+    assert _bpe_merge_c.merge_words(b"aba", wstart, wcnt, 0, done).shape == (0, 2)
     ids = _bpe_merge_c.merge_words(b"aba", wstart, wcnt, 5, done)
     assert ids.tolist() == [[98, 97], [97, 256]]  # (b, a) > (a, b) on the tie; then nothing is left to merge
     assert done[0] == 2

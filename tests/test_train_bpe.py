@@ -181,7 +181,7 @@ def test_merge_pretokens_matches_naive(words, num_merges, backend):
 )
 def test_long_words_over_two_letters_match_naive(words, num_merges, backend):
     """Few long words over two letters: many occurrences of a pair in one word, adjacent (a b a b) and overlapping
-    (a a a) ones, a merge's neighbour merged in the same step, and merges that make existing bytes again."""
+    (a a a) ones, and a merge's neighbour merged in the same step."""
     assert merge_pretokens(words, num_merges, backend=backend) == naive_merges(words, num_merges)
 
 
