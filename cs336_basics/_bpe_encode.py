@@ -13,7 +13,7 @@ Three implementations, by length (n bytes):
   a linked list of parts; a popped entry whose pair has changed since it was pushed is skipped. O(n log n), in Python.
 * the C kernel `_bpe_encode.c` (from KERNEL_MIN; `Merges.merge_ids` and `merge_array` call it): a heap on int32 ids
   in place, with no link arrays and only the local minima in its heap: about 4-5 bytes per byte of the pre-token,
-  ~50x faster than `merge_heap`. `_clib` builds it with the system compiler on first use (~0.3 s, once per machine:
+  ~50x faster than `merge_heap`. `_clib` builds it with the system compiler on first use (~0.1 s, once per machine:
   it is cached) and loads it in about a millisecond after.
 """
 
@@ -31,6 +31,7 @@ from cs336_basics._piece_table import IntMap, ragged_arange
 HEAP_MIN = 200  # bytes from which the heap beats the list (the list's C-speed scans are O(n) per merge)
 BATCH_TAIL = 64  # words left in a numpy batch below which the rest finish one by one
 KERNEL_MIN = 1_000  # bytes from which the C kernel beats merge_heap
+KERNEL_MAX = (1 << 31) - 3  # bytes the kernel takes at most (int32 positions and end markers -(x + 2))
 
 
 def merge(parts, pairs: dict[int, int], shift: int) -> tuple[int, ...]:
@@ -146,8 +147,11 @@ def merge_kernel(ids: np.ndarray, pair_map: IntMap, shift: int, lengths: np.ndar
     """BPE of the byte ids `ids` (a contiguous int32 array, modified) by the C kernel: the ids left, as a new int32
     array. lengths: token id -> byte length (int32). `room` > 0 is a test hook (the heap refills with only that much
     room). Needs n < 2**31 - 2 (a pre-token under 2 GB) and `_kernel()`."""
-    if ids.dtype != np.int32 or not ids.flags.c_contiguous or lengths.dtype != np.int32 or ids.size >= (1 << 31) - 2:
-        raise ValueError("merge_kernel needs contiguous int32 ids (under 2**31 - 2 of them) and int32 lengths")
+    if ids.dtype != np.int32 or not ids.flags.c_contiguous or lengths.dtype != np.int32 or ids.size > KERNEL_MAX:
+        raise ValueError(
+            f"merge_kernel needs contiguous int32 ids (at most {KERNEL_MAX:,}) and int32 lengths, not {ids.size:,} "
+            f"{ids.dtype} ids and {lengths.dtype} lengths"
+        )
     slots = np.ascontiguousarray(pair_map.slots, dtype=np.int64)
     ptr = ids.ctypes.data_as(_I32P)
     slots_ptr, lengths_ptr, merged_ptr = slots.ctypes.data_as(_I64P), lengths.ctypes.data_as(_I32P), _MERGED_PTR
@@ -208,17 +212,18 @@ class Merges:
                 return self.merge_ids(parts)
         parts = list(map(self.byte_ids.__getitem__, pretoken_bytes))
         if None in parts:
-            pretoken = pretoken_bytes.decode("utf-8", errors="replace")
+            pretoken = pretoken_bytes[:40].decode("utf-8", errors="replace")
+            shown = f"{pretoken!r}" + (f" ... ({len(pretoken_bytes):,} bytes)" if len(pretoken_bytes) > 40 else "")
             missing = pretoken_bytes[parts.index(None)]
             raise ValueError(
-                f"cannot encode {pretoken!r}: byte {bytes((missing,))!r} is not in the vocabulary "
+                f"cannot encode {shown}: byte {bytes((missing,))!r} is not in the vocabulary "
                 "(a byte-level vocab needs all 256 single bytes)"
             )
         return self.merge_ids(parts)
 
     def merge_ids(self, parts) -> tuple[int, ...]:
         """`merge` of a list (modified in place) or array of token ids (by the C kernel from KERNEL_MIN of them)."""
-        if len(parts) >= KERNEL_MIN and _kernel() is not None:
+        if len(parts) >= KERNEL_MIN:
             return tuple(self.merge_array(np.asarray(parts, dtype=np.int32)).tolist())
         return merge(parts, self.pair_table, self.shift)
 
@@ -319,7 +324,7 @@ class Merges:
     def merge_array(self, ids: np.ndarray) -> np.ndarray:
         """`merge_ids` of an int32 array of byte ids (modified), as an array: no Python int per id of a huge
         pre-token. The kernel needs int32 ids and positions below 2**31 - 2 (a pre-token of 2 GB)."""
-        if ids.size >= KERNEL_MIN and ids.size < (1 << 31) - 2 and _kernel() is not None:
+        if KERNEL_MIN <= ids.size <= KERNEL_MAX and _kernel() is not None:
             ids = np.ascontiguousarray(ids, dtype=np.int32)
             return merge_kernel(ids, self.pair_map, self.shift, self.token_lengths)
         return np.array(merge(ids, self.pair_table, self.shift), dtype=np.int64)

@@ -4,7 +4,7 @@ Contract: `Encoder.encode(text)` equals the plain reference `tokenizer_reference
 off longest first, GPT-2 pre-tokens, BPE of each); checked by tests/test_tokenizer.py and test_tokenizer_table.py
 against tiktoken (GPT-2, and vocabularies we trained) and the reference, on fixed cases and Hypothesis text.
 
-How it is fast without a compiler:
+How it is fast (in Python and numpy; only BPE of pre-tokens of 1,000+ bytes calls a C kernel, `_bpe_encode.c`):
 
 1. The text is cut into *pieces* (`pretokenize.PIECE_RE`: a whitespace run then a non-whitespace run), which
    pre-tokenize independently; English text has few distinct pieces (" the", " world."), so caching piece -> ids
@@ -18,6 +18,9 @@ How it is fast without a compiler:
    findall over the joined ASCII pieces, `regex` for the rest), their pre-tokens looked up in a second table, and
    only new pre-tokens run BPE (`_bpe_encode.Merges`: numpy rounds over thousands of words, O(n log n) per long
    word).
+
+4. Pieces and pre-tokens of _HUGE_BYTES or more (runs without spaces: pathological text) skip the caches, and such a
+   pre-token goes to the kernel with no other copy of it held (`_encode_huge_piece`).
 
 Cache policy, one for all three caches (the dict, the piece table, the pre-token table): at most `cache_size`
 entries each, cleared when full, so encoding an arbitrarily large stream holds bounded memory.

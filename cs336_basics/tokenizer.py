@@ -97,7 +97,10 @@ class Tokenizer:
         (int64): an integer type that holds every id (the dataset command's uint16: converted block by block)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        dtype = np.dtype(dtype)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"dtype={dtype!r} must be a numpy integer type that holds every token id") from None
         if dtype != np.int64 and (dtype.kind not in "iu" or np.iinfo(dtype).max < self.vocab_size - 1):
             largest = self.vocab_size - 1
             raise ValueError(f"dtype={dtype.name} must be an integer type that holds every token id (up to {largest})")

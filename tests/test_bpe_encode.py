@@ -231,3 +231,13 @@ def test_without_a_c_compiler_long_pre_tokens_merge_in_python(monkeypatch):
     for text in ("a" * 5003, " " + "=-" * 3001 + "\n", "x" + "日" * 2001):
         assert tok.encode_to_array(text).tolist() == tok.encode(text) == oracle.encode(text)
     assert max(heap_lengths) >= 5003  # (the long pre-tokens went through the Python heap)
+
+
+def test_a_missing_byte_error_shows_a_long_pre_token_cut():
+    """A vocabulary without some byte: the error names the byte and shows a long pre-token cut (length and prefix),
+    not megabytes of it."""
+    vocab = {i: bytes([i]) for i in range(256) if i != ord("b")}
+    tok = Tokenizer(vocab, [])
+    with pytest.raises(ValueError, match=r"cannot encode 'a{40}' \.\.\. \(5,001 bytes\): byte b'b'") as info:
+        tok.encode("a" * 5000 + "b")
+    assert len(str(info.value)) < 300

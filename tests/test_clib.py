@@ -111,6 +111,8 @@ def test_no_compiler_is_a_clear_error(fresh_engine, monkeypatch, tmp_path):
         merge_pretokens(WORDS, 5, backend="c")
     with pytest.raises(_clib.EngineUnavailable, match="no-such-cc"):  # tried once per process, same answer
         _bpe_merge_c.load()
+    with pytest.raises(_clib.EngineUnavailable, match="no-such-cc"):  # (the merge thread's error, not a RuntimeError)
+        merge_pretokens(WORDS, 5, backend="c", progress=True)
     monkeypatch.setattr(_clib.shutil, "which", lambda name: None)
     monkeypatch.delenv("CC")
     monkeypatch.setattr(_clib, "_loaded", {})

@@ -611,3 +611,5 @@ def test_encode_to_array_dtype_must_hold_every_id():
         tok.encode_to_array("hello world", np.uint8)
     with pytest.raises(ValueError, match="dtype=float32"):
         tok.encode_to_array("hello world", np.float32)
+    with pytest.raises(ValueError, match="dtype='junk' must be a numpy integer type"):
+        tok.encode_to_array("hello world", "junk")
