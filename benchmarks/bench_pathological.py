@@ -158,6 +158,33 @@ def bench_train(corpus: Path, mb: float, vocab_size: int) -> None:
             )
 
 
+def bench_kernel_vs_heap(n: int) -> None:
+    """One pre-token of n bytes (a run of "a"; random letters) merged by the C kernel and by `merge_heap`, the Python
+    heap that takes its place without a C compiler, GPT-2's merges, the kernel loaded first."""
+    import numpy as np
+
+    from cs336_basics import _bpe_encode
+
+    merges = gpt2()[0]()._engine.merges
+    merges.merge_array(np.array([merges.byte_ids[b] for b in b"ab" * 600], dtype=np.int32))  # load the kernel
+    rng = random.Random(0)
+    print(f"\none pre-token of {n:,} bytes: the C kernel against merge_heap (Python)")
+    for name, word in (
+        ("a run of 'a'", b"a" * n),
+        ("random letters", bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz", k=n))),
+    ):
+        ids = [merges.byte_ids[b] for b in word]
+        t0 = time.perf_counter()
+        heap = _bpe_encode.merge_heap(list(ids), merges.pair_table, merges.shift)
+        t1 = time.perf_counter()
+        kernel = merges.merge_array(np.array(ids, dtype=np.int32))
+        t2 = time.perf_counter()
+        same = "same ids" if tuple(kernel.tolist()) == heap else "DIFFERENT ids"
+        print(
+            f"{name:<16} merge_heap {t1 - t0:7.3f} s   C {t2 - t1:7.4f} s   ratio {(t1 - t0) / (t2 - t1):5.0f}x  {same}"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], help="chars (0: none)")
@@ -165,12 +192,16 @@ def main() -> None:
     p.add_argument("--train-corpus", type=Path, help="text file for the training part (e.g. a 40 MB English mix)")
     p.add_argument("--train-mb", type=float, default=40.0, help="MB of --train-corpus to use (default 40)")
     p.add_argument("--train-vocab", type=int, default=10_000, help="vocab size for the training part")
+    p.add_argument("--kernel-vs-heap", type=int, default=0, metavar="N", help="also: the C kernel against the Python "
+                   "heap on one pre-token of N bytes")  # fmt: skip
     args = p.parse_args()
     sizes = [n for n in args.sizes if n > 0]
     if sizes:
         bench_encode(sizes, args.shapes)
     if args.train_corpus is not None:
         bench_train(args.train_corpus, args.train_mb, args.train_vocab)
+    if args.kernel_vs_heap:
+        bench_kernel_vs_heap(args.kernel_vs_heap)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Pure-Python incremental BPE merging: for small problems, where building or loading the C engine costs more than
-the merges, and for every problem where there is no C compiler (about 6x slower than C on large ones).
+the merges, and for every problem where there is no C compiler (about 5x slower than C on large ones).
 
 Contract: the same merges, in the same order, as the textbook trainer (`bpe_reference.merge_reference`) and the C
 engine (`_bpe_merge.c`); tests/test_train_bpe.py checks both against the reference with Hypothesis and the fixtures.

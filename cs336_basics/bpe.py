@@ -387,7 +387,7 @@ def _merge(counts, num_merges: int, progress: bool, backend: str) -> tuple[list[
     if engine == "c" and backend == "auto":
         why = _c_unavailable(distinct_bytes)
         if why:
-            warnings.warn(f"BPE merges run in pure Python (~6x slower): {why}", stacklevel=3)
+            warnings.warn(f"BPE merges run in pure Python (~5x slower): {why}", stacklevel=3)
             engine = "python"
     bar = _progress_bar(progress, total=num_merges, desc="merge", unit="merge") if progress else None
     try:
