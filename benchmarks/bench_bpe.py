@@ -124,6 +124,9 @@ def main() -> None:
         help="trainings per subprocess; 'train s' is the best, 'first s' the first (default 1)",
     )
     args = parser.parse_args()
+    if args.cold and args.backends.split(",")[0] != "auto":
+        parser.error(f"--cold compares a first run of 'auto' with the first of --backends, so list auto first: "
+                     f"--backends={args.backends!r}")  # fmt: skip
 
     ours = [sys.executable, "-c", OURS, args.corpus, str(args.vocab_size), str(args.workers), args.special_token]
     ours.append(str(args.in_process))
