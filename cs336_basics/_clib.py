@@ -49,7 +49,12 @@ def compiler_exists() -> bool:
 
 def _command(cc: str) -> list[str]:
     """$CC as an argument list: a path to a program as is (even with spaces or backslashes), else split like a shell."""
-    return [cc] if shutil.which(cc) or os.path.exists(cc) else shlex.split(cc)
+    if shutil.which(cc) or os.path.exists(cc):
+        return [cc]
+    try:
+        return shlex.split(cc)
+    except ValueError:  # (unbalanced quotes: taken as one name, whose build then fails and says so)
+        return [cc]
 
 
 _lock = threading.Lock()
