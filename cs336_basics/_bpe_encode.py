@@ -13,8 +13,9 @@ Three implementations, by length (n bytes):
   a linked list of parts; a popped entry whose pair has changed since it was pushed is skipped. O(n log n), in Python.
 * the C kernel `_bpe_encode.c` (from KERNEL_MIN; `Merges.merge_ids` and `merge_array` call it): a heap on int32 ids
   in place, with no link arrays and only the local minima in its heap: about 4-5 bytes per byte of the pre-token,
-  20-60x faster than `merge_heap` (`benchmarks/bench_pathological.py --sizes 0 --kernel-vs-heap 100000`). `_clib` builds it with the system compiler on first use (~0.1 s, once per machine:
-  it is cached) and loads it in about a millisecond after.
+  20-60x faster than `merge_heap` (`benchmarks/bench_pathological.py --sizes 0 --kernel-vs-heap 100000`). `_clib`
+  builds it with the system compiler on first use (~0.1 s, once per machine: it is cached) and loads it in about a
+  millisecond after.
 """
 
 import ctypes
