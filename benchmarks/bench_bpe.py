@@ -128,10 +128,10 @@ def main() -> None:
         parser.error(f"--cold compares a first run of 'auto' with the first of --backends, so list auto first: "
                      f"--backends={args.backends!r}")  # fmt: skip
 
-    ours = [sys.executable, "-c", OURS, args.corpus, str(args.vocab_size), str(args.workers), args.special_token]
-    ours.append(str(args.in_process))
+    ours_argv = [sys.executable, "-c", OURS, args.corpus, str(args.vocab_size), str(args.workers), args.special_token]
+    ours_argv.append(str(args.in_process))
     backends = args.backends.split(",")
-    runs = {f"ours ({args.workers} proc{'' if b == 'auto' else ', ' + b})": (ours + [b], {}) for b in backends} | {
+    runs = {f"ours ({args.workers} proc{'' if b == 'auto' else ', ' + b})": (ours_argv + [b], {}) for b in backends} | {
         "HF tokenizers (1 thread)": (
             [sys.executable, "-c", HF, args.corpus, str(args.vocab_size), args.special_token, str(args.in_process)],
             {"RAYON_NUM_THREADS": "1"},
@@ -145,7 +145,7 @@ def main() -> None:
         runs = dict(list(runs.items())[: len(backends)])
     if args.cold:
         first = next(iter(runs))
-        runs = {first: runs[first], "ours, empty caches": (ours + ["auto"], {"cold": "1"}), **runs}
+        runs = {first: runs[first], "ours, empty caches": (ours_argv + ["auto"], {"cold": "1"}), **runs}
     rounds: dict[str, list[dict]] = {name: [] for name in runs}
     for _ in range(args.repeat):
         for name, (argv, extra_env) in runs.items():  # interleaved, so load changes hit every trainer alike

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cs336_basics.files import atomic_write_json
+
 # The expected best setting runs first, so that it is measured even if a later one eats the time budget.
 SETTINGS = {
     "bf16+compile+sdpa": dict(dtype="bfloat16", compile=True, attention_backend="sdpa"),
@@ -122,8 +124,7 @@ def main() -> int:
     print(f"\nbest: {best:,.0f} tokens/s ({label}; target for the TinyStories config on an H100: >= 375,000)")
     path = args.json or (Path(os.environ["OUT"]) / "throughput.json" if os.environ.get("OUT") else None)
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(out, indent=2) + "\n")
+        atomic_write_json(path, out)
         print(f"wrote {path}")
     return 0
 

@@ -14,7 +14,6 @@ Prints a table; writes JSON to --json or $OUT/time_to_loss.json.
 """
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import TINY, BuiltinLM  # noqa: E402 - the peer model, shared with the throughput benchmark
 
 from cs336_basics.data import load_tokens, read_windows  # noqa: E402
+from cs336_basics.files import atomic_write_json  # noqa: E402
 from cs336_basics.layers import ModelConfig, TransformerLM  # noqa: E402
 from cs336_basics.model_info import MODEL_DEFAULTS  # noqa: E402 - the CS336 TinyStories model
 from cs336_basics.nn_utils import cross_entropy  # noqa: E402
@@ -139,8 +139,7 @@ def main() -> int:
         print(f"speed-up to the target: {peer['reached']['seconds'] / best['reached']['seconds']:.2f}x")
     path = args.json or (Path(os.environ["OUT"]) / "time_to_loss.json" if os.environ.get("OUT") else None)
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(out, indent=2) + "\n")
+        atomic_write_json(path, out)
         print(f"wrote {path}")
     return 0
 

@@ -85,7 +85,7 @@ def train_bpe(
 
     t0 = time.perf_counter()
     # the parent is idle while workers pre-tokenize: it builds or loads the C engine if that will likely merge
-    warm_up = _ready_c_engine if _c_likely(path, num_merges, merge_backend) else None
+    warm_up = _c_unavailable if _c_likely(path, num_merges, merge_backend) else None
     counts = count_pretokens(path, special_tokens, num_workers=num_workers, progress=progress, while_waiting=warm_up)
     t1 = time.perf_counter()
     merges, engine = _merge(counts, num_merges, progress, merge_backend)
@@ -343,16 +343,6 @@ def _c_likely(path: Path, num_merges: int, backend: str) -> bool:
     return num_merges > 0 and _resolve_backend(guess, num_merges, backend) == "c"
 
 
-def _ready_c_engine() -> None:
-    """Build (first use) or load the C engine; if it is unavailable, `_merge` says so when it merges."""
-    from . import _bpe_merge_c
-
-    try:
-        _bpe_merge_c.load()
-    except _bpe_merge_c.EngineUnavailable:
-        pass
-
-
 def merge_pretokens(
     counts: dict[bytes, int] | Iterable[tuple[bytes, int]],
     num_merges: int,
@@ -401,8 +391,9 @@ def _merge(counts, num_merges: int, progress: bool, backend: str) -> tuple[list[
             bar.close()
 
 
-def _c_unavailable(distinct_bytes: int) -> str | None:
-    """Why the C engine cannot merge this problem here, or None."""
+def _c_unavailable(distinct_bytes: int = 0) -> str | None:
+    """Why the C engine cannot merge this problem here, or None; builds (first use) or loads it. (Also the parent's
+    work while the workers pre-tokenize: then the answer is dropped, and `_merge` asks again, at no cost.)"""
     from . import _bpe_merge_c
 
     if distinct_bytes > _bpe_merge_c.MAX_BYTES:

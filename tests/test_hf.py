@@ -182,11 +182,7 @@ _text_with_specials = st.lists(
 @given(parts=_text_with_specials)
 def test_export_gpt2_tokenizer_ids_equal_ours_hypothesis(gpt2_export, parts):
     """Arbitrary Unicode with <|endoftext|> inside: the exported GPT-2 tokenizer.json gives our ids, and our text."""
-    ours, theirs = gpt2_export
-    text = "".join(parts)
-    ids = ours.encode(text)
-    assert theirs.encode(text) == ids
-    assert theirs.decode(ids) == ours.decode(ids)
+    _assert_same_ids(*gpt2_export, "".join(parts))
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +194,11 @@ def tokenizer_pair(one_export, tok_dir):
 @given(parts=st.lists(st.one_of(st.text(max_size=30), _wordy, st.sampled_from(SPECIALS))))
 def test_export_small_tokenizer_ids_equal_ours_hypothesis(tokenizer_pair, parts):
     """The same with the small trained tokenizer and its three special tokens (one not ASCII)."""
-    ours, theirs = tokenizer_pair
-    text = "".join(parts)
+    _assert_same_ids(*tokenizer_pair, "".join(parts))
+
+
+def _assert_same_ids(ours, theirs, text: str) -> None:
+    """Our Tokenizer and transformers' give the same ids for `text`, and decode them to the same text."""
     ids = ours.encode(text)
     assert theirs.encode(text) == ids
     assert theirs.decode(ids) == ours.decode(ids)
