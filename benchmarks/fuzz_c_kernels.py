@@ -1,0 +1,125 @@
+"""Fuzz the two C kernels against their references, optionally built with AddressSanitizer and UBSan.
+
+    uv run python benchmarks/fuzz_c_kernels.py --cases 3000 --sanitize
+
+The BPE trainer's engine (`_bpe_merge.c`) on random small problems (alphabets of 1-4 letters, words up to 200
+bytes, up to 60 merges) against `bpe_reference.merge_reference`; the encoder's kernel (`_bpe_encode.c`) on words up to
+3,000 bytes over random merge lists that make some tokens twice, against `tokenizer_reference.bpe_merge`. With
+--sanitize both are built with `-O1 -g -fsanitize=address,undefined` (gcc) and this script runs again with the
+sanitizer runtimes preloaded: any out-of-bounds access or undefined behaviour aborts it with a report. Prints the
+cases run and the mismatches (none expected); exits 1 on a mismatch.
+"""
+
+import argparse
+import ctypes
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cs336_basics import _bpe_encode, _bpe_merge_c  # noqa: E402
+from cs336_basics.bpe import _merges_from_ids  # noqa: E402
+from cs336_basics.bpe_reference import merge_reference  # noqa: E402
+from cs336_basics.tokenizer import Tokenizer  # noqa: E402
+from cs336_basics.tokenizer_reference import bpe_merge  # noqa: E402
+from tests.test_bpe_encode import _ranks, random_merges  # noqa: E402
+
+SANITIZE = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-std=c99", "-shared", "-fPIC"]
+
+
+def fuzz_merge(fn, cases: int, rng: random.Random) -> int:
+    bad = 0
+    for _ in range(cases):
+        alphabet = rng.choice(["ab", "abc", "aab", "abcd", "\x00\xff"])
+        words = {}
+        for _ in range(rng.randint(1, 8)):
+            word = "".join(rng.choice(alphabet) for _ in range(rng.randint(2, rng.choice([5, 30, 200]))))
+            words[word.encode("latin-1")] = rng.randint(1, 4)
+        n = rng.randint(1, 60)
+        data = b"".join(words)
+        wstart = np.zeros(len(words) + 1, np.int64)
+        np.cumsum([len(w) for w in words], out=wstart[1:])
+        counts = np.array(list(words.values()), np.int64)
+        merges, done = np.zeros(2 * n, np.int64), np.zeros(1, np.int64)
+        ptr = [a.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)) for a in (wstart, counts, merges, done)]
+        k = fn(data, ptr[0], ptr[1], len(words), n, ptr[2], ptr[3])
+        if _merges_from_ids(merges[: 2 * k].reshape(-1, 2).tolist()) != merge_reference(words, n):
+            bad += 1
+            print(f"merge engine MISMATCH: {words!r}, {n} merges")
+    return bad
+
+
+def fuzz_encode(fn, cases: int, rng: random.Random) -> int:
+    bad = 0
+    vocabularies = [random_merges(seed, 400) for seed in range(max(1, cases // 100))]
+    tables = [(Tokenizer(vocab, merges)._engine.merges, vocab, merges) for vocab, merges in vocabularies]
+    merged = np.zeros(1, np.int64)
+    for i in range(cases):
+        m, vocab, merges = tables[i % len(tables)]
+        token_id = {t: x for x, t in sorted(vocab.items(), reverse=True)}
+        alphabet = rng.choice([b"abc ", b"ab", b"a", b"aab", b"abcc  ", b"aaab"])
+        word = bytes(rng.choice(alphabet) for _ in range(rng.choice([3, 60, 300, 3000])))
+        ids = np.array([m.byte_ids[b] for b in word], dtype=np.int32)
+        slots = np.ascontiguousarray(m.pair_map.slots, dtype=np.int64)
+        room = rng.choice([0, 0, 2, 3, 5])
+        n = fn(
+            ids.ctypes.data_as(_bpe_encode._I32P), ids.size, slots.ctypes.data_as(_bpe_encode._I64P),
+            m.pair_map.bits, m.shift, m.token_lengths.ctypes.data_as(_bpe_encode._I32P), room,
+            merged.ctypes.data_as(_bpe_encode._I64P),
+        )  # fmt: skip
+        if ids[:n].tolist() != [token_id[t] for t in bpe_merge(word, _ranks(merges))]:
+            bad += 1
+            print(f"encode kernel MISMATCH: {word[:60]!r} ({len(word)} bytes), room {room}")
+    return bad
+
+
+def build_sanitized(directory: Path) -> tuple[Path, Path]:
+    out = []
+    for source in (_bpe_merge_c.SOURCE, Path(_bpe_encode.__file__).with_name("_bpe_encode.c")):
+        library = directory / f"{source.stem}.so"
+        subprocess.run(["gcc", *SANITIZE, "-o", str(library), str(source)], check=True)
+        out.append(library)
+    return out[0], out[1]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", type=int, default=3000, help="problems per kernel (default %(default)s)")
+    p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--sanitize", action="store_true", help="build with ASan + UBSan (gcc) and run under them")
+    p.add_argument("--libraries", nargs=2, metavar=("MERGE_SO", "ENCODE_SO"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.sanitize and not args.libraries:
+        with tempfile.TemporaryDirectory() as tmp:
+            libs = build_sanitized(Path(tmp))
+            runtimes = [subprocess.check_output(["gcc", f"-print-file-name={r}"], text=True).strip()
+                        for r in ("libasan.so", "libubsan.so")]  # fmt: skip
+            env = dict(os.environ, LD_PRELOAD=":".join(runtimes), ASAN_OPTIONS="detect_leaks=0")
+            argv = [sys.executable, __file__, "--cases", str(args.cases), "--seed", str(args.seed)]
+            return subprocess.run([*argv, "--libraries", *map(str, libs)], env=env).returncode
+    if args.libraries:
+        merge_fn = ctypes.CDLL(args.libraries[0]).bpe_merge_words
+        encode_fn = ctypes.CDLL(args.libraries[1]).bpe_encode_merge
+    else:
+        merge_fn, encode_fn = _bpe_merge_c.load(), _bpe_encode._kernel()
+    i64p = ctypes.POINTER(ctypes.c_int64)
+    merge_fn.restype = encode_fn.restype = ctypes.c_int64
+    merge_fn.argtypes = [ctypes.c_char_p, i64p, i64p, ctypes.c_int64, ctypes.c_int64, i64p, i64p]
+    i32p, i64 = ctypes.POINTER(ctypes.c_int32), ctypes.c_int64
+    encode_fn.argtypes = [i32p, i64, i64p, i64, i64, i32p, i64, i64p]
+    rng = random.Random(args.seed)
+    bad = fuzz_merge(merge_fn, args.cases, rng) + fuzz_encode(encode_fn, args.cases, rng)
+    built = "ASan + UBSan build" if args.libraries else "the package's build"
+    print(f"{args.cases} problems per kernel ({built}): {bad} mismatches")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
