@@ -1,4 +1,5 @@
-"""Per-kernel timings, forward and backward: the Triton kernels of cs336_basics/_triton.py against PyTorch's
+"""Per-kernel timings, forward and backward: the Triton kernels of cs336_basics/_kernels/triton_kernels.py against
+PyTorch's
 built-ins and the package's plain code, at the TinyStories shapes (batch 128, 16 heads, 256 positions, head dim 32,
 d_model 512) unless told otherwise.
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F  # noqa: N812 - the built-in peers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import BuiltinRoPE, synchronize  # noqa: E402 - the peers, shared with the throughput benchmark
 
-from cs336_basics import _triton, layers  # noqa: E402
+from cs336_basics import layers, triton_kernels  # noqa: E402
 
 
 def _time_ms(fn, inputs: list[torch.Tensor], backward: bool, warmup: int, reps: int) -> float:
@@ -65,7 +66,7 @@ def _cases(b: int, h: int, t: int, d: int, device: torch.device) -> dict:
             qkv,
             {
                 "plain": lambda q, k, v: layers.scaled_dot_product_attention(q, k, v, causal),
-                "triton": _triton.flash_attention,
+                "triton": triton_kernels.flash_attention,
                 "builtin": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
             },
         ),
@@ -81,7 +82,7 @@ def _cases(b: int, h: int, t: int, d: int, device: torch.device) -> dict:
             qkv[:2],
             {
                 "plain": lambda q, k: (rope(q), rope(k)),
-                "triton": lambda q, k: _triton.rope_qk(q, k, rope.cos, rope.sin),
+                "triton": lambda q, k: triton_kernels.rope_qk(q, k, rope.cos, rope.sin),
                 "builtin": lambda q, k: (peer_rope(q), peer_rope(k)),
             },
         ),
@@ -102,7 +103,7 @@ def main() -> int:
     args = parser.parse_args()
     device = torch.device(args.device)
     try:
-        _triton.check_device(torch.empty(0, device=device))
+        triton_kernels.check_device(torch.empty(0, device=device))
     except (ModuleNotFoundError, ValueError) as e:
         parser.error(str(e))
     shape = (2, 2, 40, 32) if args.tiny else (args.batch_size, args.heads, args.seq, args.head_dim)

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from cs336_basics import _triton
-from cs336_basics.layers import ModelConfig, TransformerLM
+from cs336_basics._kernels import triton_kernels
+from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.model_info import peak_flops, training_flops_per_token
 from cs336_basics.nn_utils import cross_entropy
 from cs336_basics.optimizer import AdamW
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or default_device())
     if "triton" in names:
         try:
-            _triton.check_device(torch.empty(0, device=device))
+            triton_kernels.check_device(torch.empty(0, device=device))
         except (ModuleNotFoundError, ValueError) as e:
             parser.error(f"--impls triton: {e}")
     torch.manual_seed(args.seed)

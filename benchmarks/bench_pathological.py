@@ -68,15 +68,15 @@ def gpt2():
 
 
 def bench_encode(sizes: list[int], names: list[str]) -> list[dict]:
-    from cs336_basics import _bpe_encode, tokenizer_reference
+    from cs336_basics._tokenization import encode_kernel, tokenizer_reference
 
     fresh, enc = gpt2()
     tok = fresh()
     t0 = time.perf_counter()
-    tok.encode("a" * _bpe_encode.KERNEL_MIN)  # load (or build) the C kernel: shown on its own
+    tok.encode("a" * encode_kernel.KERNEL_MIN)  # load (or build) the C kernel: shown on its own
     print(
         f"kernel load: {time.perf_counter() - t0:.2f} s (paid once per process, by the first pre-token of "
-        f"{_bpe_encode.KERNEL_MIN:,}+ bytes)"
+        f"{encode_kernel.KERNEL_MIN:,}+ bytes)"
     )
     print(f"{'shape':<14} {'chars':>9} {'ours s':>8} {'tiktoken s':>10} {'ratio':>6}  ids")
     rows = []
@@ -163,7 +163,7 @@ def bench_kernel_vs_heap(n: int) -> None:
     heap that takes its place without a C compiler, GPT-2's merges, the kernel loaded first."""
     import numpy as np
 
-    from cs336_basics import _bpe_encode
+    from cs336_basics._tokenization import encode_kernel
 
     merges = gpt2()[0]()._engine.merges
     merges.merge_array(np.array([merges.byte_ids[b] for b in b"ab" * 600], dtype=np.int32))  # load the kernel
@@ -175,7 +175,7 @@ def bench_kernel_vs_heap(n: int) -> None:
     ):
         ids = [merges.byte_ids[b] for b in word]
         t0 = time.perf_counter()
-        heap = _bpe_encode.merge_heap(list(ids), merges.pair_table, merges.shift)
+        heap = encode_kernel.merge_heap(list(ids), merges.pair_table, merges.shift)
         t1 = time.perf_counter()
         kernel = merges.merge_array(np.array(ids, dtype=np.int32))
         t2 = time.perf_counter()

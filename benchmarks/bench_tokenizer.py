@@ -33,9 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from cs336_basics.tokenize_dataset import _GRAINS_PER_RANGE, DEFAULT_RANGE_BYTES, _Claims, find_cuts
 from cs336_basics.tokenizer import GPT2_PATTERN, Tokenizer
 from cs336_basics.tokenizer_files import save_tokenizer
+from cs336_basics.workflows.tokenize import _GRAINS_PER_RANGE, DEFAULT_RANGE_BYTES, _Claims, find_cuts
 
 EOT = "<|endoftext|>"
 

@@ -2,8 +2,10 @@
 
     uv run python benchmarks/fuzz_c_kernels.py --cases 3000 --sanitize
 
-The BPE trainer's engine (`_bpe_merge.c`) on random small problems (alphabets of 1-4 letters, words up to 200
-bytes, up to 60 merges) against `bpe_reference.merge_reference`; the encoder's kernel (`_bpe_encode.c`) on words up to
+The BPE trainer's engine (`_tokenization/merge_kernel.c`) on random small problems (alphabets of 1-4 letters, words up
+to 200
+bytes, up to 60 merges) against `bpe_reference.merge_reference`; the encoder's kernel
+(`_tokenization/encode_kernel.c`) on words up to
 3,000 bytes over random merge lists that make some tokens twice, against `tokenizer_reference.bpe_merge`. With
 --sanitize both are built with `-O1 -g -fsanitize=address,undefined` (gcc) and this script runs again with the
 sanitizer runtimes preloaded: any out-of-bounds access or undefined behaviour aborts it with a report. Prints the
@@ -24,11 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cs336_basics import _bpe_encode, _bpe_merge_c  # noqa: E402
+from cs336_basics import encode_kernel, merge_kernel  # noqa: E402
+from cs336_basics._tokenization.bpe_reference import merge_reference  # noqa: E402
+from cs336_basics._tokenization.tokenizer_reference import bpe_merge  # noqa: E402
 from cs336_basics.bpe import _merges_from_ids  # noqa: E402
-from cs336_basics.bpe_reference import merge_reference  # noqa: E402
 from cs336_basics.tokenizer import Tokenizer  # noqa: E402
-from cs336_basics.tokenizer_reference import bpe_merge  # noqa: E402
 from tests.test_bpe_encode import _ranks, random_merges  # noqa: E402
 
 SANITIZE = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-std=c99", "-shared", "-fPIC"]
@@ -70,9 +72,9 @@ def fuzz_encode(fn, cases: int, rng: random.Random) -> int:
         slots = np.ascontiguousarray(m.pair_map.slots, dtype=np.int64)
         room = rng.choice([0, 0, 2, 3, 5])
         n = fn(
-            ids.ctypes.data_as(_bpe_encode._I32P), ids.size, slots.ctypes.data_as(_bpe_encode._I64P),
-            m.pair_map.bits, m.shift, m.token_lengths.ctypes.data_as(_bpe_encode._I32P), room,
-            merged.ctypes.data_as(_bpe_encode._I64P),
+            ids.ctypes.data_as(encode_kernel._I32P), ids.size, slots.ctypes.data_as(encode_kernel._I64P),
+            m.pair_map.bits, m.shift, m.token_lengths.ctypes.data_as(encode_kernel._I32P), room,
+            merged.ctypes.data_as(encode_kernel._I64P),
         )  # fmt: skip
         if ids[:n].tolist() != [token_id[t] for t in bpe_merge(word, _ranks(merges))]:
             bad += 1
@@ -82,7 +84,7 @@ def fuzz_encode(fn, cases: int, rng: random.Random) -> int:
 
 def build_sanitized(directory: Path) -> tuple[Path, Path]:
     out = []
-    for source in (_bpe_merge_c.SOURCE, Path(_bpe_encode.__file__).with_name("_bpe_encode.c")):
+    for source in (merge_kernel.SOURCE, Path(encode_kernel.__file__).with_name("encode_kernel.c")):
         library = directory / f"{source.stem}.so"
         subprocess.run(["gcc", *SANITIZE, "-o", str(library), str(source)], check=True)
         out.append(library)
@@ -108,7 +110,7 @@ def main() -> int:
         merge_fn = ctypes.CDLL(args.libraries[0]).bpe_merge_words
         encode_fn = ctypes.CDLL(args.libraries[1]).bpe_encode_merge
     else:
-        merge_fn, encode_fn = _bpe_merge_c.load(), _bpe_encode._kernel()
+        merge_fn, encode_fn = merge_kernel.load(), encode_kernel._kernel()
     i64p = ctypes.POINTER(ctypes.c_int64)
     merge_fn.restype = encode_fn.restype = ctypes.c_int64
     merge_fn.argtypes = [ctypes.c_char_p, i64p, i64p, ctypes.c_int64, ctypes.c_int64, i64p, i64p]

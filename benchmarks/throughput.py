@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cs336_basics.files import atomic_write_json
+from cs336_basics.fileio import atomic_write_json
 
 # The expected best setting runs first, so that it is measured even if a later one eats the time budget.
 SETTINGS = {
@@ -49,8 +49,8 @@ def _child(args) -> None:
     """Measure one setting (runs in a subprocess); prints one JSON line."""
     import torch
 
-    from cs336_basics.throughput import measure_throughput
     from cs336_basics.train import TrainConfig
+    from cs336_basics.workflows.throughput import measure_throughput
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import TINY, BuiltinLM  # noqa: E402 - the peer model, shared with the throughput benchmark
 
 from cs336_basics.data import load_tokens, read_windows  # noqa: E402
-from cs336_basics.files import atomic_write_json  # noqa: E402
-from cs336_basics.layers import ModelConfig, TransformerLM  # noqa: E402
+from cs336_basics.fileio import atomic_write_json  # noqa: E402
+from cs336_basics.model import ModelConfig, TransformerLM  # noqa: E402
 from cs336_basics.model_info import MODEL_DEFAULTS  # noqa: E402 - the CS336 TinyStories model
 from cs336_basics.nn_utils import cross_entropy  # noqa: E402
 from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule  # noqa: E402

@@ -30,7 +30,7 @@ def main() -> int:
     if args.pin:
         os.sched_setaffinity(0, {args.pin[0]})
 
-    from cs336_basics import tokenize_dataset
+    from cs336_basics.workflows import tokenize as tokenize_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "ranges.log"

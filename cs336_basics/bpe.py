@@ -1,6 +1,7 @@
 """Byte-level BPE training, exact and fast: `train_bpe(input_path, vocab_size, special_tokens)`.
 
-The result is the textbook algorithm's (`cs336_basics.bpe_reference`, the oracle of the parity tests): special
+The result is the textbook algorithm's (`cs336_basics._tokenization.bpe_reference`, the oracle of the parity tests):
+special
 tokens split the text (longest first) and are removed; GPT-2's pattern pre-tokenizes each piece; each step merges
 the most frequent adjacent pair, ties to the lexicographically greatest `(bytes_a, bytes_b)`. Ids: the special
 tokens 0..k-1, the 256 bytes k..k+255, then one token per merge. The design and its measurements: docs/bpe.md.
@@ -11,7 +12,8 @@ How it is fast:
   (`pretokenize.first_safe_cut`), each read in bounded sub-chunks; workers return only the counts of their
   distinct pre-tokens, so the parent never holds the text.
 - Merging is incremental, in one of two engines that both give the reference's merges: a pure-Python one
-  (`_bpe_merge_py.py`) for small problems, and a C one (`_bpe_merge.c`) for large ones, which the system C compiler
+  (`_tokenization/merge_python.py`) for small problems, and a C one (`_tokenization/merge_kernel.c`) for large ones,
+  which the system C compiler
   builds on first use (~0.3 s, while the workers pre-tokenize) into a cache; with no C compiler, Python merges all.
 """
 
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pretokenize import GPT2_ASCII_BYTES_RE, GPT2_RE, SpecialTokens, first_safe_cut, first_safe_cut_in_file
+from cs336_basics.pretokenize import GPT2_ASCII_BYTES_RE, GPT2_RE, SpecialTokens, first_safe_cut, first_safe_cut_in_file
 
 SUBCHUNK_BYTES = 4 << 20  # what a worker reads at once; with its decoded text and matches, ~10x this in memory
 SMALL_FILE_BYTES = 2 << 20  # below this, worker processes cost more than they save
@@ -382,7 +384,7 @@ def _merge(counts, num_merges: int, progress: bool, backend: str) -> tuple[list[
     bar = _progress_bar(progress, total=num_merges, desc="merge", unit="merge") if progress else None
     try:
         if engine == "python":
-            from ._bpe_merge_py import merge_python
+            from cs336_basics._tokenization.merge_python import merge_python
 
             return merge_python(words, wcnt, num_merges, None if bar is None else bar.update), "python"
         return _merge_c(words, wcnt, num_merges, bar), "c"
@@ -394,20 +396,20 @@ def _merge(counts, num_merges: int, progress: bool, backend: str) -> tuple[list[
 def _c_unavailable(distinct_bytes: int = 0) -> str | None:
     """Why the C engine cannot merge this problem here, or None; builds (first use) or loads it. (Also the parent's
     work while the workers pre-tokenize: then the answer is dropped, and `_merge` asks again, at no cost.)"""
-    from . import _bpe_merge_c
+    from cs336_basics._tokenization import merge_kernel
 
-    if distinct_bytes > _bpe_merge_c.MAX_BYTES:
-        return f"the distinct pre-tokens hold {distinct_bytes:,} bytes, over the C engine's {_bpe_merge_c.MAX_BYTES:,}"
+    if distinct_bytes > merge_kernel.MAX_BYTES:
+        return f"the distinct pre-tokens hold {distinct_bytes:,} bytes, over the C engine's {merge_kernel.MAX_BYTES:,}"
     try:
-        _bpe_merge_c.load()
-    except _bpe_merge_c.EngineUnavailable as e:
+        merge_kernel.load()
+    except merge_kernel.EngineUnavailable as e:
         return f"the C engine is unavailable: {e}"
     return None
 
 
 def _merge_c(words: list[bytes], wcnt: list[int], num_merges: int, bar) -> list[tuple[bytes, bytes]]:
     """The C engine on the words; with a progress bar, a thread runs it while this one updates the bar."""
-    from ._bpe_merge_c import merge_words
+    from cs336_basics._tokenization.merge_kernel import merge_words
 
     data = b"".join(words)
     wstart = np.zeros(len(words) + 1, dtype=np.int64)

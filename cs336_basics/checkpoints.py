@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model import ModelConfig
-from .serialization import read_checkpoint
+from cs336_basics.model import ModelConfig
+from cs336_basics.serialization import read_checkpoint
 
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d{6,})\.pt$")
 STALE_TEMP_GLOB = ".ckpt_*.tmp"  # what files.atomic_write_bytes leaves when killed while writing a checkpoint

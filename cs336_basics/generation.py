@@ -11,10 +11,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .checkpoints import resolve_checkpoint
-from .layers import softmax
-from .model import ModelConfig, TransformerLM
-from .serialization import clean_state_dict, read_checkpoint
+from cs336_basics.checkpoints import resolve_checkpoint
+from cs336_basics.layers import softmax
+from cs336_basics.model import ModelConfig, TransformerLM
+from cs336_basics.serialization import clean_state_dict, read_checkpoint
 
 
 def sample_next_token(

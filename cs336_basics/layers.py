@@ -9,8 +9,8 @@ TransformerLM is in model.py and stays importable from here):
 - SwiGLU feed-forward `w2(silu(w1 x) * w3 x)`;
 - attention is `reference_attention` below: softmax(QKᵀ/√d, masked) V. Fast paths beside it, each parity-tested
   against it and the plain code here, which stays the default: the hand-written backward and blocked causal CPU
-  path (_attention.py), the opt-in fused kernel (`attention_backend="sdpa"`), and opt-in Triton kernels for
-  attention, RMSNorm and RoPE on CUDA (`kernels="triton"`, _triton.py).
+  path (_kernels/fast_attention.py), the opt-in fused kernel (`attention_backend="sdpa"`), and opt-in Triton kernels for
+  attention, RMSNorm and RoPE on CUDA (`kernels="triton"`, _kernels/triton_kernels.py).
 
 All weight matrices are stored (d_out, d_in) and applied as `y = x @ W.T`.
 
@@ -25,9 +25,9 @@ from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from . import _attention, _triton
-from ._attention import softmax_inplace_
-from .kv_cache import KVCache, LayerKVCache  # noqa: F401 - re-exported: layers.KVCache as before
+from cs336_basics._kernels import fast_attention, triton_kernels
+from cs336_basics._kernels.fast_attention import softmax_inplace_
+from cs336_basics.kv_cache import LayerKVCache
 
 # --------------------------------------------------------------------------------------------------------------------
 # Basic layers
@@ -86,8 +86,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
 
     def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
-        if self.kernels == "triton" and _triton.supports(x):
-            return _triton.rms_norm(x, self.weight, self.eps)  # the fused kernel; the lines below are its oracle
+        if self.kernels == "triton" and triton_kernels.supports(x):
+            return triton_kernels.rms_norm(x, self.weight, self.eps)  # the fused kernel; the lines below are its oracle
         in_dtype = x.dtype
         x = x.to(torch.promote_types(in_dtype, torch.float32))  # bf16/fp16 -> fp32; fp64 stays fp64
         inv_rms = torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + self.eps)
@@ -274,13 +274,13 @@ def scaled_dot_product_attention(
 ) -> Float[Tensor, " ... queries d_v"]:
     """softmax(Q K^T / sqrt(d_k)) V, where mask True means "may attend" and False scores become -inf.
 
-    The same values and gradients as `reference_attention`, computed by `_attention.attention`: a hand-written
+    The same values and gradients as `reference_attention`, computed by `fast_attention.attention`: a hand-written
     backward that keeps only the probabilities, and on the CPU a blocked path that skips keys a block of queries
     cannot see. The softmax runs in at least float32. A query row with no allowed key gives NaN, as in the formula.
     """
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
-    return _attention.attention(Q, K, V, mask)
+    return fast_attention.attention(Q, K, V, mask)
 
 
 def _fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -351,10 +351,10 @@ class MultiHeadSelfAttention(nn.Module):
         if kv_cache is not None:
             return self._forward_cached(q, k, v, token_positions, kv_cache)
         # kernels="triton": the fused kernels for (B, H, T, D) inputs; the plain code below stays their oracle
-        triton = self.kernels == "triton" and q.dim() == 4 and _triton.supports(q) and q.dtype == v.dtype
+        triton = self.kernels == "triton" and q.dim() == 4 and triton_kernels.supports(q) and q.dtype == v.dtype
         if self.rope is not None:
             if triton and token_positions is None:
-                q, k = _triton.rope_qk(q, k, self.rope.cos, self.rope.sin)
+                q, k = triton_kernels.rope_qk(q, k, self.rope.cos, self.rope.sin)
             else:
                 # The same rotation for every head: positions (..., T) broadcast over the head axis.
                 positions = None if token_positions is None else token_positions.unsqueeze(-2)
@@ -363,7 +363,7 @@ class MultiHeadSelfAttention(nn.Module):
         if self.attention_backend == "sdpa":
             out = _fused_causal_attention(q, k, v)
         elif triton:
-            out = _triton.flash_attention(q, k, v)
+            out = triton_kernels.flash_attention(q, k, v)
         else:
             causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=x.device).tril_()  # (T, T)
             out = scaled_dot_product_attention(q, k, v, causal)
@@ -401,7 +401,7 @@ def _check_kernels(kernels: str, attention_backend: str = "scratch") -> None:
     if kernels not in get_args(KernelKind):
         raise ValueError(f"kernels={kernels!r} must be one of {get_args(KernelKind)}")
     if kernels == "triton":
-        _triton.check_available()
+        triton_kernels.check_available()
         if attention_backend != "scratch":
             raise ValueError(
                 f"kernels='triton' brings its own attention; attention_backend={attention_backend!r} must be 'scratch'"
@@ -427,12 +427,3 @@ def _check_token_ids(ids: Tensor, upper: int, what: str = "token ids", describe=
     if lo < 0 or hi >= upper:
         bad = lo if lo < 0 else hi
         raise ValueError(describe(bad) if describe else f"{what} must be in [0, {upper}), found {bad}")
-
-
-def __getattr__(name: str):
-    # The model itself lives in model.py (which imports this module); these names stay importable from here.
-    if name in ("ModelConfig", "TransformerBlock", "TransformerLM", "NormPlacement", "PositionKind", "FeedForwardKind"):
-        from . import model
-
-        return getattr(model, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

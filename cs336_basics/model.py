@@ -5,8 +5,6 @@ assignment's ablations and are all off by default: norm placement `pre | post | 
 `rope | sinusoidal | learned | none` (absolute ones are added to the token embeddings), feed-forward
 `swiglu | silu`, tied embeddings, the opt-in fused attention kernel (`attention_backend="sdpa"`) and the opt-in
 Triton kernels (`kernels="triton"`).
-
-`from cs336_basics.layers import ModelConfig, TransformerLM` keeps working: layers.py forwards these names here.
 """
 
 import math
@@ -17,8 +15,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from .kv_cache import KVCache, LayerKVCache
-from .layers import (
+from cs336_basics.kv_cache import KVCache, LayerKVCache
+from cs336_basics.layers import (
     AbsolutePositionalEmbedding,
     AttentionBackend,
     Embedding,
@@ -106,7 +104,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     attention_backend: AttentionBackend = "scratch"  # "sdpa": opt-in fused kernel, parity-tested with "scratch"
     norm_eps: float = 1e-5
-    kernels: KernelKind = "torch"  # "triton": opt-in fused kernels (cs336_basics/_triton.py) on CUDA
+    kernels: KernelKind = "torch"  # "triton": opt-in fused kernels (cs336_basics/_kernels/triton_kernels.py) on CUDA
 
     def __post_init__(self):
         _check_positive(

@@ -16,7 +16,7 @@ and once: the embedding output BTd, final RMSNorm BTd, logits BTV and the cross-
         --num-heads 16 --batch-size 128
 """
 
-from .model import ModelConfig
+from cs336_basics.model import ModelConfig
 
 BYTES_FP32 = 4
 

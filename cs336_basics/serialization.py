@@ -6,7 +6,7 @@ from typing import IO, Any, BinaryIO
 
 import torch
 
-from .files import atomic_write_bytes
+from cs336_basics.fileio import atomic_write_bytes
 
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("model", "optimizer", "iteration")

@@ -1,7 +1,7 @@
 """Byte-level BPE tokenizer, exact to GPT-2's (and tiktoken's) encoding, with constant-memory streaming.
 
-The public class; the encoding engine is `_encoder.Encoder` (caches, pieces, numpy tables), BPE of pre-tokens is
-`_bpe_encode`, the pre-tokenization rules are `pretokenize`, and `tokenizer_reference` is the plain version that
+The public class; the encoding engine is `encoder.Encoder` (caches, pieces, numpy tables), BPE of pre-tokens is
+`encode_kernel`, the pre-tokenization rules are `pretokenize`, and `tokenizer_reference` is the plain version that
 the tests hold the engine to. docs/tokenizer.md explains the design and its measurements.
 
 >>> tok = Tokenizer.from_files("encoder.json", "vocab.bpe", special_tokens=["<|endoftext|>"])  # GPT-2's files
@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from cs336_basics._bpe_encode import Merges
-from cs336_basics._encoder import DEFAULT_CACHE_SIZE, Encoder
+from cs336_basics._tokenization.encode_kernel import Merges
+from cs336_basics._tokenization.encoder import DEFAULT_CACHE_SIZE, Encoder
 from cs336_basics.pretokenize import GPT2_PATTERN, WHITESPACE_CHARS, SpecialTokens, last_safe_cut
 from cs336_basics.tokenizer_files import load_tokenizer_dir, load_vocab_and_merges
 

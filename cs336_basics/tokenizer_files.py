@@ -12,7 +12,7 @@ from functools import cache
 from itertools import accumulate, repeat
 from pathlib import Path
 
-from .files import atomic_write_text
+from cs336_basics.fileio import atomic_write_text
 
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"

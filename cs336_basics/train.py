@@ -36,16 +36,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import checkpoints
-from .checkpoints import list_checkpoints
-from .data import check_token_file, load_tokens, read_windows, resolve_device, sample_starts
-from .model import TransformerLM
-from .model_info import peak_flops, training_flops_per_token
-from .nn_utils import cross_entropy, gradient_clipping
-from .optimizer import AdamW, get_lr_cosine_schedule
-from .run_files import append_log, git_sha, plot_losses, read_log, write_json, write_log
-from .serialization import clean_state_dict, read_checkpoint, save_checkpoint
-from .train_config import TrainConfig, import_wandb, load_config_file, resolve_settings, validate_config
+from cs336_basics import checkpoints
+from cs336_basics.checkpoints import list_checkpoints
+from cs336_basics.data import check_token_file, load_tokens, read_windows, resolve_device, sample_starts
+from cs336_basics.model import TransformerLM
+from cs336_basics.model_info import peak_flops, training_flops_per_token
+from cs336_basics.nn_utils import cross_entropy, gradient_clipping
+from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule
+from cs336_basics.run_dir import append_log, git_sha, plot_losses, read_log, write_json, write_log
+from cs336_basics.serialization import clean_state_dict, read_checkpoint, save_checkpoint
+from cs336_basics.train_config import TrainConfig, import_wandb, load_config_file, resolve_settings, validate_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Settings that change how a model computes, not its weights: an init_from model may differ in them.

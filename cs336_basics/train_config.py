@@ -17,11 +17,11 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from .checkpoints import model_config_of, resolve_checkpoint
-from .data import check_token_file, resolve_device
-from .layers import AttentionBackend, KernelKind
-from .model import FeedForwardKind, ModelConfig, NormPlacement, PositionKind
-from .model_info import MODEL_DEFAULTS, model_config_from
+from cs336_basics.checkpoints import model_config_of, resolve_checkpoint
+from cs336_basics.data import check_token_file, resolve_device
+from cs336_basics.layers import AttentionBackend, KernelKind
+from cs336_basics.model import FeedForwardKind, ModelConfig, NormPlacement, PositionKind
+from cs336_basics.model_info import MODEL_DEFAULTS, model_config_from
 
 DType = Literal["auto", "float32", "bfloat16"]
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from cs336_basics import layers
 from cs336_basics.bpe import train_bpe
 from cs336_basics.data import get_batch
-from cs336_basics.model import ModelConfig, TransformerLM
+from cs336_basics.model import ModelConfig, TransformerBlock, TransformerLM
 from cs336_basics.nn_utils import cross_entropy, gradient_clipping
 from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule
 from cs336_basics.serialization import load_checkpoint, save_checkpoint
@@ -117,9 +117,7 @@ def run_transformer_block(
     in_features: Float[Tensor, " batch sequence_length d_model"],
 ) -> Float[Tensor, " batch sequence_length d_model"]:
     dtype = weights["ln1.weight"].dtype
-    block = layers.TransformerBlock(
-        d_model, num_heads, d_ff, max_seq_len, theta, device=in_features.device, dtype=dtype
-    )
+    block = TransformerBlock(d_model, num_heads, d_ff, max_seq_len, theta, device=in_features.device, dtype=dtype)
     block.load_state_dict(weights)
     return block(in_features)
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import settings
 from jaxtyping import install_import_hook
 
-from cs336_basics._clib import compiler_exists
+from cs336_basics._tokenization.clib import compiler_exists
 
 # Runtime shape and dtype checks of every jaxtyping annotation in these modules, in tests only (STYLE.md §3): the
 # modules are imported here, under the hook, before any test imports them. CS336_JAXTYPING=0 turns it off.

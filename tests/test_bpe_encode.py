@@ -1,4 +1,4 @@
-"""BPE of one pre-token (cs336_basics._bpe_encode and its C kernel) against the plain reference
+"""BPE of one pre-token (cs336_basics._tokenization.encode_kernel and its C kernel) against the plain reference
 (tokenizer_reference.bpe_merge), and long hostile runs through every encoding path against tiktoken."""
 
 import random
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cs336_basics import _bpe_encode, tokenizer_reference
+from cs336_basics._tokenization import encode_kernel, tokenizer_reference
 from cs336_basics.tokenizer import Tokenizer
 
 from .test_tokenizer import EOT, _cached_gpt2_pair
@@ -55,12 +55,12 @@ def _all_merges(tok: Tokenizer, word: bytes, room: int = 0) -> list[tuple[int, .
     tables = tok._engine.merges
     ids = [tables.byte_ids[b] for b in word]
     out = [
-        _bpe_encode.merge_list(list(ids), tables.pair_table, tables.shift),
-        _bpe_encode.merge_heap(list(ids), tables.pair_table, tables.shift),
+        encode_kernel.merge_list(list(ids), tables.pair_table, tables.shift),
+        encode_kernel.merge_heap(list(ids), tables.pair_table, tables.shift),
     ]
-    if _bpe_encode._kernel() is not None:
+    if encode_kernel._kernel() is not None:
         array = np.array(ids, dtype=np.int32)
-        out.append(tuple(_bpe_encode.merge_kernel(array, tables.pair_map, tables.shift, tables.token_lengths, room)))
+        out.append(tuple(encode_kernel.merge_kernel(array, tables.pair_map, tables.shift, tables.token_lengths, room)))
     return out
 
 
@@ -105,8 +105,8 @@ def test_reference_encode_equals_tiktoken():
 def engine(request, monkeypatch):
     """Run the long-word path with the Python heap (the kernel off) or with the C kernel (from KERNEL_MIN bytes)."""
     if request.param == "heap":
-        monkeypatch.setattr(_bpe_encode, "KERNEL_MIN", 1 << 62)
-    elif _bpe_encode._kernel() is None:
+        monkeypatch.setattr(encode_kernel, "KERNEL_MIN", 1 << 62)
+    elif encode_kernel._kernel() is None:
         pytest.skip("no C compiler: the kernel cannot be built here")
     return request.param
 
@@ -160,7 +160,7 @@ def test_kernel_refills_a_full_heap_exactly(small):
     """The kernel's heap rarely fills (it holds local minima only, and stale entries pop early; no input of the suite
     or of the benchmarks fills it), so its test hook forces the refill: the heap is left 2 entries of room after each
     fill, so every merge refills it and must find the next merge among the local minima the refill lists."""
-    if _bpe_encode._kernel() is None:
+    if encode_kernel._kernel() is None:
         pytest.skip("no C compiler: the kernel cannot be built here")
     tok, vocab, merges = small
     rng = random.Random(4)
@@ -182,12 +182,12 @@ def test_long_words_among_many_new_words(engine):
 
 
 def test_huge_pieces_take_their_own_path_exactly(engine, monkeypatch):
-    """Pieces and pre-tokens of _encoder._HUGE_BYTES+ bytes skip the caches (the longest pre-tokens go to the
+    """Pieces and pre-tokens of encoder._HUGE_BYTES+ bytes skip the caches (the longest pre-tokens go to the
     kernel as int32 ids, with no other copy held), between ordinary pieces; made 300 bytes here so that short texts
     take that path, with runs of many pre-tokens, of one, and several per block: ids equal tiktoken's."""
-    from cs336_basics import _encoder
+    from cs336_basics._tokenization import encoder
 
-    monkeypatch.setattr(_encoder, "_HUGE_BYTES", 300)
+    monkeypatch.setattr(encoder, "_HUGE_BYTES", 300)
     tok, oracle = _cached_gpt2_pair()
     rng = random.Random(3)
     mixed = "".join(rng.choice(["a", "b1", "=", "'s", "日", "é", "xyz"]) for _ in range(3000))
@@ -198,10 +198,10 @@ def test_huge_pieces_take_their_own_path_exactly(engine, monkeypatch):
         mixed + " " + mixed[::-1] + " the end",
     ]
     calls = []
-    huge_piece = _encoder.Encoder._encode_huge_piece
-    monkeypatch.setattr(_encoder.Encoder, "_encode_huge_piece", lambda *a: calls.append(a[3]) or huge_piece(*a))
+    huge_piece = encoder.Encoder._encode_huge_piece
+    monkeypatch.setattr(encoder.Encoder, "_encode_huge_piece", lambda *a: calls.append(a[3]) or huge_piece(*a))
     for text in texts:
-        assert len(text) >= _encoder._TABLE_MIN_CHARS  # (the block path)
+        assert len(text) >= encoder._TABLE_MIN_CHARS  # (the block path)
         expected = oracle.encode(text, allowed_special="all")
         assert tok.encode(text) == expected
         assert tok.encode_to_array(text).tolist() == expected
@@ -210,22 +210,22 @@ def test_huge_pieces_take_their_own_path_exactly(engine, monkeypatch):
 
 def test_without_a_c_compiler_long_pre_tokens_merge_in_python(monkeypatch):
     """No C compiler: a warning says why once, and long runs still get tiktoken's ids (through merge_heap)."""
-    from cs336_basics import _clib
+    from cs336_basics._tokenization import clib
 
     def unavailable(source):
-        raise _clib.EngineUnavailable("no C compiler found (set CC, or install cc, gcc or clang)")
+        raise clib.EngineUnavailable("no C compiler found (set CC, or install cc, gcc or clang)")
 
-    monkeypatch.setattr(_bpe_encode, "_KERNEL", [])
-    monkeypatch.setattr(_bpe_encode, "load_library", unavailable)
+    monkeypatch.setattr(encode_kernel, "_KERNEL", [])
+    monkeypatch.setattr(encode_kernel, "load_library", unavailable)
     with pytest.warns(UserWarning, match="merged in Python .* the C kernel is unavailable: no C compiler found"):
-        assert _bpe_encode._kernel() is None
+        assert encode_kernel._kernel() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert _bpe_encode._kernel() is None  # (said once per process)
+        assert encode_kernel._kernel() is None  # (said once per process)
     heap_lengths = []
-    real_heap = _bpe_encode.merge_heap
+    real_heap = encode_kernel.merge_heap
     monkeypatch.setattr(
-        _bpe_encode, "merge_heap", lambda parts, *a: heap_lengths.append(len(parts)) or real_heap(parts, *a)
+        encode_kernel, "merge_heap", lambda parts, *a: heap_lengths.append(len(parts)) or real_heap(parts, *a)
     )
     tok, oracle = _cached_gpt2_pair()
     for text in ("a" * 5003, " " + "=-" * 3001 + "\n", "x" + "日" * 2001):

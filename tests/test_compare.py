@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from cs336_basics import cli
-from cs336_basics.compare import TABLE_COLUMNS, collect_runs, compare, summarize
-from cs336_basics.sweep import parse_axes, run_sweep
 from cs336_basics.train import TrainConfig, train
+from cs336_basics.workflows.compare import TABLE_COLUMNS, collect_runs, compare, summarize
+from cs336_basics.workflows.sweep import parse_axes, run_sweep
 
 from ._tiny_run import TINY_RUN, toy_ids, write_tokens
 

@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cs336_basics import cli
 from cs336_basics.generation import generate, generate_text, sample_next_token
-from cs336_basics.layers import ModelConfig, TransformerLM
+from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.model_info import count_parameters, forward_flops_per_token, memory_bytes, model_report
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

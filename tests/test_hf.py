@@ -14,15 +14,15 @@ from hypothesis import strategies as st
 from cs336_basics import cli
 from cs336_basics.bpe import train_bpe
 from cs336_basics.generation import generate, load_model
-from cs336_basics.hf import MissingExtraError, model_config_from_llama, require_safetensors, rope_to_hf
-from cs336_basics.hf_export import export_hf
-from cs336_basics.hf_import import import_hf, load_hf
-from cs336_basics.layers import ModelConfig, TransformerLM
+from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.optimizer import AdamW
-from cs336_basics.quickstart import builtin_corpus
 from cs336_basics.serialization import save_checkpoint
 from cs336_basics.tokenizer import Tokenizer
 from cs336_basics.tokenizer_files import save_tokenizer
+from cs336_basics.workflows.export import export_hf
+from cs336_basics.workflows.hf_format import MissingExtraError, model_config_from_llama, require_safetensors, rope_to_hf
+from cs336_basics.workflows.import_hf import import_hf, load_hf
+from cs336_basics.workflows.quickstart import builtin_corpus
 
 from .conftest import SHARED_DIR, project_fixture
 
@@ -376,7 +376,7 @@ def test_export_refuses_bad_inputs(tok_dir, tmp_path):
 
 def test_export_failure_leaves_no_partial_directory(tok_dir, tmp_path, monkeypatch):
     """A failure after the weights are written removes the temporary directory: nothing appears at --out."""
-    import cs336_basics.hf_export as hf_export
+    import cs336_basics.workflows.export as hf_export
 
     def fail(*args):
         raise OSError("disk full")

@@ -20,8 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.testing import assert_close
 
-from cs336_basics import _attention, layers
-from cs336_basics.layers import ModelConfig, TransformerLM
+from cs336_basics import layers
+from cs336_basics._kernels import fast_attention
+from cs336_basics.model import ModelConfig, TransformerBlock, TransformerLM
 
 from . import adapters
 
@@ -453,20 +454,20 @@ def test_reference_attention_matches_torch_in_float64_values_and_gradients(leadi
 
 def _count_blocked_calls(monkeypatch) -> list:
     calls = []
-    real = _attention._Attention._blocked_forward
+    real = fast_attention._Attention._blocked_forward
 
     def counting(ctx, *args):
         calls.append(args[0].shape)
         return real(ctx, *args)
 
-    monkeypatch.setattr(_attention._Attention, "_blocked_forward", staticmethod(counting))
+    monkeypatch.setattr(fast_attention._Attention, "_blocked_forward", staticmethod(counting))
     return calls
 
 
 def test_blocked_cpu_attention_path_is_taken_for_long_causal_masks_only(monkeypatch):
     """The blocked path is the CPU speed-up: causal masks from 2 blocks of queries on take it, short ones don't."""
     calls = _count_blocked_calls(monkeypatch)
-    n = 2 * _attention._BLOCK_ROWS
+    n = 2 * fast_attention._BLOCK_ROWS
     q = torch.randn(2, n, 8)
     layers.scaled_dot_product_attention(q, q, q, torch.ones(n, n, dtype=torch.bool).tril())
     assert len(calls) == 1
@@ -767,9 +768,9 @@ def test_layer_constructors_reject_bad_values():
     with pytest.raises(ValueError, match="eps=0 must be > 0"):
         layers.RMSNorm(4, eps=0)
     with pytest.raises(ValueError, match=re.escape("norm='sandwich' must be one of ('pre', 'post', 'none')")):
-        layers.TransformerBlock(8, 2, 16, norm="sandwich")
+        TransformerBlock(8, 2, 16, norm="sandwich")
     with pytest.raises(ValueError, match=re.escape("ffn='geglu' must be one of ('swiglu', 'silu')")):
-        layers.TransformerBlock(8, 2, 16, ffn="geglu")
+        TransformerBlock(8, 2, 16, ffn="geglu")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -787,7 +788,7 @@ def test_state_dict_keys_and_shapes_are_the_contract():
         expected |= {p + "ffn.w1.weight": (f, d), p + "ffn.w2.weight": (d, f), p + "ffn.w3.weight": (f, d)}
     state = model.state_dict()
     assert {k: tuple(t.shape) for k, t in state.items()} == expected
-    block = layers.TransformerBlock(d, 4, f, 12, 10000.0)
+    block = TransformerBlock(d, 4, f, 12, 10000.0)
     assert set(block.state_dict()) == {k[len("layers.0.") :] for k in expected if k.startswith("layers.0.")}
 
 
@@ -960,7 +961,7 @@ def test_transformer_lm_snapshot(numpy_snapshot):
 
 
 def test_transformer_block_snapshot(numpy_snapshot):
-    block = layers.TransformerBlock(16, 4, 24, 12, 10000.0)
+    block = TransformerBlock(16, 4, 24, 12, 10000.0)
     block.load_state_dict(_numpy_weights(block, seed=7))
     x = torch.from_numpy(np.random.default_rng(8).standard_normal((2, 12, 16))).float()
     numpy_snapshot.assert_match({"x": x, "out": block(x)}, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cs336_basics import cli
-from cs336_basics.layers import AbsolutePositionalEmbedding, ModelConfig, TransformerLM, sinusoidal_table
+from cs336_basics.layers import AbsolutePositionalEmbedding, sinusoidal_table
+from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.model_info import count_parameters
 
 SMALL = dict(vocab_size=50, context_length=12, d_model=16, num_layers=2, num_heads=2)

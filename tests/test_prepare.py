@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from cs336_basics import cli
-from cs336_basics.download import DownloadError, download
-from cs336_basics.prepare import PRESETS, find_split, prepare
 from cs336_basics.tokenizer import Tokenizer
+from cs336_basics.workflows.download import DownloadError, download
+from cs336_basics.workflows.prepare import PRESETS, find_split, prepare
 
 EOT = "<|endoftext|>"
 WORDS = "the cat sat on a mat and saw one big red dog who ran to the park with lily".split()
@@ -217,7 +217,7 @@ def test_a_restart_after_a_kill_at_any_stage_redoes_only_the_unfinished_stages(s
 
 
 def test_a_kill_after_the_output_but_before_the_manifest_redoes_that_stage(tmp_path, monkeypatch):
-    import cs336_basics.tokenize_dataset as tokenize_dataset
+    import cs336_basics.workflows.tokenize as tokenize_dataset
 
     source = tmp_path / "corpus.txt"
     source.write_bytes(CORPUS)

@@ -1,5 +1,6 @@
 """Pre-tokenization rules (cs336_basics.pretokenize): the pattern's ASCII twin, the whitespace class, the
-special-token splitter, and the safe cuts, each against the plain reference (cs336_basics.tokenizer_reference)."""
+special-token splitter, and the safe cuts, each against the plain reference
+(cs336_basics._tokenization.tokenizer_reference)."""
 
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cs336_basics import pretokenize
+from cs336_basics._tokenization.tokenizer_reference import pretokenize as reference_pretokenize
+from cs336_basics._tokenization.tokenizer_reference import split_special_tokens
 from cs336_basics.pretokenize import (
     GPT2_ASCII_BYTES_RE,
     GPT2_ASCII_RE,
@@ -20,8 +23,6 @@ from cs336_basics.pretokenize import (
     last_safe_cut,
     straddles,
 )
-from cs336_basics.tokenizer_reference import pretokenize as reference_pretokenize
-from cs336_basics.tokenizer_reference import split_special_tokens
 
 PACKAGE = Path(pretokenize.__file__).parent
 

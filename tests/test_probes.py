@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cs336_basics import probe_tasks, probes
 from cs336_basics.cli import main
-from cs336_basics.probes import (
+from cs336_basics.workflows import probe as probes
+from cs336_basics.workflows import probe_tasks
+from cs336_basics.workflows.probe import (
     IGNORE_INDEX,
     TASKS,
     ProbeConfig,

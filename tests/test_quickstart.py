@@ -7,10 +7,10 @@ import pytest
 
 from cs336_basics import cli
 from cs336_basics.data import load_tokens
-from cs336_basics.evaluate import evaluate_tokens
 from cs336_basics.generation import generate_text, load_model
-from cs336_basics.quickstart import EOT, builtin_corpus, run_quickstart, split_documents
 from cs336_basics.tokenizer import Tokenizer
+from cs336_basics.workflows.eval import evaluate_tokens
+from cs336_basics.workflows.quickstart import EOT, builtin_corpus, run_quickstart, split_documents
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

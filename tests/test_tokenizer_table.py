@@ -1,4 +1,4 @@
-"""The tokenizer's numpy path for long texts (pieces looked up a block at a time in `_piece_table.PieceTable`):
+"""The tokenizer's numpy path for long texts (pieces looked up a block at a time in `chunk_table.PieceTable`):
 exact against tiktoken and against the per-piece dict path, with forced hash collisions, tiny tables, pieces of
 every length around the 8-byte word size, and multi-byte whitespace."""
 
@@ -10,8 +10,8 @@ import regex
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import cs336_basics._encoder as encoder_module
-import cs336_basics._piece_table as piece_table
+import cs336_basics._tokenization.chunk_table as piece_table
+import cs336_basics._tokenization.encoder as encoder_module
 from cs336_basics.tokenizer import WHITESPACE_CHARS, Tokenizer
 
 from .test_tokenizer import EOT, PARITY_CASES, SPECIAL_CASES, STREAM_TEXT, _cached_gpt2_pair, _gpt2_vocab_merges
@@ -170,7 +170,7 @@ def test_table_path_names_a_byte_missing_from_the_vocabulary():
 def test_caches_cleared_with_special_tokens_over_several_calls():
     """Tiny caches (cleared again and again, the special tokens' entries put back each time) over several calls of
     every path, with special tokens where the longer is not two copies of the shorter: the plain reference's ids."""
-    from cs336_basics import tokenizer_reference
+    from cs336_basics._tokenization import tokenizer_reference
 
     vocab, merges = _gpt2_vocab_merges()
     specials = [EOT, "<|a|>", "<|a|>x"]

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from cs336_basics import cli
-from cs336_basics.evaluate import evaluate_tokens
 from cs336_basics.generation import load_model
 from cs336_basics.nn_utils import cross_entropy
 from cs336_basics.optimizer import get_lr_cosine_schedule
-from cs336_basics.throughput import measure_throughput
 from cs336_basics.train import NonFiniteLossError, TrainConfig, list_checkpoints, train
+from cs336_basics.workflows.eval import evaluate_tokens
+from cs336_basics.workflows.throughput import measure_throughput
 
 from ._tiny_run import TINY_RUN, toy_ids, write_tokens
 from .conftest import project_fixture

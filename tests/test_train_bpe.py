@@ -1,4 +1,5 @@
-"""BPE training: exact equality with the textbook trainer (`cs336_basics.bpe_reference`), the project's own
+"""BPE training: exact equality with the textbook trainer (`cs336_basics._tokenization.bpe_reference`), the project's
+own
 fixture corpus (tests/fixtures/bpe/), the CS336 fixture, the parallel path, pathological corpora, errors, the CLI.
 
 `train_bpe` must give the reference's merges, in order, and the same vocabulary (special tokens, then the 256 bytes,
@@ -20,12 +21,12 @@ import regex
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cs336_basics import _bpe_merge_py as bpe_py
 from cs336_basics import bpe
+from cs336_basics._tokenization import merge_python as bpe_py
+from cs336_basics._tokenization.bpe_reference import count_pretokens_reference as naive_pretokens
+from cs336_basics._tokenization.bpe_reference import merge_reference as naive_merges
+from cs336_basics._tokenization.bpe_reference import train_bpe_reference as naive_train
 from cs336_basics.bpe import TrainStats, find_chunk_boundaries, merge_pretokens, train_bpe
-from cs336_basics.bpe_reference import count_pretokens_reference as naive_pretokens
-from cs336_basics.bpe_reference import merge_reference as naive_merges
-from cs336_basics.bpe_reference import train_bpe_reference as naive_train
 from cs336_basics.pretokenize import GPT2_PATTERN as GPT2_PAT
 from cs336_basics.tokenizer_files import decode_token, load_tokenizer_dir, save_tokenizer
 
@@ -338,7 +339,7 @@ import sys, time
 from tests.adapters import run_train_bpe
 start = time.perf_counter()
 vocab, merges = run_train_bpe(input_path=sys.argv[1], vocab_size=500, special_tokens=["<|endoftext|>"])
-print(time.perf_counter() - start, len(vocab), "cs336_basics._bpe_merge_c" in sys.modules)
+print(time.perf_counter() - start, len(vocab), "cs336_basics._tokenization.merge_kernel" in sys.modules)
 """
 
 
@@ -474,7 +475,7 @@ def _not_utf8(token: bytes) -> bool:
     return False
 
 
-def _bpe_encode(text: str, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]]) -> list[int]:
+def encode_kernel(text: str, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]]) -> list[int]:
     """Plain merge-list BPE over GPT-2 pre-tokens: the reference the foreign loaders must agree with."""
     ranks = {pair: i for i, pair in enumerate(merges)}
     ids = {tok: i for i, tok in vocab.items()}
@@ -505,7 +506,7 @@ def test_hf_tokenizers_loads_saved_files(tmp_path):
     tok.decoder = tokenizers.decoders.ByteLevel()
     for text in SAMPLES:
         ids = tok.encode(text).ids
-        assert ids == _bpe_encode(text, vocab, merges)
+        assert ids == encode_kernel(text, vocab, merges)
         assert tok.decode(ids) == text
 
 
@@ -524,7 +525,7 @@ def test_tiktoken_loads_saved_files(tmp_path):
     )
     for text in SAMPLES:
         ids = enc.encode(text)
-        assert ids == _bpe_encode(text, vocab, merges)
+        assert ids == encode_kernel(text, vocab, merges)
         assert enc.decode(ids) == text
 
 
@@ -674,7 +675,13 @@ def test_stats_are_filled(tmp_path):
 def test_cited_docs_exist():
     """Every docs/ or notes/ file that a BPE module cites exists in the repository."""
     root = Path(__file__).resolve().parent.parent
-    modules = ["bpe.py", "_bpe_merge.c", "_bpe_merge_c.py", "_bpe_merge_py.py", "bpe_reference.py"]
+    modules = [
+        "bpe.py",
+        "_tokenization/merge_kernel.c",
+        "_tokenization/merge_kernel.py",
+        "_tokenization/merge_python.py",
+    ]
+    modules.append("_tokenization/bpe_reference.py")
     modules.append("commands/train_bpe.py")
     for name in modules:
         source = (root / "cs336_basics" / name).read_text("utf-8")

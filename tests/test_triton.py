@@ -1,4 +1,4 @@
-"""The Triton kernels (cs336_basics/_triton.py) against the plain PyTorch path, values and gradients.
+"""The Triton kernels (cs336_basics/_kernels/triton_kernels.py) against the plain PyTorch path, values and gradients.
 
 On the CPU they run under Triton's interpreter, which Triton switches on only when TRITON_INTERPRET=1 is set
 before it is first imported (it then interprets the kernels and its own library). So the default run starts one
@@ -20,12 +20,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from cs336_basics import _triton, layers
-from cs336_basics.layers import ModelConfig, TransformerLM
+from cs336_basics import layers
+from cs336_basics._kernels import triton_kernels
+from cs336_basics.model import ModelConfig, TransformerLM
 
-pytestmark = pytest.mark.skipif(_triton.triton is None, reason="triton is not installed")
+pytestmark = pytest.mark.skipif(triton_kernels.triton is None, reason="triton is not installed")
 
-INTERPRETED = _triton.triton is not None and _triton.INTERPRETED  # this process runs the CPU cases
+INTERPRETED = triton_kernels.triton is not None and triton_kernels.INTERPRETED  # this process runs the CPU cases
 CUDA = torch.cuda.is_available() and not INTERPRETED
 NO_CUDA = pytest.mark.skipif(not CUDA, reason="needs CUDA (the cpu cases run in the interpreter child)")
 DEVICES = ["cpu"] if INTERPRETED else [pytest.param("cuda", marks=[pytest.mark.gpu, NO_CUDA])]
@@ -76,7 +77,7 @@ def test_flash_attention_matches_plain_causal_attention(device, dtype, shape):
     t = shape[2]
     causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()
     g = torch.randn(q.shape, device=device).to(dtype).double()  # the same upstream gradient for all three
-    got = _grads(_triton.flash_attention, (q, k, v), g.to(dtype))
+    got = _grads(triton_kernels.flash_attention, (q, k, v), g.to(dtype))
     plain = _grads(lambda a, b, c: layers.scaled_dot_product_attention(a, b, c, causal), (q, k, v), g.to(dtype))
     exact = _grads(lambda a, b, c: layers.reference_attention(a, b, c, causal), [x.double() for x in (q, k, v)], g)
     assert got[0].dtype == dtype and got[0].shape == q.shape
@@ -119,7 +120,7 @@ def test_fused_rope_matches_plain_rope_on_q_and_k(device, dtype, d, t):
     def both(fn):
         return lambda q, k: torch.stack(fn(q, k))
 
-    got = _grads(both(lambda q, k: _triton.rope_qk(q, k, rope.cos, rope.sin)), (q, k), g.to(dtype))
+    got = _grads(both(lambda q, k: triton_kernels.rope_qk(q, k, rope.cos, rope.sin)), (q, k), g.to(dtype))
     plain = _grads(both(lambda q, k: (rope(q), rope(k))), (q, k), g.to(dtype))
     exact = _grads(both(lambda q, k: (rope(q), rope(k))), (q.double(), k.double()), g)
     for name, a, b, c in zip(("out", "dq", "dk"), got, plain, exact, strict=True):
@@ -147,8 +148,8 @@ def test_model_with_triton_kernels_matches_the_plain_model(device):
 def test_model_with_triton_kernels_calls_each_kernel(monkeypatch):
     calls = []
     for name in ("flash_attention", "rms_norm", "rope_qk"):
-        real = getattr(_triton, name)
-        monkeypatch.setattr(_triton, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+        real = getattr(triton_kernels, name)
+        monkeypatch.setattr(triton_kernels, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     config = ModelConfig(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=2, kernels="triton")
     TransformerLM(config)(torch.randint(0, 50, (1, 16)))
     assert sorted(set(calls)) == ["flash_attention", "rms_norm", "rope_qk"]
@@ -188,7 +189,7 @@ def test_kernels_compile_for_a_hopper_gpu_without_one(dtype, head_dims):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    tl = _triton.tl
+    tl = triton_kernels.tl
     dot = tl.bfloat16 if dtype == "bf16" else tl.float32
     prec = "tf32" if dtype == "bf16" else "ieee"
 
@@ -204,13 +205,16 @@ def test_kernels_compile_for_a_hopper_gpu_without_one(dtype, head_dims):
 
         return {name: kind(name) for name in kernel.arg_names}
 
-    cases = [(_triton._rmsnorm_fwd, dict(BLOCK_D=512)), (_triton._rmsnorm_bwd, dict(BLOCK_D=512))]
-    cases.append((_triton._rope, dict(SIGN=1.0, BLOCK_T=16, BLOCK_HALF=16)))
+    cases = [(triton_kernels._rmsnorm_fwd, dict(BLOCK_D=512)), (triton_kernels._rmsnorm_bwd, dict(BLOCK_D=512))]
+    cases.append((triton_kernels._rope, dict(SIGN=1.0, BLOCK_T=16, BLOCK_HALF=16)))
     for head_dim in head_dims:
-        bm, bn, bd, _ = _triton._attention_tiles(head_dim, torch.device("cuda"))
+        bm, bn, bd, _ = triton_kernels._attention_tiles(head_dim, torch.device("cuda"))
         tiles = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, DOT=dot, PREC=prec)
-        cases += [(k, tiles) for k in (_triton._flash_fwd, _triton._flash_bwd_dkdv, _triton._flash_bwd_dq)]
+        cases += [
+            (k, tiles)
+            for k in (triton_kernels._flash_fwd, triton_kernels._flash_bwd_dkdv, triton_kernels._flash_bwd_dq)
+        ]
     for kernel, consts in cases:
         source = ASTSource(fn=kernel, signature=signature(kernel, consts), constexprs=consts)
-        compiled = _triton.triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        compiled = triton_kernels.triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         assert compiled.asm["ptx"], kernel.fn.__name__

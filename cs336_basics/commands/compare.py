@@ -3,14 +3,15 @@
     cs336-basics compare runs/a runs/b --out report/
     cs336-basics compare sweeps/lr --x tokens --train --out sweeps/lr/report   # a sweep directory = its runs
 
-Writes OUT/loss.png, OUT/table.md and OUT/table.csv and prints the Markdown table (see `cs336_basics.compare`).
+Writes OUT/loss.png, OUT/table.md and OUT/table.csv and prints the Markdown table (see
+`cs336_basics.workflows.compare`).
 """
 
 import argparse
 
 
 def add_parser(subparsers) -> None:
-    from cs336_basics.compare import X_AXES  # (no torch import)
+    from cs336_basics.workflows.compare import X_AXES  # (no torch import)
 
     parser = subparsers.add_parser(
         "compare",
@@ -28,7 +29,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cs336_basics.compare import compare
+    from cs336_basics.workflows.compare import compare
 
     report = compare(args.runs, args.out, x=args.x, show_train=args.train)
     print(open(report["markdown"]).read(), end="")

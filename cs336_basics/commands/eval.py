@@ -6,8 +6,8 @@ import json
 
 
 def add_parser(subparsers) -> None:
-    from ..evaluate import __doc__ as description
-    from ..evaluate import evaluate_tokens
+    from cs336_basics.workflows.eval import __doc__ as description
+    from cs336_basics.workflows.eval import evaluate_tokens
 
     batch = inspect.signature(evaluate_tokens).parameters["batch_size"].default
     parser = subparsers.add_parser(
@@ -31,10 +31,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoints import resolve_checkpoint
-    from ..data import check_token_file, load_tokens, resolve_device
-    from ..evaluate import evaluate_tokens
-    from ..generation import load_model
+    from cs336_basics.checkpoints import resolve_checkpoint
+    from cs336_basics.data import check_token_file, load_tokens, resolve_device
+    from cs336_basics.generation import load_model
+    from cs336_basics.workflows.eval import evaluate_tokens
 
     checkpoint = resolve_checkpoint(args.checkpoint, what="--checkpoint")
     device = resolve_device(args.device)

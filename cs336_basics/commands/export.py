@@ -33,10 +33,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..hf import MissingExtraError
+    from cs336_basics.workflows.hf_format import MissingExtraError
 
     try:
-        from ..hf_export import export_hf
+        from cs336_basics.workflows.export import export_hf
 
         result = export_hf(args.source, args.out, args.tokenizer, args.dtype)
     except MissingExtraError as e:

@@ -5,7 +5,7 @@ import inspect
 
 
 def add_parser(subparsers) -> None:
-    from ..generation import generate_text
+    from cs336_basics.generation import generate_text
 
     d = {name: p.default for name, p in inspect.signature(generate_text).parameters.items()}
     parser = subparsers.add_parser(
@@ -35,10 +35,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..checkpoints import resolve_checkpoint
-    from ..data import resolve_device
-    from ..generation import _check_sampling_args, generate_text, load_model
-    from ..tokenizer import Tokenizer
+    from cs336_basics.checkpoints import resolve_checkpoint
+    from cs336_basics.data import resolve_device
+    from cs336_basics.generation import _check_sampling_args, generate_text, load_model
+    from cs336_basics.tokenizer import Tokenizer
 
     _check_sampling_args(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 0:

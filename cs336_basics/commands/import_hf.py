@@ -31,12 +31,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..hf import MissingExtraError
+    from cs336_basics.workflows.hf_format import MissingExtraError
 
     if args.context_length is not None and args.context_length <= 0:
         raise ValueError(f"--context-length={args.context_length} must be a positive integer")
     try:
-        from ..hf_import import import_hf
+        from cs336_basics.workflows.import_hf import import_hf
 
         result = import_hf(args.hf_dir, args.out, args.context_length)
     except MissingExtraError as e:

@@ -4,11 +4,11 @@ import argparse
 import dataclasses
 import json
 
-from ._flags import add_dataclass_flags
+from cs336_basics.commands._flags import add_dataclass_flags
 
 
 def add_parser(subparsers) -> None:
-    from ..train_config import TrainConfig
+    from cs336_basics.train_config import TrainConfig
 
     parser = subparsers.add_parser(
         "model-info",
@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..model_info import model_config_from, model_report
+    from cs336_basics.model_info import model_config_from, model_report
 
     config = model_config_from(vars(args))
     report = model_report(config, args.batch_size)

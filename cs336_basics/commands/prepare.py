@@ -6,14 +6,14 @@
     cs336-basics train --train data/tinystories/train.bin --val data/tinystories/valid.bin --vocab-size 10000 ...
 
 Rerun the same command after an interruption: finished stages are skipped (DATA_DIR/manifest.json), an interrupted
-download resumes. See `cs336_basics.prepare` for the stages and docs/data.md for the presets.
+download resumes. See `cs336_basics.workflows.prepare` for the stages and docs/data.md for the presets.
 """
 
 import argparse
 
 
 def add_parser(subparsers) -> None:
-    from cs336_basics.prepare import PRESETS  # (no torch import)
+    from cs336_basics.workflows.prepare import PRESETS  # (no torch import)
 
     parser = subparsers.add_parser(
         "prepare",
@@ -54,7 +54,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from cs336_basics.prepare import DownloadError, prepare
+    from cs336_basics.workflows.prepare import DownloadError, prepare
 
     def announce(stage: str) -> None:
         print(f"[prepare] {stage}", file=sys.stderr, flush=True)

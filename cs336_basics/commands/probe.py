@@ -36,8 +36,8 @@ FIELD_HELP: dict[str, str] = {
 
 
 def add_parser(subparsers) -> None:
-    from ..model import FeedForwardKind, NormPlacement, PositionKind
-    from ..probes import ADD_DEFAULTS, TASKS, ProbeConfig
+    from cs336_basics.model import FeedForwardKind, NormPlacement, PositionKind
+    from cs336_basics.workflows.probe import ADD_DEFAULTS, TASKS, ProbeConfig
 
     d = ProbeConfig()
     p = subparsers.add_parser(
@@ -91,7 +91,7 @@ def _parse_lengths(text: str | None) -> list[int] | None:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from ..probes import ADD_DEFAULTS, ProbeConfig
+    from cs336_basics.workflows.probe import ADD_DEFAULTS, ProbeConfig
 
     task_defaults = ADD_DEFAULTS if args.task == "add" else {"length": ProbeConfig.length, "vocab": ProbeConfig.vocab}
     values = {name: getattr(args, name) for name in FIELD_HELP}
@@ -109,7 +109,7 @@ def _config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..probes import (
+    from cs336_basics.workflows.probe import (
         _check_config,
         build_model,
         format_result,

@@ -31,8 +31,8 @@ ALIASES = {"text_path": ["--text"]}  # the flag's name since the first release
 
 
 def add_parser(subparsers) -> None:
-    from ..quickstart import __doc__ as description
-    from ..quickstart import run_quickstart
+    from cs336_basics.workflows.quickstart import __doc__ as description
+    from cs336_basics.workflows.quickstart import run_quickstart
 
     defaults = {name: p.default for name, p in inspect.signature(run_quickstart).parameters.items()}
     defaults["out"] = "quickstart-run"
@@ -55,7 +55,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..quickstart import run_quickstart
+    from cs336_basics.workflows.quickstart import run_quickstart
 
     if args.threads is not None:
         if args.threads <= 0:

@@ -6,7 +6,7 @@
     cs336-basics compare sweeps/lr --out sweeps/lr/report
 
 Rerun the same command to continue an interrupted sweep: finished and diverged runs are skipped, the others
-resume from their newest checkpoint. See `cs336_basics.sweep` for the rules.
+resume from their newest checkpoint. See `cs336_basics.workflows.sweep` for the rules.
 """
 
 import argparse
@@ -56,8 +56,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cs336_basics.sweep import expand_points, parse_axes, read_status, run_sweep
     from cs336_basics.train import load_config_file
+    from cs336_basics.workflows.sweep import expand_points, parse_axes, read_status, run_sweep
 
     base = load_config_file(args.config)
     for key, values in parse_axes(args.set, what="--set"):

@@ -6,8 +6,8 @@ import time
 
 
 def add_parser(subparsers) -> None:
-    from ..tokenize_dataset import __doc__ as description
-    from ..tokenize_dataset import tokenize_file
+    from cs336_basics.workflows.tokenize import __doc__ as description
+    from cs336_basics.workflows.tokenize import tokenize_file
 
     defaults = inspect.signature(tokenize_file).parameters
     workers, range_mb = defaults["num_workers"].default, defaults["range_bytes"].default / 2**20
@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tokenize_dataset import tokenize_file
+    from cs336_basics.workflows.tokenize import tokenize_file
 
     t0 = time.perf_counter()
     meta = tokenize_file(

@@ -5,12 +5,12 @@ import json
 import os
 import sys
 
-from ._flags import add_dataclass_flags
+from cs336_basics.commands._flags import add_dataclass_flags
 
 
 def add_parser(subparsers) -> None:
-    from ..train import __doc__ as description
-    from ..train_config import TrainConfig
+    from cs336_basics.train import __doc__ as description
+    from cs336_basics.train_config import TrainConfig
 
     parser = subparsers.add_parser(
         "train",
@@ -26,8 +26,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from ..train import NonFiniteLossError, train
-    from ..train_config import FIELD_NAMES, resolve_settings
+    from cs336_basics.train import NonFiniteLossError, train
+    from cs336_basics.train_config import FIELD_NAMES, resolve_settings
 
     given = {k: v for k, v in vars(args).items() if k in FIELD_NAMES}
     config = resolve_settings(given, config_file=args.config)

@@ -44,7 +44,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..bpe import TrainStats, train_bpe
+    from cs336_basics.bpe import TrainStats, train_bpe
 
     out = Path(args.out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
@@ -91,7 +91,7 @@ def show_token(token: bytes, limit: int = SHOWN_TOKEN_BYTES) -> str:
 def write_tokenizer_dir(vocab: dict[int, bytes], merges: list, special_tokens: list[str], out: Path) -> None:
     """Write the tokenizer files into a temporary directory beside `out`, then rename it to `out`: complete or
     absent. `out` must not exist or be an empty directory."""
-    from ..tokenizer_files import save_tokenizer
+    from cs336_basics.tokenizer_files import save_tokenizer
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

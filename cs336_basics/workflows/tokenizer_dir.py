@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cs336_basics import tokenizer_files
-from cs336_basics.files import atomic_write_bytes, cache_dir
+from cs336_basics.fileio import atomic_write_bytes, cache_dir
 from cs336_basics.tokenizer import Tokenizer
 from cs336_basics.tokenizer_files import MERGES_FILE, SPECIAL_TOKENS_FILE, VOCAB_FILE, load_tokenizer_dir
 

@@ -17,7 +17,7 @@ import random
 import time
 from pathlib import Path
 
-from .files import atomic_write_json
+from cs336_basics.fileio import atomic_write_json
 
 EOT = "<|endoftext|>"
 
@@ -204,9 +204,9 @@ def run_quickstart(
 def _check_settings(out: Path, text_path, steps: int, device: str, temperature: float, top_p: float, *model) -> None:
     """Every check that can run before any work (`model`: vocab_size, context_length, d_model, num_layers,
     num_heads, d_ff)."""
-    from .data import resolve_device
-    from .generation import _check_sampling_args
-    from .model import ModelConfig
+    from cs336_basics.data import resolve_device
+    from cs336_basics.generation import _check_sampling_args
+    from cs336_basics.model import ModelConfig
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"out={str(out)!r} exists and is not empty; choose a new --out or delete it")
@@ -238,8 +238,8 @@ def _write_splits(out: Path, text_path, val_fraction: float, num_stories: int, s
 
 def _train_tokenizer(out: Path, vocab_size: int, num_workers: int, progress: bool, timings: dict, log) -> dict:
     """2) a byte-level BPE tokenizer trained on train.txt, saved to tokenizer/; returns its vocabulary."""
-    from .bpe import train_bpe
-    from .tokenizer_files import save_tokenizer
+    from cs336_basics.bpe import train_bpe
+    from cs336_basics.tokenizer_files import save_tokenizer
 
     t = time.perf_counter()
     vocab, merges = train_bpe(out / "train.txt", vocab_size, [EOT], num_workers=num_workers, progress=progress)
@@ -251,7 +251,7 @@ def _train_tokenizer(out: Path, vocab_size: int, num_workers: int, progress: boo
 
 def _write_token_files(out: Path, num_workers: int, timings: dict, log) -> dict[str, int]:
     """3) train.bin and val.bin; returns their token counts."""
-    from .tokenize_dataset import tokenize_file
+    from cs336_basics.workflows.tokenize import tokenize_file
 
     t = time.perf_counter()
     n_tokens = {}
@@ -265,7 +265,7 @@ def _write_token_files(out: Path, num_workers: int, timings: dict, log) -> dict[
 
 def _train_preempted_and_resumed(config, timings: dict, log) -> dict:
     """4) train to config.stop_at_step as if preempted, then resume to the end; returns the final summary."""
-    from .train import train
+    from cs336_basics.train import train
 
     t = time.perf_counter()
     first = train(config)
@@ -284,7 +284,7 @@ def _train_config(
     out: Path, vocab_size: int, steps: int, eval_interval: int, seed: int, device: str, progress: bool, **model_settings
 ):
     """The run's TrainConfig: warmup 5% of the steps, a checkpoint at every evaluation, a stop halfway."""
-    from .train import TrainConfig
+    from cs336_basics.train import TrainConfig
 
     return TrainConfig(
         train=str(out / "train.bin"),
@@ -317,10 +317,10 @@ def _evaluate_and_sample(
     log,
 ) -> tuple[dict, str]:
     """5) the final checkpoint's loss over all of val.bin, 6) its continuation of `prompt` (prompt included)."""
-    from .data import load_tokens, resolve_device
-    from .evaluate import evaluate_tokens
-    from .generation import generate_text, load_model
-    from .tokenizer import Tokenizer
+    from cs336_basics.data import load_tokens, resolve_device
+    from cs336_basics.generation import generate_text, load_model
+    from cs336_basics.tokenizer import Tokenizer
+    from cs336_basics.workflows.eval import evaluate_tokens
 
     model = load_model(checkpoint, resolve_device(device))
     evaluation = evaluate_tokens(model, load_tokens(out / "val.bin"))

@@ -1,6 +1,7 @@
-"""The BPE trainer's C merge engine (`_bpe_merge.c`), built and loaded by `_clib` on first use, called through ctypes.
+"""The BPE trainer's C merge engine (`_tokenization/merge_kernel.c`), built and loaded by `clib` on first use, called
+through ctypes.
 
-`merge_words` returns the same merges as `_bpe_merge_py.merge_python` and the reference (tests/test_train_bpe.py).
+`merge_words` returns the same merges as `merge_python.merge_python` and the reference (tests/test_train_bpe.py).
 """
 
 import ctypes
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cs336_basics._clib import EngineUnavailable, load_library
+from cs336_basics._tokenization.clib import EngineUnavailable, load_library
 
-SOURCE = Path(__file__).with_name("_bpe_merge.c")
+SOURCE = Path(__file__).with_name("merge_kernel.c")
 MAX_BYTES = (1 << 31) // 3 - 1  # of distinct pre-tokens: positions and position-list nodes (<= 3 a byte) are int32
 _I64P = ctypes.POINTER(ctypes.c_int64)
 

@@ -397,7 +397,8 @@ class IntMap:
 
     @property
     def slots(self) -> np.ndarray:
-        """The (key, value) rows; key -1 marks an empty row (read by the C BPE kernel, _bpe_encode.c)."""
+        """The (key, value) rows; key -1 marks an empty row (read by the C BPE kernel,
+        _tokenization/encode_kernel.c)."""
         return self._slots
 
     @property

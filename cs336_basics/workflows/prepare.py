@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .download import CHUNK, COMPRESSED_SUFFIXES, DownloadError, decompress, download
-from .files import atomic_write_bytes, atomic_write_json, atomic_write_text, write_dir_atomically
+from cs336_basics.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, write_dir_atomically
+from cs336_basics.workflows.download import CHUNK, COMPRESSED_SUFFIXES, DownloadError, decompress, download
 
 MANIFEST = "manifest.json"
 FINGERPRINT_BYTES = 1 << 20  # a fingerprint reads the first and last MiB of a file (see `fingerprint`)
@@ -301,7 +301,7 @@ def prepare(
         lambda: _train_tokenizer(texts["train"], tokenizer_dir, vocab_size, special_tokens, workers, progress),
     )
 
-    from .tokenize_dataset import tokenize_file
+    from cs336_basics.workflows.tokenize import tokenize_file
 
     tokenizer_print = [fingerprint(p) for p in tokenizer_files]
     token_files = {}
@@ -370,8 +370,8 @@ def _train_tokenizer(
     text: Path, directory: Path, vocab_size: int, special_tokens: list[str], workers: int, progress: bool
 ) -> None:
     """Train BPE on `text` and write `directory` whole: built beside it, then renamed over any stale one."""
-    from .bpe import train_bpe
-    from .tokenizer_files import SPECIAL_TOKENS_FILE, save_tokenizer
+    from cs336_basics.bpe import train_bpe
+    from cs336_basics.tokenizer_files import SPECIAL_TOKENS_FILE, save_tokenizer
 
     vocab, merges = train_bpe(text, vocab_size, special_tokens, num_workers=workers, progress=progress)
 

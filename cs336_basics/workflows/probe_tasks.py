@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .nn_utils import cross_entropy
+from cs336_basics.nn_utils import cross_entropy
 
 TASKS: tuple[str, ...] = ("reversal", "inversion", "copy", "sort", "shift", "add")
 IGNORE_INDEX = -100  # the target of every non-Y position

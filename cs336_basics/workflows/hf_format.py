@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .model import ModelConfig
-from .tokenizer_files import decode_token, encode_token
+from cs336_basics.model import ModelConfig
+from cs336_basics.tokenizer_files import decode_token, encode_token
 
 HF_EXTRA = "pip install 'cs336-basics[hf]' (or, in a checkout: uv sync --extra hf)"
 MAX_TOKEN_ID_RANGE = 1 << 32  # token files hold uint16 or uint32 ids (tokenize_dataset), so ids must be < 2**32

@@ -11,9 +11,10 @@ Three implementations, by length (n bytes):
 * `merge_list` (n < HEAP_MIN): a list of pair values, `min` and `index` in C. O(n^2), fastest for words.
 * `merge_heap` (HEAP_MIN up to KERNEL_MIN, and beyond when there is no C compiler): a heap of (rank, position) over
   a linked list of parts; a popped entry whose pair has changed since it was pushed is skipped. O(n log n), in Python.
-* the C kernel `_bpe_encode.c` (from KERNEL_MIN; `Merges.merge_ids` and `merge_array` call it): a heap on int32 ids
+* the C kernel `_tokenization/encode_kernel.c` (from KERNEL_MIN; `Merges.merge_ids` and `merge_array` call it): a heap
+  on int32 ids
   in place, with no link arrays and only the local minima in its heap: about 4-5 bytes per byte of the pre-token,
-  20-60x faster than `merge_heap` (`benchmarks/bench_pathological.py --sizes 0 --kernel-vs-heap 100000`). `_clib`
+  20-60x faster than `merge_heap` (`benchmarks/bench_pathological.py --sizes 0 --kernel-vs-heap 100000`). `clib`
   builds it with the system compiler on first use (~0.1 s, once per machine: it is cached) and loads it in about a
   millisecond after.
 """
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cs336_basics._clib import EngineUnavailable, load_library
-from cs336_basics._piece_table import IntMap, ragged_arange
+from cs336_basics._tokenization.chunk_table import IntMap, ragged_arange
+from cs336_basics._tokenization.clib import EngineUnavailable, load_library
 
 HEAP_MIN = 200  # bytes from which the heap beats the list (the list's C-speed scans are O(n) per merge)
 BATCH_TAIL = 64  # words left in a numpy batch below which the rest finish one by one
@@ -123,7 +124,7 @@ def _kernel():
         if not _KERNEL:
             why = None
             try:
-                fn = load_library(Path(__file__).with_name("_bpe_encode.c")).bpe_encode_merge
+                fn = load_library(Path(__file__).with_name("encode_kernel.c")).bpe_encode_merge
                 fn.restype = ctypes.c_int64
                 fn.argtypes = [
                     _I32P,

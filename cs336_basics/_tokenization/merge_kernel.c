@@ -1,7 +1,7 @@
-/* The BPE merge engine in C, compiled by the system C compiler on first use (~0.3 s; cs336_basics/_bpe_merge_c.py)
+/* The BPE merge engine in C, compiled by the system C compiler on first use (~0.3 s; cs336_basics/_tokenization/merge_kernel.py)
  * instead of numba's ~4 s of JIT.
  *
- * Contract: bpe_merge_words returns the merges of the textbook trainer (cs336_basics/bpe_reference.py), in order:
+ * Contract: bpe_merge_words returns the merges of the textbook trainer (cs336_basics/_tokenization/bpe_reference.py), in order:
  * the most frequent adjacent pair, ties to the lexicographically greatest (bytes_a, bytes_b). Token ids are 0..255
  * for the bytes, then one per merge in order, except that a merge whose bytes already exist reuses that token (as a
  * trainer keyed by bytes does). tests/test_train_bpe.py checks every engine against the reference.

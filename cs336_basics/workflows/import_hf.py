@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from .files import write_dir_atomically
-from .hf import (
+from cs336_basics.fileio import write_dir_atomically
+from cs336_basics.model import TransformerLM
+from cs336_basics.workflows.export import TOKENIZER_SUBDIR
+from cs336_basics.workflows.hf_format import (
     from_hf_state_dict,
     model_config_from_llama,
     read_json,
     require_safetensors,
     tokenizer_from_json,
 )
-from .hf_export import TOKENIZER_SUBDIR
-from .model import TransformerLM
 
 CHECKPOINT_NAME = "ckpt_000000.pt"  # an imported model is step 0 of its run directory
 
@@ -35,7 +35,7 @@ def load_hf(hf_dir: str | os.PathLike, context_length: int | None = None):
     `context_length` (default: config.json's max_position_embeddings) is the longest sequence the model takes.
     Raises ValueError naming the setting that does not convert, FileNotFoundError for a missing file.
     """
-    from .tokenizer import Tokenizer
+    from cs336_basics.tokenizer import Tokenizer
 
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
@@ -80,9 +80,9 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, context_length:
     `generate --checkpoint out/ckpt_000000.pt --tokenizer out/tokenizer`, `eval` and `train --init-from out` use
     it. Written in a temporary directory beside `out` and renamed. Returns {"out", "checkpoint", "model_config"}.
     """
-    from .optimizer import AdamW
-    from .serialization import save_checkpoint
-    from .tokenizer_files import save_tokenizer
+    from cs336_basics.optimizer import AdamW
+    from cs336_basics.serialization import save_checkpoint
+    from cs336_basics.tokenizer_files import save_tokenizer
 
     model, tokenizer = load_hf(hf_dir, context_length)
     hf_config = read_json(Path(hf_dir) / "config.json", "model config")

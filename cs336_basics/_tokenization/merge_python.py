@@ -2,7 +2,8 @@
 the merges, and for every problem where there is no C compiler (about 5x slower than C on large ones).
 
 Contract: the same merges, in the same order, as the textbook trainer (`bpe_reference.merge_reference`) and the C
-engine (`_bpe_merge.c`); tests/test_train_bpe.py checks both against the reference with Hypothesis and the fixtures.
+engine (`_tokenization/merge_kernel.c`); tests/test_train_bpe.py checks both against the reference with Hypothesis and
+the fixtures.
 The result is the same; the means differ: the C engine links symbols by position and lists the positions of each
 pair, this one keeps words as strings (`str.find` / `str.replace` do the scanning in C) and lists of word indices;
 both change only the pair counts around each occurrence.

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_json
+from cs336_basics.fileio import atomic_write_json
 
 STATUS_FILE = "sweep_status.json"
 SWEEP_FILE = "sweep.json"
@@ -52,7 +52,7 @@ class SweepPoint:
 
 
 def _field_types() -> dict[str, Any]:
-    from .train import TrainConfig
+    from cs336_basics.train import TrainConfig
 
     return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
@@ -145,7 +145,7 @@ def expand_points(
 
 def point_config(base: dict[str, Any], point: SweepPoint, sweep_dir: str | os.PathLike, device: str | None = None):
     """The TrainConfig of one point: base settings, the point's overrides, out = SWEEP_DIR/NAME, resume on."""
-    from .train import TrainConfig
+    from cs336_basics.train import TrainConfig
 
     values = {**base, **point.settings(), "out": str(Path(sweep_dir) / point.name), "resume": True}
     values["progress"] = False
@@ -174,7 +174,7 @@ def run_point(config) -> dict:
     status is "finished" (with the trainer's summary), "diverged" (NaN/inf loss: the error message) or "failed"
     (any other exception: its type and message). KeyboardInterrupt is not caught: the run stays resumable.
     """
-    from .train import NonFiniteLossError, train
+    from cs336_basics.train import NonFiniteLossError, train
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,7 +228,7 @@ def run_sweep(
     the base's); several = one spawned worker process per device. `on_event(kind, name, info)` is called with
     kind "skip" (info: the recorded status), "start" (info: the device) and "done" (info: the status dict).
     """
-    from .train import validate_config
+    from cs336_basics.train import validate_config
 
     on_event = on_event or (lambda *a: None)
     sweep_dir = Path(sweep_dir)
@@ -237,7 +237,7 @@ def run_sweep(
     for config in configs.values():
         validate_config(config)
     if devices:
-        from .train import resolve_device
+        from cs336_basics.train import resolve_device
 
         for device in devices:
             resolve_device(device)

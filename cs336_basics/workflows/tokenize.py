@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cs336_basics._bpe_encode import kernel_merges
+from cs336_basics._tokenization.encode_kernel import kernel_merges
 from cs336_basics.pretokenize import SpecialTokens, first_safe_cut_in_file
 from cs336_basics.tokenizer import Tokenizer
-from cs336_basics.tokenizer_cache import load_tokenizer
+from cs336_basics.workflows.tokenizer_dir import load_tokenizer
 
 DEFAULT_RANGE_BYTES = 4 << 20  # 4 MiB of text per task: ~0.3 s of work, large next to the IPC and bookkeeping
 _GRAINS_PER_RANGE = 8  # with several workers, ranges are cut 8x finer and claimed 1 to 8 at a time

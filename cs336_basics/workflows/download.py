@@ -12,7 +12,7 @@ import os
 import zlib
 from pathlib import Path
 
-from .files import atomic_write_bytes
+from cs336_basics.fileio import atomic_write_bytes
 
 DOWNLOAD_ATTEMPTS = 3
 CHUNK = 1 << 20

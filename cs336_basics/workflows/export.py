@@ -13,10 +13,16 @@ from pathlib import Path
 
 import torch
 
-from .files import write_dir_atomically
-from .hf import EOS_TOKEN, llama_config, require_safetensors, to_hf_state_dict, tokenizer_json
-from .model import ModelConfig
-from .serialization import clean_state_dict, read_checkpoint
+from cs336_basics.fileio import write_dir_atomically
+from cs336_basics.model import ModelConfig
+from cs336_basics.serialization import clean_state_dict, read_checkpoint
+from cs336_basics.workflows.hf_format import (
+    EOS_TOKEN,
+    llama_config,
+    require_safetensors,
+    to_hf_state_dict,
+    tokenizer_json,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TOKENIZER_SUBDIR = "tokenizer"  # an imported run directory keeps its tokenizer here
@@ -35,8 +41,8 @@ def export_hf(
     filled in a temporary directory beside it and renamed, so a failed export leaves nothing behind.
     Returns {"out", "checkpoint", "config" (the LlamaConfig dict), "eos_token_id"}.
     """
-    from .checkpoints import resolve_checkpoint
-    from .tokenizer import Tokenizer
+    from cs336_basics.checkpoints import resolve_checkpoint
+    from cs336_basics.tokenizer import Tokenizer
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} must be one of {list(DTYPES)}")

@@ -18,7 +18,7 @@ from collections import Counter
 
 import regex
 
-from .pretokenize import GPT2_PATTERN
+from cs336_basics.pretokenize import GPT2_PATTERN
 
 
 def count_pretokens_reference(text: str, special_tokens: list[str]) -> Counter:

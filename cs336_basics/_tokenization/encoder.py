@@ -4,7 +4,8 @@ Contract: `Encoder.encode(text)` equals the plain reference `tokenizer_reference
 off longest first, GPT-2 pre-tokens, BPE of each); checked by tests/test_tokenizer.py and test_tokenizer_table.py
 against tiktoken (GPT-2, and vocabularies we trained) and the reference, on fixed cases and Hypothesis text.
 
-How it is fast (in Python and numpy; only BPE of pre-tokens of 1,000+ bytes calls a C kernel, `_bpe_encode.c`):
+How it is fast (in Python and numpy; only BPE of pre-tokens of 1,000+ bytes calls a C kernel,
+`_tokenization/encode_kernel.c`):
 
 1. The text is cut into *pieces* (`pretokenize.PIECE_RE`: a whitespace run then a non-whitespace run), which
    pre-tokenize independently; English text has few distinct pieces (" the", " world."), so caching piece -> ids
@@ -13,10 +14,10 @@ How it is fast (in Python and numpy; only BPE of pre-tokens of 1,000+ bytes call
    `chain.from_iterable` (all C); a miss returns an empty slot list that stays in place in the output and is
    filled afterwards (`_Cache`), all misses of a call encoded in one batch.
 3. Long texts (what `encode_iterable` and the dataset command see) go in blocks of about _BLOCK_CHARS through a
-   numpy hash table (`_piece_table.PieceTable`): a block's UTF-8 bytes are cut into pieces, hashed and looked up
+   numpy hash table (`chunk_table.PieceTable`): a block's UTF-8 bytes are cut into pieces, hashed and looked up
    all at once, every hit verified against the stored bytes. Missing pieces are pre-tokenized together (one `re`
    findall over the joined ASCII pieces, `regex` for the rest), their pre-tokens looked up in a second table, and
-   only new pre-tokens run BPE (`_bpe_encode.Merges`: numpy rounds over thousands of words, O(n log n) per long
+   only new pre-tokens run BPE (`encode_kernel.Merges`: numpy rounds over thousands of words, O(n log n) per long
    word).
 
 4. Pieces and pre-tokens of _HUGE_BYTES or more (runs without spaces: pathological text) skip the caches, and such a
@@ -34,8 +35,8 @@ from itertools import chain, filterfalse
 
 import numpy as np
 
-from cs336_basics._bpe_encode import HEAP_MIN, Merges
-from cs336_basics._piece_table import PieceTable, PieceWords, WhitespaceMask, cached_ids, ragged_arange
+from cs336_basics._tokenization.chunk_table import PieceTable, PieceWords, WhitespaceMask, cached_ids, ragged_arange
+from cs336_basics._tokenization.encode_kernel import HEAP_MIN, Merges
 from cs336_basics.pretokenize import (
     GPT2_ASCII_RE,
     GPT2_RE,
@@ -49,7 +50,7 @@ _WHITESPACE_SET = frozenset(WHITESPACE_CHARS)
 _WHITESPACE_MASK = WhitespaceMask(WHITESPACE_CHARS)
 _GROUP_ROUNDS = 8  # pieces with up to this many pre-tokens get their ids by vectorized concatenation
 _BATCH_BPE_MIN = 256  # new pre-tokens in one block from which numpy batch BPE beats the per-word loop
-_TABLE_MIN_CHARS = 4096  # texts at least this long go through the numpy piece table (see _piece_table)
+_TABLE_MIN_CHARS = 4096  # texts at least this long go through the numpy piece table (see chunk_table)
 _BLOCK_CHARS = 1 << 20  # encode long texts in blocks of about this many chars: bounded lists, a meaningful cache bound
 # Pieces and pre-tokens of at least this many bytes (a run without spaces: only pathological text) skip the caches,
 # and a pre-token that long goes to the BPE kernel with no other copy of it held (see `_encode_huge_piece`).
@@ -211,7 +212,7 @@ class Encoder:
         """Ids of the piece raw[start : start + length], of _HUGE_BYTES or more. Its pre-tokens go through the
         pre-token table in batches of about _HUGE_BYTES, except those of _HUGE_BYTES or more, which go to
         `Merges.merge_array` as int32 byte ids with no other copy of the pre-token left (the kernel works in place,
-        with a heap of local minima only: see _bpe_encode.c)."""
+        with a heap of local minima only: see _tokenization/encode_kernel.c)."""
         pretokens = GPT2_RE.findall(codecs.decode(memoryview(raw)[start : start + length], "utf-8"))
         out, batch, batch_bytes = [], [], 0
         for i in range(len(pretokens)):

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from .train import TrainConfig, _Run
+from cs336_basics.train import TrainConfig, _Run
 
 
 def measure_throughput(config: TrainConfig, warmup_steps: int = 5, seconds: float = 5.0) -> dict:

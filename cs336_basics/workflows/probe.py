@@ -22,12 +22,12 @@ from typing import get_args
 import torch
 from torch import Tensor
 
-from .files import atomic_write_json
-from .generation import generate
-from .model import ModelConfig, NormPlacement, TransformerLM
-from .nn_utils import gradient_clipping
-from .optimizer import AdamW, get_lr_cosine_schedule
-from .probe_tasks import (
+from cs336_basics.fileio import atomic_write_json
+from cs336_basics.generation import generate
+from cs336_basics.model import ModelConfig, NormPlacement, TransformerLM
+from cs336_basics.nn_utils import gradient_clipping
+from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule
+from cs336_basics.workflows.probe_tasks import (
     ADD_DEFAULTS,
     IGNORE_INDEX,
     TASKS,

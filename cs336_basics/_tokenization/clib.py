@@ -1,4 +1,5 @@
-"""The package's C kernels (`_bpe_merge.c`, `_bpe_encode.c`): built once by the system C compiler, cached, loaded
+"""The package's C kernels (`_tokenization/merge_kernel.c`, `_tokenization/encode_kernel.c`): built once by the system
+C compiler, cached, loaded
 through ctypes. `load_library(source)` is the one way in.
 
 Why C: these loops must be compiled, and a JIT (numba, which they used before) takes seconds on a fresh checkout
@@ -23,7 +24,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from cs336_basics.files import cache_dir
+from cs336_basics.fileio import cache_dir
 
 FLAGS = ("-O2", "-std=c99", "-shared", "-fPIC")
 _KEEP_BUILDS = 4  # libraries kept per kernel (other versions of its source, e.g. other checkouts sharing the cache)

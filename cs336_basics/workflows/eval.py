@@ -13,8 +13,8 @@ import math
 import numpy as np
 import torch
 
-from .model import TransformerLM
-from .nn_utils import cross_entropy
+from cs336_basics.model import TransformerLM
+from cs336_basics.nn_utils import cross_entropy
 
 
 @torch.no_grad()

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_bytes, atomic_write_text
-from .run_files import read_log
-from .sweep import SWEEP_FILE, read_status
+from cs336_basics.fileio import atomic_write_bytes, atomic_write_text
+from cs336_basics.run_dir import read_log
+from cs336_basics.workflows.sweep import SWEEP_FILE, read_status
 
 X_AXES = {"steps": ("step", "step"), "tokens": ("tokens", "tokens"), "time": ("wall_clock_s", "wall-clock (s)")}
 TABLE_COLUMNS = (

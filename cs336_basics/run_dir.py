@@ -12,7 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .files import atomic_write_bytes, atomic_write_json
+from cs336_basics.fileio import atomic_write_bytes, atomic_write_json
 
 write_json = atomic_write_json  # (the name the trainer's modules use)
 

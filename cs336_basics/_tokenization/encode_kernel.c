@@ -1,5 +1,5 @@
-/* BPE of one long pre-token in O(n log n) time and ~4.5-5 bytes per byte: `_bpe_encode.merge_heap`'s merges in C,
- * built and loaded by cs336_basics/_clib.py, called by `_bpe_encode.Merges.merge_array`. Checked against `merge_heap`
+/* BPE of one long pre-token in O(n log n) time and ~4.5-5 bytes per byte: `encode_kernel.merge_heap`'s merges in C,
+ * built and loaded by cs336_basics/_tokenization/clib.py, called by `encode_kernel.Merges.merge_array`. Checked against `merge_heap`
  * and `tokenizer_reference.bpe_merge` (tests/test_bpe_encode.py).
  *
  * The rule: while some adjacent pair of parts has a merge, merge the pair of lowest rank, the leftmost on ties.
@@ -11,7 +11,7 @@
  * part), NONE when there is none. The next merge is the leftmost part with the lowest v, which is a *local minimum*:
  * v(x) < v(previous part) and v(x) <= v(next part). The heap holds (rank << 32 | x) for every local minimum (so a run
  * of one byte keeps it tiny) and entries gone stale, which are skipped when popped: a popped entry is merged only if
- * the pair at x still has that rank. `slots` is `_piece_table.IntMap`'s open-addressing table, rows of (pair key
+ * the pair at x still has that rank. `slots` is `chunk_table.IntMap`'s open-addressing table, rows of (pair key
  * a << shift | b, rank << shift | merged id), key -1 empty, hashed by Fibonacci hashing as IntMap does.
  */
 #include <stdint.h>
