@@ -33,9 +33,10 @@ from torch import nn
 
 from cs336_basics._kernels import triton_kernels
 from cs336_basics.model import ModelConfig, TransformerLM
-from cs336_basics.model_info import peak_flops, training_flops_per_token
+from cs336_basics.model_info import training_flops_per_token
 from cs336_basics.nn_utils import cross_entropy
 from cs336_basics.optimizer import AdamW
+from cs336_basics.runtime import peak_flops
 
 # --------------------------------------------------------------------------------------------------------------------
 # The peer: the same architecture from torch built-ins, with the same state-dict names as TransformerLM.

@@ -49,7 +49,7 @@ def _child(args) -> None:
     """Measure one setting (runs in a subprocess); prints one JSON line."""
     import torch
 
-    from cs336_basics.train import TrainConfig
+    from cs336_basics.train_config import TrainConfig
     from cs336_basics.workflows.throughput import measure_throughput
 
     if args.threads:

@@ -27,10 +27,10 @@ import torch.nn.functional as F  # noqa: N812 - the peer's loss
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import TINY, BuiltinLM  # noqa: E402 - the peer model, shared with the throughput benchmark
 
+from cs336_basics.config import HANDOUT_MODEL  # noqa: E402 - the CS336 TinyStories model
 from cs336_basics.data import load_tokens, read_windows  # noqa: E402
 from cs336_basics.fileio import atomic_write_json  # noqa: E402
 from cs336_basics.model import ModelConfig, TransformerLM  # noqa: E402
-from cs336_basics.model_info import MODEL_DEFAULTS  # noqa: E402 - the CS336 TinyStories model
 from cs336_basics.nn_utils import cross_entropy  # noqa: E402
 from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule  # noqa: E402
 
@@ -103,7 +103,7 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
-    model = {k: v for k, v in TINY.items() if k != "batch_size"} if args.tiny else dict(MODEL_DEFAULTS)
+    model = {k: v for k, v in TINY.items() if k != "batch_size"} if args.tiny else dict(HANDOUT_MODEL)
     if args.tiny:
         args.steps, args.batch_size, args.eval_every, args.eval_batches, args.warmup = 6, 2, 3, 2, 2
     if args.data:

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cs336_basics.model import ModelConfig
-from cs336_basics.serialization import read_checkpoint
+from cs336_basics.config import ModelConfig
+from cs336_basics.model import TransformerLM
+from cs336_basics.serialization import clean_state_dict, read_checkpoint
 
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d{6,})\.pt$")
 STALE_TEMP_GLOB = ".ckpt_*.tmp"  # what files.atomic_write_bytes leaves when killed while writing a checkpoint
@@ -53,14 +54,37 @@ def resolve_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Pat
 
 def model_config_of(path: str | os.PathLike, what: str = "checkpoint") -> ModelConfig:
     """The ModelConfig saved in a checkpoint (a file, or a run directory's newest); ValueError when it has none."""
-    return saved_model_config(read_checkpoint(resolve_checkpoint(path, what)), path, what)
+    return read_model_checkpoint(path, what)[0]
+
+
+def read_model_checkpoint(
+    path: str | os.PathLike, what: str = "checkpoint"
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The ModelConfig and model weights (torch.compile/DDP prefixes removed) of a checkpoint file, or of a run
+    directory's newest checkpoint: the one way from a checkpoint to a model (`load_model`, export, `--init-from`).
+
+    FileNotFoundError when there is no checkpoint; ValueError naming `what` when it has no model config."""
+    checkpoint = resolve_checkpoint(path, what)
+    payload = read_checkpoint(checkpoint)
+    return saved_model_config(payload, checkpoint, what), clean_state_dict(payload["model"])
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", what: str = "checkpoint") -> TransformerLM:
+    """Rebuild the TransformerLM of a checkpoint (a file, or a run directory's newest) with its weights, in eval mode.
+
+    model = load_model("runs/ts", device="cuda")
+    """
+    config, weights = read_model_checkpoint(path, what)
+    model = TransformerLM(config, device=device)
+    model.load_state_dict(weights)
+    return model.eval()
 
 
 def saved_model_config(payload: dict, path, what: str) -> ModelConfig:
     """The ModelConfig in a checkpoint's already-read `payload`; ValueError when it has none."""
     saved = payload.get("config")
     if saved is None:
-        raise ValueError(f"{what}: checkpoint {str(path)!r} has no model config (it was not written by the trainer)")
+        raise ValueError(f"{what}: checkpoint {str(path)!r} has no model config; it was not written by the trainer")
     return ModelConfig(**saved)
 
 
@@ -111,6 +135,8 @@ __all__ = [
     "list_checkpoints",
     "resolve_checkpoint",
     "model_config_of",
+    "read_model_checkpoint",
+    "load_model",
     "saved_model_config",
     "check_same_model",
     "prune_checkpoints",

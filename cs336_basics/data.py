@@ -13,6 +13,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from cs336_basics.runtime import device_of
+
 SIDECAR_DTYPES = ("uint16", "uint32")
 
 
@@ -32,7 +34,7 @@ def get_batch(
     """
     if batch_size <= 0 or context_length <= 0:
         raise ValueError(f"batch_size={batch_size} and context_length={context_length} must be positive")
-    device = _resolve_device(device)
+    device = device_of(device)
     starts = sample_starts(len(dataset), context_length, batch_size, rng)
     return read_windows(dataset, starts, context_length, device)
 
@@ -67,36 +69,6 @@ def read_windows(
     else:
         batch = batch.to(device)
     return batch[:, :-1], batch[:, 1:]
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' -> cuda, then mps, then cpu; otherwise the named device, which must exist on this machine.
-
-    Raises ValueError naming the device when it is malformed or this machine does not have it.
-    """
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        return _resolve_device(device)
-    except RuntimeError as e:  # "cuda:3" on a one-GPU machine, "mps" off a Mac, or a malformed name
-        raise ValueError(f"device={str(device)!r}: {e}") from e
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    """torch.device(device), raising RuntimeError (as torch does) for a device this machine does not have."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = device.index if device.index is not None else 0
-        if index >= count:
-            raise RuntimeError(f"device={str(device)!r} is not available: this machine has {count} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"device={str(device)!r} is not available on this machine")
-    return device
 
 
 def read_sidecar(path: str | Path) -> dict | None:

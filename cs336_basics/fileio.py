@@ -47,8 +47,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    """`obj` as indented JSON (a trailing newline), atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    """`obj` as indented UTF-8 JSON (a trailing newline), atomically: the package's one JSON writer."""
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def _fsync_dir(directory: Path) -> None:

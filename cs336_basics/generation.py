@@ -5,16 +5,12 @@ KV cache (each new token costs one position). CLI: `cs336-basics generate` (cs33
         --max-new-tokens 100 --temperature 0.8 --top-p 0.95 --device cpu
 """
 
-import os
-
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from cs336_basics.checkpoints import resolve_checkpoint
 from cs336_basics.layers import softmax
-from cs336_basics.model import ModelConfig, TransformerLM
-from cs336_basics.serialization import clean_state_dict, read_checkpoint
+from cs336_basics.model import TransformerLM
 
 
 def sample_next_token(
@@ -26,7 +22,7 @@ def sample_next_token(
 ) -> Int[Tensor, " batch"]:
     """One id per row. temperature 0 is greedy (argmax); top_k keeps the k most likely ids; top_p keeps the smallest
     set of most likely ids whose probability mass reaches p (always at least one)."""
-    _check_sampling_args(temperature, top_k, top_p)
+    check_sampling_args(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = softmax(logits.float() / temperature, dim=-1)
@@ -62,7 +58,7 @@ def generate(
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    _check_sampling_args(temperature, top_k, top_p)
+    check_sampling_args(temperature, top_k, top_p)
     if prompt.ndim != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must have shape (batch, seq) with seq >= 1, got {tuple(prompt.shape)}")
     context_length = model.config.context_length
@@ -91,26 +87,13 @@ def generate(
     return torch.stack(new_tokens, dim=1)
 
 
-def _check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not temperature >= 0:
         raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k={top_k} must be a positive integer")
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p} must be in (0, 1]")
-
-
-def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> TransformerLM:
-    """Rebuild a TransformerLM from a checkpoint's saved `config` and load its weights, in eval mode.
-
-    `checkpoint` is a checkpoint file or a run directory (its newest checkpoint)."""
-    checkpoint = resolve_checkpoint(checkpoint)
-    payload = read_checkpoint(checkpoint)
-    if "config" not in payload:
-        raise ValueError(f"checkpoint {str(checkpoint)!r} has no model config; it was not written by the trainer")
-    model = TransformerLM(ModelConfig(**payload["config"]), device=device)
-    model.load_state_dict(clean_state_dict(payload["model"]))
-    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -132,7 +115,7 @@ def generate_text(
 ) -> str:
     """The continuation of `prompt` (text only, without the prompt), stopping at <|endoftext|> when it is a
     single token of `tokenizer` (any object with encode(str) -> list[int] and decode(list[int]) -> str)."""
-    _check_sampling_args(temperature, top_k, top_p)
+    check_sampling_args(temperature, top_k, top_p)
     device = next(model.parameters()).device
     prompt_ids = tokenizer.encode(prompt)
     if not prompt_ids:

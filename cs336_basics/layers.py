@@ -18,7 +18,6 @@ Shape letters: B batch, T sequence, H heads, D head dim (d_k), V vocabulary, "..
 """
 
 import math
-from typing import Literal, get_args
 
 import torch
 from einops import rearrange
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 
 from cs336_basics._kernels import fast_attention, triton_kernels
 from cs336_basics._kernels.fast_attention import softmax_inplace_
+from cs336_basics.config import AttentionBackend, KernelKind, check_kernels, check_positive
 from cs336_basics.kv_cache import LayerKVCache
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ class Linear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
         super().__init__()
-        _check_positive(in_features=in_features, out_features=out_features)
+        check_positive(in_features=in_features, out_features=out_features)
         self.in_features = in_features
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
@@ -57,7 +57,7 @@ class Embedding(nn.Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None):
         super().__init__()
-        _check_positive(num_embeddings=num_embeddings, embedding_dim=embedding_dim)
+        check_positive(num_embeddings=num_embeddings, embedding_dim=embedding_dim)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
@@ -76,10 +76,10 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None, kernels: "KernelKind" = "torch"):
         super().__init__()
-        _check_positive(d_model=d_model)
+        check_positive(d_model=d_model)
         if not eps > 0:
             raise ValueError(f"eps={eps} must be > 0")
-        _check_kernels(kernels)
+        check_kernels(kernels)
         self.d_model = d_model
         self.eps = eps
         self.kernels = kernels
@@ -141,7 +141,7 @@ class RotaryPositionalEmbedding(nn.Module):
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
         super().__init__()
-        _check_positive(d_k=d_k, max_seq_len=max_seq_len)
+        check_positive(d_k=d_k, max_seq_len=max_seq_len)
         if d_k % 2 != 0:
             raise ValueError(f"d_k={d_k} must be even: RoPE rotates pairs of features")
         if not theta > 0:
@@ -181,7 +181,7 @@ class RotaryPositionalEmbedding(nn.Module):
 def sinusoidal_table(max_seq_len: int, d_model: int) -> Float[Tensor, " max_seq_len d_model"]:
     """The fixed positions of "Attention Is All You Need" (§3.5), float64:
     P[pos, 2i] = sin(pos / 10000^(2i/d_model)), P[pos, 2i+1] = cos(pos / 10000^(2i/d_model))."""
-    _check_positive(max_seq_len=max_seq_len, d_model=d_model)
+    check_positive(max_seq_len=max_seq_len, d_model=d_model)
     inv_freq = 10_000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (ceil(d/2),)
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)  # (max_seq_len, ceil(d/2))
     table = torch.empty(max_seq_len, d_model, dtype=torch.float64)
@@ -291,10 +291,6 @@ def _fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-AttentionBackend = Literal["scratch", "sdpa"]
-KernelKind = Literal["torch", "triton"]
-
-
 class MultiHeadSelfAttention(nn.Module):
     """Causal multi-head self-attention with optional RoPE on Q and K.
 
@@ -316,8 +312,8 @@ class MultiHeadSelfAttention(nn.Module):
         kernels: "KernelKind" = "torch",
     ):
         super().__init__()
-        _check_positive(d_model=d_model, num_heads=num_heads)
-        _check_kernels(kernels, attention_backend)
+        check_positive(d_model=d_model, num_heads=num_heads)
+        check_kernels(kernels, attention_backend)
         if d_model % num_heads != 0:
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
         if attention_backend not in ("scratch", "sdpa"):
@@ -388,24 +384,6 @@ class MultiHeadSelfAttention(nn.Module):
 
 # --------------------------------------------------------------------------------------------------------------------
 # Validation helpers
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name}={value!r} must be a positive integer")
-
-
-def _check_kernels(kernels: str, attention_backend: str = "scratch") -> None:
-    """kernels: "torch" (the plain code, the default) or "triton" (the fused kernels, which need Triton)."""
-    if kernels not in get_args(KernelKind):
-        raise ValueError(f"kernels={kernels!r} must be one of {get_args(KernelKind)}")
-    if kernels == "triton":
-        triton_kernels.check_available()
-        if attention_backend != "scratch":
-            raise ValueError(
-                f"kernels='triton' brings its own attention; attention_backend={attention_backend!r} must be 'scratch'"
-            )
 
 
 def _check_token_ids(ids: Tensor, upper: int, what: str = "token ids", describe=None) -> None:

@@ -1,39 +1,34 @@
-"""The Transformer language model: its configuration, the block, and the LM (the layers are in layers.py).
+"""The Transformer language model: the block and the LM (the layers are in layers.py, the settings in config.py).
 
-`ModelConfig` holds every setting that defines a model and is saved with every checkpoint. Its switches exist for the
-assignment's ablations and are all off by default: norm placement `pre | post | none`, positions
-`rope | sinusoidal | learned | none` (absolute ones are added to the token embeddings), feed-forward
-`swiglu | silu`, tied embeddings, the opt-in fused attention kernel (`attention_backend="sdpa"`) and the opt-in
-Triton kernels (`kernels="triton"`).
+`TransformerLM(ModelConfig(...))` builds the model a ModelConfig describes, with every switch of config.py: norm
+placement `pre | post | none`, positions `rope | sinusoidal | learned | none` (absolute ones are added to the token
+embeddings), feed-forward `swiglu | silu`, tied embeddings, and the opt-in fast paths.
 """
 
-import math
-from dataclasses import asdict, dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from cs336_basics.config import (
+    AttentionBackend,
+    FeedForwardKind,
+    KernelKind,
+    ModelConfig,
+    NormPlacement,
+)
 from cs336_basics.kv_cache import KVCache, LayerKVCache
 from cs336_basics.layers import (
     AbsolutePositionalEmbedding,
-    AttentionBackend,
     Embedding,
-    KernelKind,
     Linear,
     MultiHeadSelfAttention,
     RMSNorm,
     RotaryPositionalEmbedding,
     SiLUFeedForward,
     SwiGLU,
-    _check_kernels,
-    _check_positive,
 )
-
-NormPlacement = Literal["pre", "post", "none"]
-PositionKind = Literal["rope", "sinusoidal", "learned", "none"]
-FeedForwardKind = Literal["swiglu", "silu"]
 
 
 class TransformerBlock(nn.Module):
@@ -85,63 +80,6 @@ class TransformerBlock(nn.Module):
             return self.ln2(x + self.ffn(x))
         x = x + self.attn(x, token_positions, kv_cache)
         return x + self.ffn(x)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    """Everything that defines a TransformerLM; saved with every checkpoint (see `asdict`)."""
-
-    vocab_size: int
-    context_length: int
-    d_model: int
-    num_layers: int
-    num_heads: int
-    d_ff: int | None = None  # None: 8/3·d_model rounded up to a multiple of 64 (swiglu), 4·d_model (silu)
-    rope_theta: float = 10_000.0
-    norm: NormPlacement = "pre"
-    positions: PositionKind = "rope"
-    ffn: FeedForwardKind = "swiglu"
-    tie_embeddings: bool = False
-    attention_backend: AttentionBackend = "scratch"  # "sdpa": opt-in fused kernel, parity-tested with "scratch"
-    norm_eps: float = 1e-5
-    kernels: KernelKind = "torch"  # "triton": opt-in fused kernels (cs336_basics/_kernels/triton_kernels.py) on CUDA
-
-    def __post_init__(self):
-        _check_positive(
-            vocab_size=self.vocab_size,
-            context_length=self.context_length,
-            d_model=self.d_model,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-        )
-        if self.d_model % self.num_heads != 0:
-            raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
-        if self.d_ff is not None:
-            _check_positive(d_ff=self.d_ff)
-        for name, allowed in (
-            ("norm", get_args(NormPlacement)),
-            ("positions", get_args(PositionKind)),
-            ("ffn", get_args(FeedForwardKind)),
-            ("attention_backend", get_args(AttentionBackend)),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be one of {allowed}")
-        _check_kernels(self.kernels, self.attention_backend)
-        if self.positions == "rope" and (self.d_model // self.num_heads) % 2 != 0:
-            raise ValueError(
-                f"RoPE needs an even head dim, but d_model={self.d_model} / num_heads={self.num_heads} is odd"
-            )
-
-    @property
-    def resolved_d_ff(self) -> int:
-        if self.d_ff is not None:
-            return self.d_ff
-        if self.ffn == "silu":
-            return 4 * self.d_model
-        return 64 * math.ceil(8 * self.d_model / 3 / 64)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class TransformerLM(nn.Module):

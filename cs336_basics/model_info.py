@@ -16,26 +16,9 @@ and once: the embedding output BTd, final RMSNorm BTd, logits BTV and the cross-
         --num-heads 16 --batch-size 128
 """
 
-from cs336_basics.model import ModelConfig
+from cs336_basics.config import ModelConfig
 
 BYTES_FP32 = 4
-
-# Dense (no sparsity) peak tensor-core throughput in FLOP/s, per the vendors' data sheets; matched against
-# torch.cuda.get_device_name() in order, so the more specific names come first.
-PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
-    ("H200", {"bfloat16": 989.5e12, "float32": 66.9e12}),
-    ("H100 PCIe", {"bfloat16": 756.0e12, "float32": 51.2e12}),
-    ("H100", {"bfloat16": 989.5e12, "float32": 66.9e12}),  # SXM / HBM3
-    ("A100", {"bfloat16": 312.0e12, "float32": 19.5e12}),
-]
-
-
-def peak_flops(device_name: str, dtype: str) -> float | None:
-    """Peak FLOP/s of a GPU named `device_name` for `dtype` ("bfloat16" | "float32"), or None when unknown."""
-    for key, peaks in PEAK_FLOPS:
-        if key.lower() in device_name.lower():
-            return peaks.get(dtype)
-    return None
 
 
 def count_parameters(config: ModelConfig) -> dict[str, int]:
@@ -120,32 +103,3 @@ def model_report(config: ModelConfig, batch_size: int) -> dict:
         },
         "memory_bytes": memory_bytes(config, batch_size) | {"batch_size": batch_size},
     }
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The default model: the CS336 TinyStories configuration (the `train` and `model-info` flags' defaults)
-
-MODEL_DEFAULTS = dict(
-    vocab_size=10_000,
-    context_length=256,
-    d_model=512,
-    d_ff=1344,
-    num_layers=4,
-    num_heads=16,
-    rope_theta=10_000.0,
-    norm="pre",
-    positions="rope",
-    ffn="swiglu",
-    tie_embeddings=False,
-    attention_backend="scratch",
-    kernels="torch",
-)
-MODEL_FIELDS = tuple(MODEL_DEFAULTS)
-
-
-def model_config_from(values: dict) -> ModelConfig:
-    """A ModelConfig from a dict holding the model fields (d_ff 0 or None = the default width)."""
-    kwargs = {name: values[name] for name in MODEL_FIELDS if name in values}
-    if kwargs.get("d_ff") == 0:
-        kwargs["d_ff"] = None
-    return ModelConfig(**kwargs)

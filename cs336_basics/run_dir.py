@@ -9,12 +9,9 @@ loss.png      train and validation loss against steps and wall-clock
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
-from cs336_basics.fileio import atomic_write_bytes, atomic_write_json
-
-write_json = atomic_write_json  # (the name the trainer's modules use)
+from cs336_basics.fileio import atomic_write_bytes
 
 
 def read_log(path: str | os.PathLike) -> list[dict]:
@@ -32,17 +29,6 @@ def write_log(path: str | os.PathLike, records: list[dict]) -> None:
 def append_log(path: str | os.PathLike, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
-
-
-def git_sha() -> str | None:
-    """The commit of the package's checkout, or None outside a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def plot_losses(records: list[dict], path: str | os.PathLike) -> None:

@@ -27,7 +27,6 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +37,17 @@ from torch import nn
 
 from cs336_basics import checkpoints
 from cs336_basics.checkpoints import list_checkpoints
-from cs336_basics.data import check_token_file, load_tokens, read_windows, resolve_device, sample_starts
+from cs336_basics.data import load_tokens, read_windows, sample_starts
+from cs336_basics.fileio import atomic_write_json
 from cs336_basics.model import TransformerLM
-from cs336_basics.model_info import peak_flops, training_flops_per_token
+from cs336_basics.model_info import training_flops_per_token
 from cs336_basics.nn_utils import cross_entropy, gradient_clipping
 from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule
-from cs336_basics.run_dir import append_log, git_sha, plot_losses, read_log, write_json, write_log
+from cs336_basics.run_dir import append_log, plot_losses, read_log, write_log
+from cs336_basics.runtime import autocast, git_sha, init_distributed, peak_flops, resolve_device, resolve_dtype
 from cs336_basics.serialization import clean_state_dict, read_checkpoint, save_checkpoint
-from cs336_basics.train_config import TrainConfig, import_wandb, load_config_file, resolve_settings, validate_config
+from cs336_basics.train_config import TrainConfig, import_wandb, validate_config
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Settings that change how a model computes, not its weights: an init_from model may differ in them.
 COMPUTE_ONLY_FIELDS = ("attention_backend", "kernels")
 
@@ -67,45 +67,6 @@ class _WithLoss(nn.Module):
         return cross_entropy(self.lm(x), y)
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
-    """Join the torchrun process group when WORLD_SIZE > 1 (each rank on its LOCAL_RANK GPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return _Dist(), device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return _Dist(dist.get_rank(), dist.get_world_size()), device
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return DTYPES[dtype]
-
-
 def _seed_everything(config: TrainConfig) -> None:
     if config.deterministic:
         # cuBLAS needs a fixed workspace to be deterministic; the embedding backward (index_put with
@@ -122,8 +83,8 @@ class _Run:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.model_config = config.model_config()
-        self.dist, self.device = _init_distributed(resolve_device(config.device))
-        self.dtype = _resolve_dtype(config.dtype, self.device)
+        self.dist, self.device = init_distributed(resolve_device(config.device))
+        self.dtype = resolve_dtype(config.dtype, self.device)
         self.out = Path(config.out)
         self.total_steps = config.total_steps(self.dist.world_size)
         self.schedule = config.schedule(self.dist.world_size)
@@ -221,7 +182,7 @@ class _Run:
         for micro in range(accum):
             x, y = read_windows(self.train_data, starts[micro, rank], config.context_length, self.device)
             sync = micro == accum - 1 or not self.dist.enabled
-            with contextlib.nullcontext() if sync else self.step_module.no_sync(), _autocast(self.device, self.dtype):
+            with contextlib.nullcontext() if sync else self.step_module.no_sync(), autocast(self.device, self.dtype):
                 loss = self.step_module(x, y)
             (loss / accum).backward()
             loss_sum += loss.detach().float()
@@ -240,7 +201,7 @@ class _Run:
         mine = slice(self.dist.rank * self.config.batch_size, (self.dist.rank + 1) * self.config.batch_size)
         for starts in self.eval_starts:
             x, y = read_windows(self.val_data, starts[mine], self.config.context_length, self.device)
-            with _autocast(self.device, self.dtype):
+            with autocast(self.device, self.dtype):
                 total += self.eval_module(x, y).double()
         total = self.all_reduce_mean(total)
         self.model.train()
@@ -382,7 +343,7 @@ def _start(run: _Run, newest: Path | None) -> tuple[Path, int] | None:
             "resumed_from_step": run.step if config.resume else None,
             "init_from_checkpoint": str(init_from) if init_from is not None else None,
         }
-        write_json(out / "config.json", meta)
+        atomic_write_json(out / "config.json", meta)
         write_log(out / "log.jsonl", run.records)
     return (newest, run.step) if newest is not None else None
 
@@ -457,19 +418,5 @@ def _summarize(run: _Run, meter: _Meter, val_loss, last_checkpoint, stopped_earl
         "stopped_early": stopped_early,
     }
     if run.dist.main:
-        write_json(run.out / "summary.json", summary)
+        atomic_write_json(run.out / "summary.json", summary)
     return summary
-
-
-__all__ = [
-    "TrainConfig",
-    "NonFiniteLossError",
-    "train",
-    "validate_config",
-    "load_config_file",
-    "resolve_settings",
-    "check_token_file",
-    "list_checkpoints",
-    "resolve_device",
-    "plot_losses",
-]

@@ -17,11 +17,16 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from cs336_basics.checkpoints import model_config_of, resolve_checkpoint
-from cs336_basics.data import check_token_file, resolve_device
-from cs336_basics.layers import AttentionBackend, KernelKind
-from cs336_basics.model import FeedForwardKind, ModelConfig, NormPlacement, PositionKind
-from cs336_basics.model_info import MODEL_DEFAULTS, model_config_from
+from cs336_basics.config import (
+    AttentionBackend,
+    FeedForwardKind,
+    KernelKind,
+    ModelConfig,
+    NormPlacement,
+    PositionKind,
+    check_int,
+    model_setting,
+)
 
 DType = Literal["auto", "float32", "bfloat16"]
 
@@ -32,10 +37,6 @@ def _setting(default, help: str, group: str, **extra) -> Any:
     `aliases` (older spellings), `metavar`."""
     metadata = {"help": help, "group": group, **extra}
     return field(metadata=metadata) if default is MISSING else field(default=default, metadata=metadata)
-
-
-def _model(name: str, help: str, **extra) -> Any:
-    return _setting(MODEL_DEFAULTS[name], help, "model", **extra)
 
 
 @dataclass(kw_only=True)
@@ -55,28 +56,21 @@ class TrainConfig:
         "data",
         metavar="CHECKPOINT_OR_RUN_DIR",
     )
-    # model (the CS336 TinyStories configuration by default)
-    vocab_size: int = _model("vocab_size", "vocabulary size (ids 0 .. V-1)")
-    context_length: int = _model("context_length", "context length in tokens")
-    d_model: int = _model("d_model", "model width")
-    d_ff: int | None = _model(
-        "d_ff", "feed-forward hidden width (0 = 8/3·d_model rounded up to 64, 4·d_model for silu)"
-    )
-    num_layers: int = _model("num_layers", "number of Transformer blocks")
-    num_heads: int = _model("num_heads", "attention heads (d_model must be divisible by it)")
-    rope_theta: float = _model("rope_theta", "RoPE base θ")
-    norm: str = _model("norm", "RMSNorm placement", choices=get_args(NormPlacement))
-    positions: str = _model("positions", "position encoding", choices=get_args(PositionKind))
-    ffn: str = _model("ffn", "feed-forward kind", choices=get_args(FeedForwardKind))
-    tie_embeddings: bool = _model("tie_embeddings", "share the input embedding and LM head matrix")
-    attention_backend: str = _model(
-        "attention_backend",
-        "attention kernel: the from-scratch code or PyTorch's fused SDPA (faster on GPUs)",
-        choices=get_args(AttentionBackend),
-    )
-    kernels: str = _model(
-        "kernels", "fused Triton kernels on CUDA (opt-in) or plain torch", choices=get_args(KernelKind)
-    )
+    # model: ModelConfig's fields, with their help, choices and defaults (the handout's TinyStories model)
+    vocab_size: int = model_setting("vocab_size")
+    context_length: int = model_setting("context_length")
+    d_model: int = model_setting("d_model")
+    d_ff: int | None = model_setting("d_ff")
+    num_layers: int = model_setting("num_layers")
+    num_heads: int = model_setting("num_heads")
+    rope_theta: float = model_setting("rope_theta")
+    norm: NormPlacement = model_setting("norm")
+    positions: PositionKind = model_setting("positions")
+    ffn: FeedForwardKind = model_setting("ffn")
+    tie_embeddings: bool = model_setting("tie_embeddings")
+    attention_backend: AttentionBackend = model_setting("attention_backend")
+    norm_eps: float = model_setting("norm_eps")
+    kernels: KernelKind = model_setting("kernels")
     # optimizer and schedule
     lr: float = _setting(1e-3, "peak learning rate", "optimizer")
     min_lr: float | None = _setting(None, "final learning rate of the cosine", "optimizer", unset="lr/10")
@@ -95,9 +89,7 @@ class TrainConfig:
     # run
     seed: int = _setting(0, "seed for init and batch sampling", "run")
     device: str = _setting("auto", "auto (cuda, mps, cpu), cpu, cuda[:N] or mps", "run")
-    dtype: str = _setting(
-        "auto", "bfloat16 = autocast, weights stay float32; auto = bfloat16 on CUDA", "run", choices=get_args(DType)
-    )
+    dtype: DType = _setting("auto", "bfloat16 = autocast, weights stay float32; auto = bfloat16 on CUDA", "run")
     compile: bool = _setting(False, "torch.compile the model", "run")
     deterministic: bool = _setting(
         False, "deterministic CUDA kernels, for bitwise-reproducible GPU runs (slower); CPU runs always are", "run"
@@ -119,7 +111,7 @@ class TrainConfig:
     )
 
     def model_config(self) -> ModelConfig:
-        return model_config_from(dataclasses.asdict(self))
+        return ModelConfig.from_settings(dataclasses.asdict(self))
 
     def tokens_per_step(self, world_size: int = 1) -> int:
         return self.batch_size * self.grad_accum_steps * world_size * self.context_length
@@ -147,21 +139,25 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainCon
 
 def validate_config(config: TrainConfig) -> None:
     """Raise ValueError/FileNotFoundError for any bad setting or input file, before any work starts."""
+    from cs336_basics.checkpoints import resolve_checkpoint  # (torch: the settings alone do not need it)
+    from cs336_basics.data import check_token_file
+    from cs336_basics.runtime import resolve_device
+
     model_config = config.model_config()  # checks the model dims
     for name in ("batch_size", "grad_accum_steps", "eval_batches", "log_interval"):
-        _check_int(name, getattr(config, name), 1)
+        check_int(name, getattr(config, name), 1)
     for name in ("eval_interval", "checkpoint_interval", "keep_checkpoints"):
-        _check_int(name, getattr(config, name), 0)
+        check_int(name, getattr(config, name), 0)
     if (config.steps is None) == (config.max_tokens is None):
         raise ValueError(
             f"give exactly one of steps={config.steps} and max_tokens={config.max_tokens} (--steps or --max-tokens)"
         )
     for name in ("steps", "max_tokens", "stop_at_step"):
         if getattr(config, name) is not None:
-            _check_int(name, getattr(config, name), 1)
+            check_int(name, getattr(config, name), 1)
     for name in ("warmup_steps", "cosine_steps"):
         if getattr(config, name) is not None:
-            _check_int(name, getattr(config, name), 0)
+            check_int(name, getattr(config, name), 0)
     if not config.lr >= 0 or (config.min_lr is not None and not config.min_lr >= 0):
         raise ValueError(f"lr={config.lr} and min_lr={config.min_lr} must be >= 0")
     for name in ("beta1", "beta2"):
@@ -179,12 +175,6 @@ def validate_config(config: TrainConfig) -> None:
         import_wandb()
     for name in ("train", "val"):
         check_token_file(getattr(config, name), model_config.vocab_size, model_config.context_length, what=name)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name}={value!r} must be {rule}")
 
 
 def import_wandb():
@@ -219,6 +209,8 @@ def resolve_settings(given: dict[str, Any], config_file: str | os.PathLike | Non
     """The TrainConfig of `given` (TrainConfig field -> value, e.g. the flags typed on a command line) on top of
     the defaults, the run's config.json when resuming, the --init-from checkpoint's model settings and
     `config_file`, in the order of the module docstring."""
+    from cs336_basics.checkpoints import model_config_of  # (torch: the settings alone do not need it)
+
     values: dict[str, Any] = {}
     out = given.get("out")
     if given.get("resume") and out and (Path(out) / "config.json").is_file():
@@ -234,8 +226,6 @@ def resolve_settings(given: dict[str, Any], config_file: str | os.PathLike | Non
     for name in ("train", "val", "out"):
         if name not in values:
             raise ValueError(f"--{name} is required (or set it in --config)")
-    if values.get("d_ff") == 0:
-        values["d_ff"] = None
     unknown = sorted(set(values) - set(FIELD_NAMES))
     if unknown:
         raise ValueError(f"unknown training settings {unknown}; the known ones are TrainConfig's fields")

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from cs336_basics import cli
-from cs336_basics.train import TrainConfig, train
+from cs336_basics.train import train
+from cs336_basics.train_config import TrainConfig
 from cs336_basics.workflows.compare import TABLE_COLUMNS, collect_runs, compare, summarize
 from cs336_basics.workflows.sweep import parse_axes, run_sweep
 

@@ -234,7 +234,7 @@ def test_model_info_cli(capsys):
 
 
 def test_peak_flops_table():
-    from cs336_basics.model_info import peak_flops
+    from cs336_basics.runtime import peak_flops
 
     assert peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.5e12
     assert peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756.0e12

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from cs336_basics import cli
 from cs336_basics.bpe import train_bpe
-from cs336_basics.generation import generate, load_model
+from cs336_basics.checkpoints import load_model
+from cs336_basics.generation import generate
 from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.optimizer import AdamW
 from cs336_basics.serialization import save_checkpoint

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cs336_basics.cli import main
+from cs336_basics.fileio import atomic_write_json
 from cs336_basics.workflows import probe as probes
 from cs336_basics.workflows import probe_tasks
 from cs336_basics.workflows.probe import (
@@ -24,7 +25,6 @@ from cs336_basics.workflows.probe import (
     make_task,
     run_probe,
     task_targets,
-    write_json_atomic,
 )
 
 
@@ -128,10 +128,10 @@ def test_make_task_is_deterministic_per_seed():
     ("kwargs", "match"),
     [
         (dict(task="mirror"), "task='mirror' is not a probe task"),
-        (dict(length=0), "length=0 must be an integer >= 1"),
+        (dict(length=0), "length=0 must be a positive integer"),
         (dict(vocab=1), "vocab=1 must be an integer >= 2"),
-        (dict(train_size=0), "train_size=0 must be an integer >= 1"),
-        (dict(test_size=0), "test_size=0 must be an integer >= 1"),
+        (dict(train_size=0), "train_size=0 must be a positive integer"),
+        (dict(test_size=0), "test_size=0 must be a positive integer"),
         (dict(val_size=-1), "val_size=-1 must be an integer >= 0"),
         (
             dict(length=3, vocab=4, train_size=60, test_size=10),
@@ -231,9 +231,9 @@ def test_probe_rejects_a_context_too_short_for_the_task():
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        (dict(steps=0), "steps=0 must be an integer >= 1"),
+        (dict(steps=0), "steps=0 must be a positive integer"),
         (dict(lr=0.0), "lr=0.0 must be a positive finite number"),
-        (dict(stop_after=0), "stop_after=0 must be an integer >= 1"),
+        (dict(stop_after=0), "stop_after=0 must be a positive integer"),
         (dict(min_lr_ratio=2.0), "min_lr_ratio=2.0 must be in \\[0, 1\\]"),
         (dict(norm="sandwich"), "norm='sandwich' must be one of"),
     ],
@@ -266,12 +266,12 @@ TINY_CLI = ["--length", "4", "--vocab", "6", "--train-size", "40", "--val-size",
 TINY_CLI += ["--steps", "2", "--d-model", "16", "--num-heads", "2"]
 
 
-def test_write_json_atomic_leaves_nothing_on_failure(tmp_path):
+def test_atomic_write_json_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.json"
     with pytest.raises(TypeError):
-        write_json_atomic(target, {"bad": object()})
+        atomic_write_json(target, {"bad": object()})
     assert list(tmp_path.iterdir()) == []
-    write_json_atomic(target, {"ok": 1})
+    atomic_write_json(target, {"ok": 1})
     assert json.loads(target.read_text()) == {"ok": 1} and list(tmp_path.iterdir()) == [target]
 
 
@@ -323,7 +323,7 @@ def test_cli_errors_are_one_line_with_exit_code_2(argv, match, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cli_rejects_cuda_without_cuda(capsys):
     assert main(["probe", "reversal", "--device", "cuda"]) == 2
-    assert "device='cuda' requested but CUDA is not available" in capsys.readouterr().err
+    assert "device='cuda' is not available: this machine has 0 CUDA device(s)" in capsys.readouterr().err
 
 
 def test_cli_sweep_checks_every_length_before_training(capsys):

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from cs336_basics import cli
+from cs336_basics.checkpoints import load_model
 from cs336_basics.data import load_tokens
-from cs336_basics.generation import generate_text, load_model
+from cs336_basics.generation import generate_text
 from cs336_basics.tokenizer import Tokenizer
 from cs336_basics.workflows.eval import evaluate_tokens
 from cs336_basics.workflows.quickstart import EOT, builtin_corpus, run_quickstart, split_documents

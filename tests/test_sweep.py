@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cs336_basics import cli
-from cs336_basics.train import TrainConfig, train
+from cs336_basics.train import train
+from cs336_basics.train_config import TrainConfig
 from cs336_basics.workflows.sweep import expand_points, parse_axes, point_config, read_status, run_point, run_sweep
 
 from ._tiny_run import TINY_RUN, toy_ids, write_tokens

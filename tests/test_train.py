@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from cs336_basics import cli
-from cs336_basics.generation import load_model
+from cs336_basics.checkpoints import list_checkpoints, load_model
 from cs336_basics.nn_utils import cross_entropy
 from cs336_basics.optimizer import get_lr_cosine_schedule
-from cs336_basics.train import NonFiniteLossError, TrainConfig, list_checkpoints, train
+from cs336_basics.train import NonFiniteLossError, train
+from cs336_basics.train_config import TrainConfig
 from cs336_basics.workflows.eval import evaluate_tokens
 from cs336_basics.workflows.throughput import measure_throughput
 
@@ -412,7 +413,7 @@ def test_torchrun_two_processes_equal_single_process_with_doubled_batch(tmp_path
 
 def test_sidecar_vocab_size_is_checked_without_a_scan(tmp_path, token_files):
     """A sidecar whose tokenizer vocab exceeds the model's still gets the id scan (and passes when ids fit)."""
-    from cs336_basics.train import check_token_file
+    from cs336_basics.data import check_token_file
 
     path = write_tokens(tmp_path / "t.bin", np.arange(50) % 40)
     meta = json.loads(path.with_name("t.bin.json").read_text())

@@ -1,15 +1,14 @@
 """`cs336-basics eval`: mean loss and perplexity of a checkpoint over a whole token file (`evaluate`)."""
 
 import argparse
-import inspect
 import json
+
+from cs336_basics.commands._flags import module_docstring, signature_defaults
 
 
 def add_parser(subparsers) -> None:
-    from cs336_basics.workflows.eval import __doc__ as description
-    from cs336_basics.workflows.eval import evaluate_tokens
-
-    batch = inspect.signature(evaluate_tokens).parameters["batch_size"].default
+    description = module_docstring("cs336_basics.workflows.eval")
+    batch = signature_defaults("cs336_basics.workflows.eval", "evaluate_tokens")["batch_size"]
     parser = subparsers.add_parser(
         "eval",
         help="mean loss and perplexity of a checkpoint over a whole token file",
@@ -31,9 +30,9 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from cs336_basics.checkpoints import resolve_checkpoint
-    from cs336_basics.data import check_token_file, load_tokens, resolve_device
-    from cs336_basics.generation import load_model
+    from cs336_basics.checkpoints import load_model, resolve_checkpoint
+    from cs336_basics.data import check_token_file, load_tokens
+    from cs336_basics.runtime import resolve_device
     from cs336_basics.workflows.eval import evaluate_tokens
 
     checkpoint = resolve_checkpoint(args.checkpoint, what="--checkpoint")

@@ -1,13 +1,12 @@
 """`cs336-basics generate`: continue a prompt with a trained model (defaults: `generation.generate_text`'s)."""
 
 import argparse
-import inspect
+
+from cs336_basics.commands._flags import signature_defaults
 
 
 def add_parser(subparsers) -> None:
-    from cs336_basics.generation import generate_text
-
-    d = {name: p.default for name, p in inspect.signature(generate_text).parameters.items()}
+    d = signature_defaults("cs336_basics.generation", "generate_text")
     parser = subparsers.add_parser(
         "generate",
         help="sample text from a trained checkpoint",
@@ -35,12 +34,12 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cs336_basics.checkpoints import resolve_checkpoint
-    from cs336_basics.data import resolve_device
-    from cs336_basics.generation import _check_sampling_args, generate_text, load_model
+    from cs336_basics.checkpoints import load_model, resolve_checkpoint
+    from cs336_basics.generation import check_sampling_args, generate_text
+    from cs336_basics.runtime import resolve_device
     from cs336_basics.tokenizer import Tokenizer
 
-    _check_sampling_args(args.temperature, args.top_k, args.top_p)
+    check_sampling_args(args.temperature, args.top_k, args.top_p)
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens} must be >= 0")
     device = resolve_device(args.device)

@@ -27,9 +27,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cs336_basics.model_info import model_config_from, model_report
+    from cs336_basics.config import ModelConfig
+    from cs336_basics.model_info import model_report
 
-    config = model_config_from(vars(args))
+    config = ModelConfig.from_settings(vars(args))
     report = model_report(config, args.batch_size)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -56,7 +56,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cs336_basics.train import load_config_file
+    from cs336_basics.train_config import load_config_file
     from cs336_basics.workflows.sweep import expand_points, parse_axes, read_status, run_sweep
 
     base = load_config_file(args.config)

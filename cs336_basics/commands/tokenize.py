@@ -1,16 +1,15 @@
 """`cs336-basics tokenize`: encode a text file into a flat token file for training (`tokenize_dataset`)."""
 
 import argparse
-import inspect
 import time
+
+from cs336_basics.commands._flags import module_docstring, signature_defaults
 
 
 def add_parser(subparsers) -> None:
-    from cs336_basics.workflows.tokenize import __doc__ as description
-    from cs336_basics.workflows.tokenize import tokenize_file
-
-    defaults = inspect.signature(tokenize_file).parameters
-    workers, range_mb = defaults["num_workers"].default, defaults["range_bytes"].default / 2**20
+    description = module_docstring("cs336_basics.workflows.tokenize")
+    defaults = signature_defaults("cs336_basics.workflows.tokenize", "tokenize_file")
+    workers, range_mb = defaults["num_workers"], defaults["range_bytes"] / 2**20
     p = subparsers.add_parser(
         "tokenize",
         help="encode a text file into a flat token file (uint16/uint32) plus a JSON sidecar",

@@ -5,12 +5,13 @@ import json
 import os
 import sys
 
-from cs336_basics.commands._flags import add_dataclass_flags
+from cs336_basics.commands._flags import add_dataclass_flags, module_docstring
 
 
 def add_parser(subparsers) -> None:
-    from cs336_basics.train import __doc__ as description
     from cs336_basics.train_config import TrainConfig
+
+    description = module_docstring("cs336_basics.train")
 
     parser = subparsers.add_parser(
         "train",

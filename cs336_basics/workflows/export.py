@@ -7,15 +7,13 @@ The directory holds config.json (a LlamaConfig), model.safetensors, generation_c
 tokenizer_config.json. The weights are renamed and the q/k rows reordered for Llama's RoPE layout (see `hf`).
 """
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from cs336_basics.fileio import write_dir_atomically
-from cs336_basics.model import ModelConfig
-from cs336_basics.serialization import clean_state_dict, read_checkpoint
+from cs336_basics.config import ModelConfig
+from cs336_basics.fileio import atomic_write_json, write_dir_atomically
 from cs336_basics.workflows.hf_format import (
     EOS_TOKEN,
     llama_config,
@@ -41,17 +39,14 @@ def export_hf(
     filled in a temporary directory beside it and renamed, so a failed export leaves nothing behind.
     Returns {"out", "checkpoint", "config" (the LlamaConfig dict), "eos_token_id"}.
     """
-    from cs336_basics.checkpoints import resolve_checkpoint
+    from cs336_basics.checkpoints import read_model_checkpoint, resolve_checkpoint
     from cs336_basics.tokenizer import Tokenizer
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} must be one of {list(DTYPES)}")
     safetensors_torch = require_safetensors()
     checkpoint = resolve_checkpoint(source, what="source")
-    payload = read_checkpoint(checkpoint)
-    if "config" not in payload:
-        raise ValueError(f"checkpoint {str(checkpoint)!r} has no model config; it was not written by the trainer")
-    config = ModelConfig(**payload["config"])
+    config, weights = read_model_checkpoint(checkpoint, what="source")
     tokenizer_dir = _find_tokenizer(source, tokenizer_dir)
     tokenizer = Tokenizer.from_dir(tokenizer_dir)
     if tokenizer.vocab_size > config.vocab_size:
@@ -61,17 +56,15 @@ def export_hf(
         )
     eos_id = tokenizer.encode(EOS_TOKEN)[0] if EOS_TOKEN in tokenizer.special_tokens else None
     hf_config = llama_config(config, eos_id, dtype)  # raises for settings Llama cannot express
-    tensors = {
-        name: w.to(DTYPES[dtype]) for name, w in to_hf_state_dict(clean_state_dict(payload["model"]), config).items()
-    }
+    tensors = {name: w.to(DTYPES[dtype]) for name, w in to_hf_state_dict(weights, config).items()}
     token_json = tokenizer_json(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
 
     def fill(tmp: Path) -> None:
-        _write_json(tmp / "config.json", hf_config)
-        _write_json(tmp / "generation_config.json", _generation_config(eos_id))
+        atomic_write_json(tmp / "config.json", hf_config)
+        atomic_write_json(tmp / "generation_config.json", _generation_config(eos_id))
         safetensors_torch.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _write_json(tmp / "tokenizer.json", token_json)
-        _write_json(tmp / "tokenizer_config.json", _tokenizer_config(config, tokenizer.special_tokens))
+        atomic_write_json(tmp / "tokenizer.json", token_json)
+        atomic_write_json(tmp / "tokenizer_config.json", _tokenizer_config(config, tokenizer.special_tokens))
 
     write_dir_atomically(out, fill)
     return {"out": str(out), "checkpoint": str(checkpoint), "config": hf_config, "eos_token_id": eos_id}
@@ -109,8 +102,3 @@ def _tokenizer_config(config: ModelConfig, special_tokens: list[str]) -> dict:
         "add_prefix_space": False,
         "clean_up_tokenization_spaces": False,  # decode must give back the text exactly, as ours does
     }
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    # a plain write: the directory around it is what appears atomically
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cs336_basics.model import ModelConfig
+from cs336_basics.config import ModelConfig
 from cs336_basics.tokenizer_files import decode_token, encode_token
 
 HF_EXTRA = "pip install 'cs336-basics[hf]' (or, in a checkout: uv sync --extra hf)"

@@ -9,13 +9,12 @@ What converts: model_type "llama" with multi-head attention (num_key_value_heads
 Anything else raises ValueError naming the setting (see `hf.model_config_from_llama`, `hf.tokenizer_from_json`).
 """
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
-from cs336_basics.fileio import write_dir_atomically
+from cs336_basics.fileio import atomic_write_json, write_dir_atomically
 from cs336_basics.model import TransformerLM
 from cs336_basics.workflows.export import TOKENIZER_SUBDIR
 from cs336_basics.workflows.hf_format import (
@@ -99,7 +98,7 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, context_length:
             "hf_config": hf_config,
             "torch_version": torch.__version__,
         }
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(tmp / "config.json", meta)
 
     write_dir_atomically(out, fill)
     return {"out": str(out), "checkpoint": str(Path(out) / CHECKPOINT_NAME), "model_config": model_config}

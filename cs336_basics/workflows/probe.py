@@ -13,27 +13,22 @@ the package's own pieces: `TransformerLM`, `cross_entropy(..., ignore_index)`, `
 Shape letters: N sequences, B batch, T sequence, V vocabulary.
 """
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import get_args
 
 import torch
 from torch import Tensor
 
-from cs336_basics.fileio import atomic_write_json
+from cs336_basics.config import ModelConfig, NormPlacement
 from cs336_basics.generation import generate
-from cs336_basics.model import ModelConfig, NormPlacement, TransformerLM
+from cs336_basics.model import TransformerLM
 from cs336_basics.nn_utils import gradient_clipping
 from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule
+from cs336_basics.workflows.probe_config import ADD_DEFAULTS, TASKS, ProbeConfig, check_config
 from cs336_basics.workflows.probe_tasks import (
-    ADD_DEFAULTS,
     IGNORE_INDEX,
-    TASKS,
     ProbeData,
-    _check_int,
-    _check_task,
     answer_loss,
     answer_targets,
     make_task,
@@ -80,43 +75,6 @@ def greedy_accuracy(model: TransformerLM, data: ProbeData, split: Tensor, batch_
 # Training
 
 
-@dataclass(frozen=True, kw_only=True)
-class ProbeConfig:
-    """Everything one probe run needs. Defaults: reversal at L=9, V=8, solved exactly in well under a minute."""
-
-    task: str = "reversal"
-    length: int = 9
-    vocab: int = 8  # small on purpose: repeated symbols make content matching fail, so positions must be learned
-    shift: int = 1
-    train_size: int = 4000
-    val_size: int = 500
-    test_size: int = 1000
-    steps: int = 1500  # the most optimizer steps; training stops early once train and val are solved
-    batch_size: int = 64
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eval_every: int = 50  # steps between early-stop checks; 0 = never stop early
-    stop_after: int = 3  # consecutive checks with train and val solved before stopping (a margin against luck)
-    seed: int = 0
-    device: str = "cpu"
-    context_length: int | None = None  # None: exactly the sequence length the task needs
-    d_model: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    d_ff: int | None = 64  # the tasks need routing, not a big feed-forward; None = the LM default
-    rope_theta: float = 100.0  # sequences of ~20 tokens: a short base period separates nearby positions better
-    norm: str = "pre"
-    positions: str = "rope"
-    ffn: str = "swiglu"
-    tie_embeddings: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 @dataclass
 class ProbeResult:
     """What `run_probe` measured. Accuracies are greedy-generation exact-match fractions in [0, 1]."""
@@ -148,18 +106,8 @@ def build_model(config: ProbeConfig, data: ProbeData) -> TransformerLM:
             f"context_length={context_length} is too short for task={data.task!r} at length={data.length}: "
             f"[BOS] X [SEP] Y needs {data.context_length} positions; raise --context-length or lower --length"
         )
-    model_config = ModelConfig(
-        vocab_size=data.model_vocab_size,
-        context_length=context_length,
-        d_model=config.d_model,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        d_ff=config.d_ff,
-        rope_theta=config.rope_theta,
-        norm=config.norm,
-        positions=config.positions,
-        ffn=config.ffn,
-        tie_embeddings=config.tie_embeddings,
+    model_config = ModelConfig.from_settings(
+        asdict(config) | dict(vocab_size=data.model_vocab_size, context_length=context_length)
     )
     return TransformerLM(model_config, device=torch.device(config.device))
 
@@ -170,7 +118,7 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     Deterministic for a given config on a given device (data from numpy's generator, init and batches from
     `config.seed`); the global torch RNG is left as it was.
     """
-    _check_config(config)
+    check_config(config)
     start = time.perf_counter()
     data = make_task(
         config.task,
@@ -305,35 +253,8 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def write_json_atomic(path: str | Path, payload) -> None:
-    """Write `payload` as JSON to `path` via a temporary file in the same directory and a rename."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"--json {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    atomic_write_json(path, payload)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Validation
-
-
-def _check_config(config: ProbeConfig) -> None:
-    _check_task(config.task)
-    _check_int("steps", config.steps, 1)
-    _check_int("batch_size", config.batch_size, 1)
-    _check_int("eval_every", config.eval_every, 0)
-    _check_int("stop_after", config.stop_after, 1)
-    _check_int("warmup_steps", config.warmup_steps, 0)
-    if not (config.lr > 0 and math.isfinite(config.lr)):
-        raise ValueError(f"lr={config.lr} must be a positive finite number")
-    if not 0 <= config.min_lr_ratio <= 1:
-        raise ValueError(f"min_lr_ratio={config.min_lr_ratio} must be in [0, 1]")
-    if not config.grad_clip > 0:
-        raise ValueError(f"grad_clip={config.grad_clip} must be > 0")
-    if config.context_length is not None:
-        _check_int("context_length", config.context_length, 1)
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={config.device!r} requested but CUDA is not available; use --device cpu")
 
 
 __all__ = [
@@ -356,5 +277,4 @@ __all__ = [
     "task_output_length",
     "task_targets",
     "teacher_forced_eval",
-    "write_json_atomic",
 ]

@@ -34,12 +34,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from cs336_basics.config import check_int
 from cs336_basics.nn_utils import cross_entropy
+from cs336_basics.workflows.probe_config import check_task
 
-TASKS: tuple[str, ...] = ("reversal", "inversion", "copy", "sort", "shift", "add")
 IGNORE_INDEX = -100  # the target of every non-Y position
-# The CLI's defaults for `add`: decimal, 5-digit operands (X has 2L symbols, so L=9 would mean an 18-symbol prompt).
-ADD_DEFAULTS = {"length": 5, "vocab": 10}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -64,7 +63,7 @@ def task_targets(task: str, x: Int[Tensor, " N Lx"], vocab: int, shift: int = 1)
     >>> task_targets("add", torch.tensor([[9, 7, 4, 5, 2, 0]]), vocab=10).tolist()  # 479 + 25 = 504
     [[4, 0, 5, 0]]
     """
-    _check_task(task)
+    check_task(task)
     if task == "reversal":
         return x.flip(-1)
     if task == "inversion":
@@ -151,13 +150,13 @@ def make_task(
     >>> data.train.shape, data.bos_id, data.sep_id  # each row: BOS x0 x1 x2 SEP x2 x1 x0
     (torch.Size([2, 8]), 4, 5)
     """
-    _check_task(task)
-    _check_int("length", length, 1)
-    _check_int("vocab", vocab, 2)
-    _check_int("train_size", train_size, 1)
-    _check_int("test_size", test_size, 1)
-    _check_int("val_size", val_size, 0)
-    _check_int("shift", shift, 0)
+    check_task(task)
+    check_int("length", length, 1)
+    check_int("vocab", vocab, 2)
+    check_int("train_size", train_size, 1)
+    check_int("test_size", test_size, 1)
+    check_int("val_size", val_size, 0)
+    check_int("shift", shift, 0)
     if task == "shift" and not 0 < shift < length:
         raise ValueError(f"shift={shift} must be in [1, length-1] = [1, {length - 1}] for a non-trivial cyclic shift")
     x_len, y_len = task_input_length(task, length), task_output_length(task, length)
@@ -229,13 +228,3 @@ def answer_targets(sequences: Int[Tensor, " N T"], x_len: int) -> Int[Tensor, " 
 def answer_loss(logits: Float[Tensor, " N T-1 V"], sequences: Int[Tensor, " N T"], x_len: int) -> Float[Tensor, ""]:
     """Mean cross-entropy over the Y tokens only; `logits` are the model's outputs on `sequences[:, :-1]`."""
     return cross_entropy(logits, answer_targets(sequences, x_len), ignore_index=IGNORE_INDEX)
-
-
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"task={task!r} is not a probe task; choose one of {', '.join(TASKS)}")
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")

@@ -204,9 +204,9 @@ def run_quickstart(
 def _check_settings(out: Path, text_path, steps: int, device: str, temperature: float, top_p: float, *model) -> None:
     """Every check that can run before any work (`model`: vocab_size, context_length, d_model, num_layers,
     num_heads, d_ff)."""
-    from cs336_basics.data import resolve_device
-    from cs336_basics.generation import _check_sampling_args
-    from cs336_basics.model import ModelConfig
+    from cs336_basics.config import ModelConfig
+    from cs336_basics.generation import check_sampling_args
+    from cs336_basics.runtime import resolve_device
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"out={str(out)!r} exists and is not empty; choose a new --out or delete it")
@@ -217,7 +217,7 @@ def _check_settings(out: Path, text_path, steps: int, device: str, temperature: 
     resolve_device(device)
     names = ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff")
     ModelConfig(**dict(zip(names, model, strict=True)))
-    _check_sampling_args(temperature, None, top_p)
+    check_sampling_args(temperature, None, top_p)
 
 
 def _write_splits(out: Path, text_path, val_fraction: float, num_stories: int, seed: int, log) -> str:
@@ -284,7 +284,7 @@ def _train_config(
     out: Path, vocab_size: int, steps: int, eval_interval: int, seed: int, device: str, progress: bool, **model_settings
 ):
     """The run's TrainConfig: warmup 5% of the steps, a checkpoint at every evaluation, a stop halfway."""
-    from cs336_basics.train import TrainConfig
+    from cs336_basics.train_config import TrainConfig
 
     return TrainConfig(
         train=str(out / "train.bin"),
@@ -317,8 +317,10 @@ def _evaluate_and_sample(
     log,
 ) -> tuple[dict, str]:
     """5) the final checkpoint's loss over all of val.bin, 6) its continuation of `prompt` (prompt included)."""
-    from cs336_basics.data import load_tokens, resolve_device
-    from cs336_basics.generation import generate_text, load_model
+    from cs336_basics.checkpoints import load_model
+    from cs336_basics.data import load_tokens
+    from cs336_basics.generation import generate_text
+    from cs336_basics.runtime import resolve_device
     from cs336_basics.tokenizer import Tokenizer
     from cs336_basics.workflows.eval import evaluate_tokens
 

@@ -52,13 +52,14 @@ class SweepPoint:
 
 
 def _field_types() -> dict[str, Any]:
-    from cs336_basics.train import TrainConfig
+    from cs336_basics.train_config import TrainConfig
 
     return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
 
 def parse_value(key: str, text: str, kind: Any) -> Any:
-    """`text` as the TrainConfig field `key` of type `kind`: int, float, bool, str or `X | None` ("none" -> None)."""
+    """`text` as the TrainConfig field `key` of type `kind`: int, float, bool, str, a Literal of strings (one of its
+    values) or `X | None` ("none" -> None)."""
     options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     if type(None) in options and text.strip().lower() in ("none", "null"):
         return None
@@ -81,6 +82,10 @@ def parse_value(key: str, text: str, kind: Any) -> Any:
                         return int(value)
         elif option is str:
             return text
+        elif typing.get_origin(option) is typing.Literal:
+            if text in typing.get_args(option):
+                return text
+            raise ValueError(f"{key}={text!r} must be one of {typing.get_args(option)}")
     raise ValueError(f"{key}={text!r}: not a valid value for a setting of type {kind}")
 
 
@@ -145,7 +150,7 @@ def expand_points(
 
 def point_config(base: dict[str, Any], point: SweepPoint, sweep_dir: str | os.PathLike, device: str | None = None):
     """The TrainConfig of one point: base settings, the point's overrides, out = SWEEP_DIR/NAME, resume on."""
-    from cs336_basics.train import TrainConfig
+    from cs336_basics.train_config import TrainConfig
 
     values = {**base, **point.settings(), "out": str(Path(sweep_dir) / point.name), "resume": True}
     values["progress"] = False
@@ -228,7 +233,7 @@ def run_sweep(
     the base's); several = one spawned worker process per device. `on_event(kind, name, info)` is called with
     kind "skip" (info: the recorded status), "start" (info: the device) and "done" (info: the status dict).
     """
-    from cs336_basics.train import validate_config
+    from cs336_basics.train_config import validate_config
 
     on_event = on_event or (lambda *a: None)
     sweep_dir = Path(sweep_dir)
@@ -237,7 +242,7 @@ def run_sweep(
     for config in configs.values():
         validate_config(config)
     if devices:
-        from cs336_basics.train import resolve_device
+        from cs336_basics.runtime import resolve_device
 
         for device in devices:
             resolve_device(device)
