@@ -27,13 +27,14 @@ def cache_dir(kind: str) -> Path | None:
 
 
 _UMASK_LOCK = threading.Lock()
+_PROC_STATUS = "/proc/self/status"  # Linux's view of this process, "Umask:" included since Linux 4.7
 
 
 def current_umask() -> int:
     """The process's umask, read without changing it where Linux shows it (/proc/self/status); elsewhere set and
     restored under a lock (a file another thread creates in that instant gets the strict 0o077, never 0)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(_PROC_STATUS) as f:
             for line in f:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from cs336_basics import fileio
+from cs336_basics.commands.train_bpe import write_tokenizer_dir
 from cs336_basics.fileio import (
     atomic_write_bytes,
     atomic_write_json,
@@ -55,6 +57,14 @@ def modes(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): mode(p) for p in sorted(root.rglob("*"))}
 
 
+def test_current_umask_with_and_without_proc(tmp_path, umask, monkeypatch):
+    """Read from /proc where Linux has it; elsewhere set and restored, leaving the umask as it was."""
+    assert current_umask() == umask
+    monkeypatch.setattr(fileio, "_PROC_STATUS", str(tmp_path / "missing"))
+    assert current_umask() == umask
+    assert os.umask(umask) == umask  # (unchanged by the read)
+
+
 WRITERS = {
     "bytes": lambda path: atomic_write_bytes(path, lambda f: f.write(b"\x00\x01")),
     "text": lambda path: atomic_write_text(path, "hello\n"),
@@ -92,6 +102,13 @@ def test_write_dir_atomically_gives_a_plain_directory_and_files(tmp_path, umask)
     out = write_dir_atomically(tmp_path / "out", fill)
     assert modes(out) == {"a.txt": oct(0o666 & ~umask), "b.bin": oct(0o666 & ~umask)}
     assert mode(out) == oct(0o777 & ~umask)
+
+
+def test_train_bpes_directory_is_a_plain_directory(tmp_path, umask):
+    vocab = {i: bytes([i]) for i in range(256)} | {256: b"ab"}
+    write_tokenizer_dir(vocab, [(b"a", b"b")], ["<|endoftext|>"], tmp_path / "tok")
+    assert mode(tmp_path / "tok") == oct(0o777 & ~umask)
+    assert set(modes(tmp_path / "tok").values()) == {oct(0o666 & ~umask)}
 
 
 def test_checkpoints_are_0644_under_umask_022(tmp_path, umask_022):
