@@ -1,13 +1,15 @@
 """Atomic file writes: a temporary file beside the target, fsynced, then renamed over it; and the cache directory.
 
-A crash mid-write leaves the previous file (or none) in place, never a truncated one. No torch import here, so the
-tokenizer and BPE modules can use it cheaply.
+A crash mid-write leaves the previous file (or none) in place, never a truncated one. The result has the permissions
+a plain `open(path, "w")` would give: an existing file's own, else 0o666 less the umask (the temporary file itself is
+private, 0600, until then). No torch import here, so the tokenizer and BPE modules can use it cheaply.
 """
 
 import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,12 +26,45 @@ def cache_dir(kind: str) -> Path | None:
     return Path(root) / kind
 
 
+_UMASK_LOCK = threading.Lock()
+_PROC_STATUS = "/proc/self/status"  # Linux's view of this process, "Umask:" included since Linux 4.7
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status); elsewhere set and
+    restored under a lock (a file another thread creates in that instant gets the strict 0o077, never 0)."""
+    try:
+        with open(_PROC_STATUS) as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o077)
+        os.umask(umask)
+    return umask
+
+
+def _plain_write_mode(path: Path) -> int:
+    """The permission bits `open(path, "w")` would leave: an existing file keeps its own, a new one 0o666 & ~umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
-    """Call write(f) on a temporary file beside `path`, fsync it, then rename it to `path` (atomic on POSIX)."""
+    """Call write(f) on a temporary file beside `path`, fsync it, then rename it to `path` (atomic on POSIX); the
+    file ends with the permissions a plain write would give (see the module docstring)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        try:
+            os.chmod(tmp, _plain_write_mode(path))
+        except OSError:  # a file system without permissions (some network and FUSE mounts): keep mkstemp's
+            pass
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -76,9 +111,7 @@ def write_dir_atomically(out: str | os.PathLike, fill: Callable[[Path], None]) -
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); the result is an ordinary directory
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private (0700); the result is an ordinary directory
         fill(tmp)
         for path in tmp.rglob("*"):  # the files are complete on disk before the directory appears
             if path.is_file():

@@ -80,10 +80,18 @@ def load_checkpoint(src: PathOrFile, model: torch.nn.Module, optimizer: torch.op
 
 
 def read_checkpoint(src: PathOrFile) -> dict[str, Any]:
-    """The checkpoint dict, loaded on the CPU with weights_only=True, after checking its required keys."""
-    if isinstance(src, str | os.PathLike) and not Path(src).is_file():
-        raise FileNotFoundError(f"checkpoint {str(src)!r} does not exist")
-    payload = torch.load(src, map_location="cpu", weights_only=True)
+    """The checkpoint dict, loaded on the CPU with weights_only=True, after checking its required keys.
+
+    A path is opened here and torch.load given the file: torch.load reads a path ending in `.safetensors` as a
+    safetensors file, while `save_checkpoint` writes torch's format whatever the name.
+    """
+    if isinstance(src, str | os.PathLike):
+        if not Path(src).is_file():
+            raise FileNotFoundError(f"checkpoint {str(src)!r} does not exist")
+        with open(src, "rb") as f:
+            payload = torch.load(f, map_location="cpu", weights_only=True)
+    else:
+        payload = torch.load(src, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict):
         raise ValueError(f"checkpoint {_name(src)} holds a {type(payload).__name__}, not a checkpoint dict")
     missing = [k for k in _REQUIRED_KEYS if k not in payload]

@@ -2,6 +2,7 @@
 settings that differ; sweep directories count as their runs; diverged runs marked."""
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -14,7 +15,14 @@ import torch
 from cs336_basics import cli
 from cs336_basics.train import train
 from cs336_basics.train_config import TrainConfig
-from cs336_basics.workflows.compare import TABLE_COLUMNS, collect_runs, compare, summarize
+from cs336_basics.workflows.compare import (
+    TABLE_COLUMNS,
+    collect_runs,
+    compare,
+    comparison_rows,
+    format_csv,
+    summarize,
+)
 from cs336_basics.workflows.sweep import parse_axes, run_sweep
 
 from ._tiny_run import TINY_RUN, toy_ids, write_tokens
@@ -105,6 +113,25 @@ def test_final_and_best_validation_loss_differ_when_the_loss_rises(tmp_path):
     row = summarize(collect_runs([run_dir])[0])
     assert (row["final_val_loss"], row["best_val_loss"], row["tokens_per_s"]) == (2.7, 2.5, 200.0)
     assert (row["steps"], row["tokens"], row["wall_clock_s"], row["mfu"]) == (30, 240, 3.5, None)
+
+
+NAN, INF = math.nan, math.inf
+
+
+@pytest.mark.parametrize("losses", [[NAN, 3, 2.5], [3, NAN, 2.5], [3, 2.5, NAN], [INF, 2.5, 3], [NAN, 2.5, INF]])
+def test_a_nan_or_inf_evaluation_never_becomes_the_best_loss(tmp_path, losses):
+    """The best validation loss is the lowest finite one, wherever the NaN falls (min() keeps a leading NaN); a run
+    with no finite evaluation has none."""
+    for name, values in (("run", losses), ("all_nan", [NAN, NAN])):
+        (tmp_path / name).mkdir()
+        records = [{"step": 10 * (i + 1), "train_loss": 3.0, "val_loss": v} for i, v in enumerate(values)]
+        (tmp_path / name / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    columns, rows = comparison_rows(collect_runs([tmp_path / "run", tmp_path / "all_nan"]))  # (compare's table)
+    assert {row["run"]: row["best_val_loss"] for row in rows} == {"run": 2.5, "all_nan": None}
+    table = csv.DictReader(io.StringIO(format_csv(columns, rows)))
+    assert {row["run"]: row["best_val_loss"] for row in table} == {"run": "2.5", "all_nan": ""}
+    final = rows[0]["final_val_loss"]
+    assert final == losses[-1] or math.isnan(final) and math.isnan(losses[-1])
 
 
 def test_clashing_run_names_get_their_parent_and_bad_inputs_are_clear(runs, tmp_path):

@@ -50,6 +50,28 @@ def test_kv_cache_logits_match_full_forward():
     assert cache.length == 12
 
 
+@pytest.mark.parametrize("backend", ["scratch", "sdpa"])
+@pytest.mark.parametrize("positions", ["rope", "sinusoidal", "learned", "none"])
+def test_kv_cache_chunks_of_any_length_after_any_prefix_match_full_forward(backend, positions):
+    """A prefill of any length, then chunks of several tokens: each chunk's queries see the cached keys and, causally,
+    their own chunk's (the mask offset by the cached length); the logits equal one full forward's."""
+    model = small_model(attention_backend=backend, positions=positions)
+    ids = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        full = model(ids)
+        for prefix in (1, 2, 5, 8):
+            for chunk in (2, 3, 4, 7):
+                cache = model.new_kv_cache()
+                parts = [model(ids[:, :prefix], kv_cache=cache)]
+                for start in range(prefix, 16, chunk):
+                    parts.append(model(ids[:, start : start + chunk], kv_cache=cache))
+                assert cache.length == 16
+                where = f"prefix {prefix}, chunks of {chunk}"
+                torch.testing.assert_close(
+                    torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5, msg=lambda m, where=where: f"{where}: {m}"
+                )
+
+
 def test_kv_cache_costs_one_position_per_token():
     """After the prefill, each step's forward sees exactly one position (the FLOPs of a 1-token forward)."""
     model = small_model()

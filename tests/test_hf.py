@@ -56,18 +56,8 @@ def tok_dir(tmp_path_factory) -> Path:
 
 
 def _random_model(vocab_size: int, tie: bool, **overrides) -> TransformerLM:
-    config = ModelConfig(
-        vocab_size=vocab_size,
-        context_length=64,
-        d_model=32,
-        num_layers=2,
-        num_heads=4,
-        d_ff=48,
-        rope_theta=500.0,
-        tie_embeddings=tie,
-        norm_eps=1e-6,
-        **overrides,
-    )
+    settings = dict(context_length=64, d_model=32, num_layers=2, num_heads=4, d_ff=48, rope_theta=500.0, norm_eps=1e-6)
+    config = ModelConfig(vocab_size=vocab_size, tie_embeddings=tie, **(settings | overrides))
     model = TransformerLM(config)
     with torch.no_grad():  # norms away from 1, so swapped norm weights would show
         for name, p in model.named_parameters():
@@ -220,6 +210,23 @@ def test_export_bfloat16(tok_dir, tmp_path):
     ids = torch.randint(0, tokenizer.vocab_size, (1, 20))
     with torch.no_grad():
         torch.testing.assert_close(hf_model(ids).logits.float(), back(ids), atol=0.05, rtol=0.05)
+
+
+def test_export_keeps_the_models_norm_eps(tok_dir, tmp_path):
+    """config.json's rms_norm_eps is the model's norm_eps, not a fixed value (the other exports use 1e-6, Llama's
+    default, which would hide one): transformers gives our logits, and import reads the same eps back."""
+    tokenizer = Tokenizer.from_dir(tok_dir)
+    model = _random_model(tokenizer.vocab_size, tie=False, norm_eps=0.01)
+    export_hf(_save(model, tmp_path / "c.pt"), tmp_path / "hf", tok_dir)
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["rms_norm_eps"] == 0.01
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    back, _ = load_hf(tmp_path / "hf")
+    assert hf_model.config.rms_norm_eps == back.config.norm_eps == 0.01
+    ids = torch.randint(0, tokenizer.vocab_size, (2, 24))
+    with torch.no_grad():
+        ours = model(ids)
+        torch.testing.assert_close(hf_model(ids).logits, ours, atol=1e-5, rtol=0)
+        torch.testing.assert_close(back(ids), ours, atol=0, rtol=0)
 
 
 def test_export_import_round_trip_bit_identical(exported, tok_dir, tmp_path):

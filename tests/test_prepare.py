@@ -32,7 +32,8 @@ CORPUS = make_corpus()
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Routes: /NAME serves FILES[NAME] with range support; /cut/NAME cuts the first response half-way; /liar/NAME
-    announces 1000 bytes more than it sends and ignores ranges; anything else is a 404."""
+    announces 1000 bytes more than it sends and ignores ranges; /long/NAME sends 10 bytes more than its Content-Range
+    announces as the file's size; anything else is a 404."""
 
     files: dict[str, bytes] = {}
     requests: list[tuple[str, str | None]] = []
@@ -57,7 +58,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
-        if start:
+        if mode == "long":
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body) - 10}")
+        elif start:
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
@@ -126,6 +130,30 @@ def test_local_file_becomes_a_tokenizer_and_token_files_that_decode_back(tmp_pat
     assert prepare(str(source), data, vocab_size=320, valid_fraction=0.1)["stages"]["tokenize valid"] == "ran"
 
 
+def flip_first_byte(path: Path) -> None:
+    """Change a file behind prepare's back, keeping its size."""
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0x20
+    path.write_bytes(bytes(data))
+
+
+def test_an_output_changed_behind_prepares_back_but_the_same_size_is_redone(tmp_path):
+    """The manifest's fingerprint, not the size alone, says a stage is done: each tampered output's stage runs again
+    and puts it back, and the stages after it skip (their inputs' fingerprints are as recorded)."""
+    source = tmp_path / "corpus.txt"
+    source.write_bytes(CORPUS)
+    data = tmp_path / "data"
+    prepare(str(source), data, vocab_size=300, valid_fraction=0.1)
+    originals = {name: (data / name).read_bytes() for name in ("train.txt", "valid.bin", "tokenizer/merges.txt")}
+    for name, stage in (("valid.bin", "tokenize valid"), ("train.txt", "split"), ("tokenizer/merges.txt", "bpe")):
+        flip_first_byte(data / name)
+        assert (data / name).stat().st_size == len(originals[name])
+        report = prepare(str(source), data, vocab_size=300, valid_fraction=0.1)
+        assert report["stages"] == {s: "ran" if s == stage else "skipped" for s in report["stages"]}, name
+        assert (data / name).read_bytes() == originals[name]
+    assert decoded(data, "train") + decoded(data, "valid") == CORPUS
+
+
 @pytest.mark.parametrize("compression", ["plain", "gzip", "zstd"])
 def test_urls_of_text_gzip_and_zstd(server, tmp_path, compression):
     url, handler = server
@@ -189,6 +217,21 @@ def test_a_lying_server_a_404_and_a_corrupt_gzip_give_clear_errors_and_no_output
     assert not (tmp_path / "x" / "corpus.txt").exists()
     good = hashlib.sha256(CORPUS).hexdigest()
     assert download(f"{url}/corpus.txt", tmp_path / "x" / "corpus.txt", sha256=good) == len(CORPUS)
+
+
+def test_a_download_longer_than_announced_is_refused_and_deleted(server, tmp_path):
+    """More bytes than the server's announced size: an error, and neither the file nor its part is kept (a rerun
+    starts over rather than resuming past the end)."""
+    url, handler = server
+    handler.files = {"corpus.txt": CORPUS}
+    announced = len(CORPUS) - 10
+    dest = tmp_path / "x" / "corpus.txt"
+    with pytest.raises(DownloadError, match=f"stopped with more than the {announced:,} bytes the server announced"):
+        download(f"{url}/long/corpus.txt", dest)
+    assert not dest.exists() and not dest.with_name("corpus.txt.part").exists()
+    with pytest.raises(DownloadError, match=f"more than the {announced:,} bytes"):
+        prepare(f"{url}/long/corpus.txt", tmp_path / "data", vocab_size=300)
+    assert outputs(tmp_path / "data") == set() and not (tmp_path / "data" / "corpus.txt.part").exists()
 
 
 STAGES = ["download corpus.txt.gz", "decompress corpus.txt.gz", "split", "bpe", "tokenize train", "tokenize valid"]

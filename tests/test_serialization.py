@@ -72,6 +72,33 @@ def test_checkpoint_round_trip_through_a_file_object():
     assert_same_training_state(model, optimizer, new_model, new_optimizer)
 
 
+@pytest.mark.parametrize("name", ["ckpt.safetensors", "ckpt.pt", "ckpt", "ckpt.bin", "ckpt.json", "ckpt.pth", "c.tar"])
+@pytest.mark.parametrize("as_str", [True, False])
+def test_checkpoint_round_trips_under_any_file_name(tmp_path, name, as_str):
+    """load_checkpoint reads what save_checkpoint wrote whatever the name: torch.load, given a path, reads a
+    `.safetensors` name as a safetensors file, though the file is torch's format."""
+    model, optimizer = trained_model_and_optimizer(steps=1)
+    path = str(tmp_path / name) if as_str else tmp_path / name
+    adapters.run_save_checkpoint(model=model, optimizer=optimizer, iteration=5, out=path)
+    assert os.listdir(tmp_path) == [name]
+    new_model, new_optimizer = fresh_model_and_optimizer()
+    assert adapters.run_load_checkpoint(src=path, model=new_model, optimizer=new_optimizer) == 5
+    assert_same_training_state(model, optimizer, new_model, new_optimizer)
+    assert read_checkpoint(path)["iteration"] == 5
+
+
+@pytest.mark.parametrize("name", ["ckpt.safetensors", "ckpt.pt"])
+def test_checkpoint_round_trip_through_an_open_file(tmp_path, name):
+    """A binary file object the caller opened (the adapters' other target), under a `.safetensors` name too."""
+    model, optimizer = trained_model_and_optimizer(steps=1)
+    with open(tmp_path / name, "wb") as f:
+        adapters.run_save_checkpoint(model=model, optimizer=optimizer, iteration=8, out=f)
+    new_model, new_optimizer = fresh_model_and_optimizer()
+    with open(tmp_path / name, "rb") as f:
+        assert adapters.run_load_checkpoint(src=f, model=new_model, optimizer=new_optimizer) == 8
+    assert_same_training_state(model, optimizer, new_model, new_optimizer)
+
+
 def test_resumed_training_equals_uninterrupted_training(tmp_path):
     model, optimizer = trained_model_and_optimizer(steps=2)
     save_checkpoint(model, optimizer, 2, tmp_path / "ckpt.pt")

@@ -91,14 +91,13 @@ def show_token(token: bytes, limit: int = SHOWN_TOKEN_BYTES) -> str:
 def write_tokenizer_dir(vocab: dict[int, bytes], merges: list, special_tokens: list[str], out: Path) -> None:
     """Write the tokenizer files into a temporary directory beside `out`, then rename it to `out`: complete or
     absent. `out` must not exist or be an empty directory."""
+    from cs336_basics.fileio import current_umask
     from cs336_basics.tokenizer_files import save_tokenizer
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; OUT should look like any directory the user makes
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; OUT should look like any directory the user makes
         save_tokenizer(vocab, merges, tmp, special_tokens)
         if out.exists():
             out.rmdir()  # empty, checked by the caller
