@@ -22,7 +22,8 @@ from cs336_basics.fileio import (
 from cs336_basics.model import ModelConfig, TransformerLM
 from cs336_basics.optimizer import AdamW
 from cs336_basics.serialization import load_checkpoint, save_checkpoint
-from cs336_basics.train import TrainConfig, train
+from cs336_basics.train import train
+from cs336_basics.train_config import TrainConfig
 from cs336_basics.workflows.prepare import prepare
 
 from ._tiny_run import TINY_RUN, toy_ids, write_tokens
