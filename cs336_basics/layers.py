@@ -283,12 +283,44 @@ def scaled_dot_product_attention(
     return fast_attention.attention(Q, K, V, mask)
 
 
-def _fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def causal_mask(queries: int, keys: int, device=None) -> Bool[Tensor, " queries keys"]:
+    """True where a query may attend: the `queries` are the last of the `keys` positions (a KV cache holds the
+    `keys - queries` before them), so query i sees keys 0 .. keys - queries + i."""
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril_(diagonal=keys - queries)
+
+
+def _scratch_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    # The default: the from-scratch attention above, with the causal mask (none needed for a single query).
+    queries, keys = q.shape[-2], k.shape[-2]
+    mask = None if queries == 1 else causal_mask(queries, keys, q.device)
+    return scaled_dot_product_attention(q, k, v, mask)
+
+
+def _sdpa_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     # Opt-in fast path (ModelConfig.attention_backend="sdpa"): PyTorch's fused kernel (flash / memory-efficient
-    # attention on GPUs). The default is the from-scratch code above; tests/test_model.py checks their parity.
+    # attention on GPUs). tests/test_model.py and tests/test_generation.py check its parity with the default.
     import torch.nn.functional as F  # the only torch.nn.functional use in the package
 
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    queries, keys = q.shape[-2], k.shape[-2]
+    if queries == keys:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    mask = None if queries == 1 else causal_mask(queries, keys, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (is_causal would align to the top left)
+
+
+def _triton_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    # Opt-in fast path (ModelConfig.kernels="triton"): FlashAttention-2 in Triton for (B, H, T, D) inputs without a
+    # cache; anything else takes the from-scratch code, which stays the kernel's oracle (tests/test_triton.py).
+    if _triton_fits(q, v) and q.shape[-2] == k.shape[-2]:
+        return triton_kernels.flash_attention(q, k, v)
+    return _scratch_causal_attention(q, k, v)
+
+
+def _triton_fits(q: Tensor, v: Tensor) -> bool:
+    return q.dim() == 4 and triton_kernels.supports(q) and q.dtype == v.dtype
+
+
+ATTENTION_KERNELS = {"scratch": _scratch_causal_attention, "sdpa": _sdpa_causal_attention}
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -323,6 +355,8 @@ class MultiHeadSelfAttention(nn.Module):
         self.d_k = d_model // num_heads
         self.attention_backend = attention_backend
         self.kernels = kernels
+        # The kernel, chosen once: the from-scratch code (default) or an opt-in fused one, each parity-tested.
+        self._attend = _triton_causal_attention if kernels == "triton" else ATTENTION_KERNELS[attention_backend]
         self.q_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
@@ -341,45 +375,28 @@ class MultiHeadSelfAttention(nn.Module):
         token_positions: Int[Tensor, " ... seq"] | None = None,
         kv_cache: "LayerKVCache | None" = None,
     ) -> Float[Tensor, " ... seq d_model"]:
-        q = rearrange(self.q_proj(x), "... t (h d) -> ... h t d", h=self.num_heads)
-        k = rearrange(self.k_proj(x), "... t (h d) -> ... h t d", h=self.num_heads)
-        v = rearrange(self.v_proj(x), "... t (h d) -> ... h t d", h=self.num_heads)
-        if kv_cache is not None:
-            return self._forward_cached(q, k, v, token_positions, kv_cache)
-        # kernels="triton": the fused kernels for (B, H, T, D) inputs; the plain code below stays their oracle
-        triton = self.kernels == "triton" and q.dim() == 4 and triton_kernels.supports(q) and q.dtype == v.dtype
+        """With `kv_cache`, x holds the tokens after the P cached ones: they sit at positions P .. P+T-1 (RoPE rotates
+        them so), the cache grows by T, and the T queries attend to all P + T keys, causally."""
+        q, k, v = (
+            rearrange(p(x), "... t (h d) -> ... h t d", h=self.num_heads)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        past = 0 if kv_cache is None else kv_cache.length
         if self.rope is not None:
-            if triton and token_positions is None:
-                q, k = triton_kernels.rope_qk(q, k, self.rope.cos, self.rope.sin)
-            else:
-                # The same rotation for every head: positions (..., T) broadcast over the head axis.
-                positions = None if token_positions is None else token_positions.unsqueeze(-2)
-                q, k = self.rope(q, positions), self.rope(k, positions)
-        seq_len = x.shape[-2]
-        if self.attention_backend == "sdpa":
-            out = _fused_causal_attention(q, k, v)
-        elif triton:
-            out = triton_kernels.flash_attention(q, k, v)
-        else:
-            causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=x.device).tril_()  # (T, T)
-            out = scaled_dot_product_attention(q, k, v, causal)
+            q, k = self._rotate(q, k, token_positions, past)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)  # (..., H, P+T, D): the cached keys first
+        out = self._attend(q, k, v)
         return self.output_proj(rearrange(out, "... h t d -> ... t (h d)"))
 
-    def _forward_cached(self, q: Tensor, k: Tensor, v: Tensor, token_positions: Tensor | None, kv_cache) -> Tensor:
-        # Incremental decoding: the new positions continue after the cached ones, so RoPE rotates them by their
-        # absolute positions P .. P+T-1, and the T new queries attend to all P + T keys (causal within the new ones).
-        past, seq_len = kv_cache.length, q.shape[-2]
+    def _rotate(self, q: Tensor, k: Tensor, token_positions: Tensor | None, past: int) -> tuple[Tensor, Tensor]:
         if token_positions is None:
-            token_positions = torch.arange(past, past + seq_len, device=q.device)
-        if self.rope is not None:
-            positions = token_positions.unsqueeze(-2)
-            q, k = self.rope(q, positions), self.rope(k, positions)
-        k, v = kv_cache.append(k, v)  # (..., H, P+T, D)
-        causal = None
-        if seq_len > 1:
-            causal = torch.ones(seq_len, past + seq_len, dtype=torch.bool, device=q.device).tril_(diagonal=past)
-        out = scaled_dot_product_attention(q, k, v, causal)
-        return self.output_proj(rearrange(out, "... h t d -> ... t (h d)"))
+            if past == 0 and self.kernels == "triton" and _triton_fits(q, q):
+                return triton_kernels.rope_qk(q, k, self.rope.cos, self.rope.sin)  # the plain rotation is its oracle
+            token_positions = torch.arange(past, past + q.shape[-2], device=q.device) if past else None
+        # The same rotation for every head: positions (..., T) broadcast over the head axis.
+        positions = None if token_positions is None else token_positions.unsqueeze(-2)
+        return self.rope(q, positions), self.rope(k, positions)
 
 
 # --------------------------------------------------------------------------------------------------------------------
