@@ -3,8 +3,10 @@
 `ModelConfig` holds every setting that defines a model and is saved with every checkpoint. Its switches exist for the
 assignment's ablations and are all off by default: norm placement `pre | post | none`, positions
 `rope | sinusoidal | learned | none` (absolute ones are added to the token embeddings), feed-forward
-`swiglu | silu`, tied embeddings, the opt-in fused attention kernel (`attention_backend="sdpa"`) and the opt-in
-Triton kernels (`kernels="triton"`).
+`swiglu | silu | relu2`, tied embeddings, the opt-in fused attention kernel (`attention_backend="sdpa"`) and the
+opt-in Triton kernels (`kernels="triton"`). The modern recipe's switches (docs/recipe.md): `qk_norm` (RMSNorm of each
+head's q and k before RoPE), `ffn="relu2"` (squared ReLU), `logit_softcap` (c·tanh(logits/c)) and `zero_init_proj`
+(the attention and feed-forward output projections start at zero, so every block starts as the identity).
 """
 
 import math
@@ -23,6 +25,7 @@ from cs336_basics.layers import (
     KernelKind,
     Linear,
     MultiHeadSelfAttention,
+    ReLU2FeedForward,
     RMSNorm,
     RotaryPositionalEmbedding,
     SiLUFeedForward,
@@ -33,7 +36,8 @@ from cs336_basics.layers import (
 
 NormPlacement = Literal["pre", "post", "none"]
 PositionKind = Literal["rope", "sinusoidal", "learned", "none"]
-FeedForwardKind = Literal["swiglu", "silu"]
+FeedForwardKind = Literal["swiglu", "silu", "relu2"]
+FEED_FORWARDS = {"swiglu": SwiGLU, "silu": SiLUFeedForward, "relu2": ReLU2FeedForward}
 
 
 class TransformerBlock(nn.Module):
@@ -55,6 +59,7 @@ class TransformerBlock(nn.Module):
         device=None,
         dtype=None,
         kernels: "KernelKind" = "torch",
+        qk_norm: bool = False,
     ):
         super().__init__()
         if norm not in get_args(NormPlacement):
@@ -64,9 +69,18 @@ class TransformerBlock(nn.Module):
         self.norm = norm
         kw = dict(device=device, dtype=dtype)
         self.attn = MultiHeadSelfAttention(
-            d_model, num_heads, max_seq_len, theta, rope, attention_backend, **kw, kernels=kernels
+            d_model,
+            num_heads,
+            max_seq_len,
+            theta,
+            rope,
+            attention_backend,
+            **kw,
+            kernels=kernels,
+            qk_norm=qk_norm,
+            norm_eps=norm_eps,
         )
-        self.ffn = (SwiGLU if ffn == "swiglu" else SiLUFeedForward)(d_model, d_ff, **kw)
+        self.ffn = FEED_FORWARDS[ffn](d_model, d_ff, **kw)
         if norm != "none":
             self.ln1 = RMSNorm(d_model, eps=norm_eps, **kw, kernels=kernels)
             self.ln2 = RMSNorm(d_model, eps=norm_eps, **kw, kernels=kernels)
@@ -96,7 +110,7 @@ class ModelConfig:
     d_model: int
     num_layers: int
     num_heads: int
-    d_ff: int | None = None  # None: 8/3·d_model rounded up to a multiple of 64 (swiglu), 4·d_model (silu)
+    d_ff: int | None = None  # None: 8/3·d_model rounded up to a multiple of 64 (swiglu), 4·d_model (silu, relu2)
     rope_theta: float = 10_000.0
     norm: NormPlacement = "pre"
     positions: PositionKind = "rope"
@@ -105,6 +119,9 @@ class ModelConfig:
     attention_backend: AttentionBackend = "scratch"  # "sdpa": opt-in fused kernel, parity-tested with "scratch"
     norm_eps: float = 1e-5
     kernels: KernelKind = "torch"  # "triton": opt-in fused kernels (cs336_basics/_kernels/triton_kernels.py) on CUDA
+    qk_norm: bool = False  # RMSNorm (learnable gains) of each head's q and k before RoPE
+    logit_softcap: float | None = None  # c: logits -> c·tanh(logits / c); None or 0 = off
+    zero_init_proj: bool = False  # attention output_proj and feed-forward w2 start at zero
 
     def __post_init__(self):
         _check_positive(
@@ -127,6 +144,16 @@ class ModelConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be one of {allowed}")
         _check_kernels(self.kernels, self.attention_backend)
+        for name in ("qk_norm", "zero_init_proj", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or not cap >= 0):
+            raise ValueError(f"logit_softcap={cap!r} must be a number > 0 (the cap c), or 0/None for off")
+        if cap == 0:
+            object.__setattr__(self, "logit_softcap", None)  # one spelling of "off", so saved configs compare equal
+        elif cap is not None:
+            object.__setattr__(self, "logit_softcap", float(cap))
         if self.positions == "rope" and (self.d_model // self.num_heads) % 2 != 0:
             raise ValueError(
                 f"RoPE needs an even head dim, but d_model={self.d_model} / num_heads={self.num_heads} is odd"
@@ -136,7 +163,7 @@ class ModelConfig:
     def resolved_d_ff(self) -> int:
         if self.d_ff is not None:
             return self.d_ff
-        if self.ffn == "silu":
+        if self.ffn in ("silu", "relu2"):
             return 4 * self.d_model
         return 64 * math.ceil(8 * self.d_model / 3 / 64)
 
@@ -179,10 +206,15 @@ class TransformerLM(nn.Module):
                 attention_backend=config.attention_backend,
                 norm_eps=config.norm_eps,
                 kernels=config.kernels,
+                qk_norm=config.qk_norm,
                 **kw,
             )
             for _ in range(config.num_layers)
         )
+        if config.zero_init_proj:  # every residual branch starts at zero: the blocks start as the identity
+            for layer in self.layers:
+                nn.init.zeros_(layer.attn.output_proj.weight)
+                nn.init.zeros_(layer.ffn.w2.weight)
         if config.norm != "none":
             self.ln_final = RMSNorm(config.d_model, eps=config.norm_eps, **kw, kernels=config.kernels)
         self.lm_head = Linear(config.d_model, config.vocab_size, **kw)
@@ -218,7 +250,11 @@ class TransformerLM(nn.Module):
             x = layer(x, token_positions, None if kv_cache is None else kv_cache.layers[i])
         if self.config.norm != "none":
             x = self.ln_final(x)
-        return self.lm_head(x)
+        logits = self.lm_head(x)
+        if self.config.logit_softcap:  # bounded logits: c·tanh(logits/c), ~identity while |logits| << c
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def new_kv_cache(self) -> "KVCache":
         """An empty key/value cache for incremental decoding with `forward(..., kv_cache=cache)`."""
