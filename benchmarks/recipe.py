@@ -12,8 +12,9 @@ commands). The runs, each a `cs336-basics sweep` of benchmarks/recipe/baseline.t
 3. the full recipe (the switches whose final validation loss beat the baseline's) over the same LR grid.
 Then `cs336-basics compare` of the baseline, the switches and the full recipe, and the ratio of the tokens the
 full recipe needs to reach the tuned baseline's final validation loss (linear interpolation between evaluations).
-Tokens/s: each variant's trainer step timed in rounds that interleave the variants in one process (the machine is
-shared, so only ratios measured side by side mean anything); the median round per variant.
+Tokens/s: each variant's trainer step timed in rounds that interleave the variants in one process, as tokens per
+CPU-second of one torch thread (the machine is shared by other jobs: wall-clock rates swing by 3x between
+samples, CPU time far less, and only ratios measured side by side mean anything); the median round per variant.
 """
 
 import argparse
@@ -165,7 +166,10 @@ def variants(chosen: dict | None) -> dict[str, dict]:
 
 
 def throughput(data: Path, out: Path, rounds: int, seconds: float) -> None:
+    import time
     import tomllib
+
+    import torch
 
     from cs336_basics.train_config import TrainConfig
     from cs336_basics.workflows.throughput import measure_throughput
@@ -176,9 +180,12 @@ def throughput(data: Path, out: Path, rounds: int, seconds: float) -> None:
     chosen = json.loads(chosen_file.read_text())["chosen"] if chosen_file.is_file() else None
     configs = {name: TrainConfig(**(base | settings)) for name, settings in variants(chosen).items()}
     samples: dict[str, list[float]] = {name: [] for name in configs}
+    # Tokens per CPU-second of one torch thread: other jobs sharing the CPU slow wall-clock time, not this (much).
+    torch.set_num_threads(1)
     for r in range(rounds):  # interleaved: every variant once per round, so load changes hit all alike
         for name, config in configs.items():
-            samples[name].append(measure_throughput(config, warmup_steps=2, seconds=seconds)["tokens_per_s"])
+            result = measure_throughput(config, warmup_steps=2, seconds=seconds, clock=time.process_time)
+            samples[name].append(result["tokens_per_s"])
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {s[-1]:.0f}" for n, s in samples.items()), flush=True)
     medians = {name: statistics.median(s) for name, s in samples.items()}
     result = {
@@ -186,7 +193,8 @@ def throughput(data: Path, out: Path, rounds: int, seconds: float) -> None:
         "ratios": {name: m / medians["baseline"] for name, m in medians.items()},
         "samples": samples,
         "rounds": rounds,
-        "seconds_per_sample": seconds,
+        "cpu_seconds_per_sample": seconds,
+        "clock": "time.process_time, torch.set_num_threads(1)",
         "modern_settings": variants(chosen)["modern"],
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -200,8 +208,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/mix10k"), help="prepare's output directory")
     parser.add_argument("--out", type=Path, default=Path("/tmp/recipe"), help="sweeps and results")
     parser.add_argument("--docs", type=Path, default=HERE.parent / "docs", help="where the figure is copied")
-    parser.add_argument("--rounds", type=int, default=5, help="throughput: interleaved rounds")
-    parser.add_argument("--seconds", type=float, default=4.0, help="throughput: seconds per variant and round")
+    parser.add_argument("--rounds", type=int, default=4, help="throughput: interleaved rounds")
+    parser.add_argument("--seconds", type=float, default=3.0, help="throughput: CPU seconds per variant and round")
     args = parser.parse_args()
     if args.what == "runs":
         runs(args.data, args.out)
