@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 NormPlacement = Literal["pre", "post", "none"]
 PositionKind = Literal["rope", "sinusoidal", "learned", "none"]
-FeedForwardKind = Literal["swiglu", "silu"]
+FeedForwardKind = Literal["swiglu", "silu", "relu2"]
 AttentionBackend = Literal["scratch", "sdpa"]
 KernelKind = Literal["torch", "triton"]
 
@@ -25,6 +25,10 @@ KernelKind = Literal["torch", "triton"]
 HANDOUT_MODEL: dict[str, int] = dict(
     vocab_size=10_000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344
 )
+
+
+# The Muon optimizer's learning-rate adjustments by matrix shape (optimizer.Muon; TrainConfig.muon_adjust_lr).
+MUON_LR_ADJUSTMENTS = ("original", "match_rms_adamw", "spectral_unclamped")
 
 
 def _setting(help: str, default: Any = None, required: bool = False, **extra) -> Any:
@@ -48,7 +52,7 @@ class ModelConfig:
     num_layers: int = _setting("number of Transformer blocks", required=True)
     num_heads: int = _setting("attention heads (d_model must be divisible by it)", required=True)
     d_ff: int | None = _setting(
-        "feed-forward hidden width (0 = 8/3·d_model rounded up to 64 for swiglu, 4·d_model for silu)",
+        "feed-forward hidden width (0 = 8/3·d_model rounded up to 64 for swiglu, 4·d_model for silu and relu2)",
         unset="the rule of 0",
     )
     rope_theta: float = _setting("RoPE base θ", 10_000.0)
@@ -62,6 +66,10 @@ class ModelConfig:
     )
     norm_eps: float = _setting("RMSNorm ε", 1e-5)
     kernels: KernelKind = _setting("fused Triton kernels on CUDA (opt-in) or plain torch", "torch")
+    # the modern recipe's switches (docs/recipe.md)
+    qk_norm: bool = _setting("RMSNorm (learnable gains) of each head's q and k before RoPE", False)
+    logit_softcap: float | None = _setting("cap c of the logits: c·tanh(logits / c); 0 = off", None, unset="off")
+    zero_init_proj: bool = _setting("attention output_proj and feed-forward w2 start at zero", False)
 
     def __post_init__(self):
         check_positive(
@@ -84,6 +92,16 @@ class ModelConfig:
         if not self.rope_theta > 0:
             raise ValueError(f"rope_theta={self.rope_theta} must be > 0")
         check_kernels(self.kernels, self.attention_backend)
+        for name in ("qk_norm", "zero_init_proj", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false")
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or not cap >= 0):
+            raise ValueError(f"logit_softcap={cap!r} must be a number > 0 (the cap c), or 0/None for off")
+        if cap == 0:
+            object.__setattr__(self, "logit_softcap", None)  # one spelling of "off", so saved configs compare equal
+        elif cap is not None:
+            object.__setattr__(self, "logit_softcap", float(cap))
         if self.positions == "rope" and (self.d_model // self.num_heads) % 2 != 0:
             raise ValueError(
                 f"RoPE needs an even head dim, but d_model={self.d_model} / num_heads={self.num_heads} is odd"
@@ -91,10 +109,10 @@ class ModelConfig:
 
     @property
     def resolved_d_ff(self) -> int:
-        """d_ff, or the default width: 8/3·d_model rounded up to a multiple of 64 (swiglu), 4·d_model (silu)."""
+        """d_ff, or the default width: 8/3·d_model rounded up to a multiple of 64 (swiglu), 4·d_model (silu, relu2)."""
         if self.d_ff is not None:
             return self.d_ff
-        if self.ffn == "silu":
+        if self.ffn in ("silu", "relu2"):
             return 4 * self.d_model
         return 64 * math.ceil(8 * self.d_model / 3 / 64)
 

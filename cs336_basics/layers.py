@@ -115,6 +115,18 @@ class SwiGLU(nn.Module):
         return self.w2(silu(self.w1(x)) * self.w3(x))
 
 
+class ReLU2FeedForward(nn.Module):
+    """The squared-ReLU feed-forward of Primer and modded-nanogpt: w2(relu(w1 x)²); d_ff = 4 * d_model by default."""
+
+    def __init__(self, d_model: int, d_ff: int, device=None, dtype=None):
+        super().__init__()
+        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+
+    def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
+        return self.w2(self.w1(x).clamp(min=0).square())
+
+
 class SiLUFeedForward(nn.Module):
     """The ungated ablation of SwiGLU: w2(silu(w1 x)); use d_ff = 4 * d_model to match SwiGLU's parameter count."""
 
@@ -328,7 +340,9 @@ class MultiHeadSelfAttention(nn.Module):
 
     q_proj/k_proj/v_proj/output_proj are (d_model, d_model); rows of q/k/v_proj are the heads stacked, head 0 first.
     Pass `rope` (a RotaryPositionalEmbedding, possibly shared between layers) or `max_seq_len` and `theta` to
-    build one; with neither, attention is position-free (a "NoPE" model).
+    build one; with neither, attention is position-free (a "NoPE" model). `qk_norm`: each head's q and k go through
+    an RMSNorm over the head dim (gains `q_norm`, `k_norm`, shared by the heads) before RoPE, which bounds the
+    attention logits (OLMo 2, modded-nanogpt).
     """
 
     def __init__(
@@ -342,6 +356,8 @@ class MultiHeadSelfAttention(nn.Module):
         device=None,
         dtype=None,
         kernels: "KernelKind" = "torch",
+        qk_norm: bool = False,
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
         check_positive(d_model=d_model, num_heads=num_heads)
@@ -361,6 +377,10 @@ class MultiHeadSelfAttention(nn.Module):
         self.k_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
+        self.qk_norm = qk_norm
+        if qk_norm:
+            self.q_norm = RMSNorm(self.d_k, eps=norm_eps, device=device, dtype=dtype)
+            self.k_norm = RMSNorm(self.d_k, eps=norm_eps, device=device, dtype=dtype)
         if rope is None and theta is not None:
             if max_seq_len is None:
                 raise ValueError("RoPE needs max_seq_len as well as theta")
@@ -382,6 +402,8 @@ class MultiHeadSelfAttention(nn.Module):
             for p in (self.q_proj, self.k_proj, self.v_proj)
         )
         past = 0 if kv_cache is None else kv_cache.length
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
             q, k = self._rotate(q, k, token_positions, past)
         if kv_cache is not None:

@@ -2,7 +2,10 @@
 
 `TransformerLM(ModelConfig(...))` builds the model a ModelConfig describes, with every switch of config.py: norm
 placement `pre | post | none`, positions `rope | sinusoidal | learned | none` (absolute ones are added to the token
-embeddings), feed-forward `swiglu | silu`, tied embeddings, and the opt-in fast paths.
+embeddings), feed-forward `swiglu | silu | relu2`, tied embeddings, the opt-in fast paths, and the modern recipe's
+switches (docs/recipe.md): `qk_norm` (RMSNorm of each head's q and k before RoPE), `ffn="relu2"` (squared ReLU),
+`logit_softcap` (c·tanh(logits/c)) and `zero_init_proj` (the attention and feed-forward output projections start at
+zero, so every block starts as the identity).
 """
 
 from typing import get_args
@@ -24,11 +27,14 @@ from cs336_basics.layers import (
     Embedding,
     Linear,
     MultiHeadSelfAttention,
+    ReLU2FeedForward,
     RMSNorm,
     RotaryPositionalEmbedding,
     SiLUFeedForward,
     SwiGLU,
 )
+
+FEED_FORWARDS = {"swiglu": SwiGLU, "silu": SiLUFeedForward, "relu2": ReLU2FeedForward}
 
 
 class TransformerBlock(nn.Module):
@@ -50,6 +56,7 @@ class TransformerBlock(nn.Module):
         device=None,
         dtype=None,
         kernels: "KernelKind" = "torch",
+        qk_norm: bool = False,
     ):
         super().__init__()
         if norm not in get_args(NormPlacement):
@@ -59,9 +66,18 @@ class TransformerBlock(nn.Module):
         self.norm = norm
         kw = dict(device=device, dtype=dtype)
         self.attn = MultiHeadSelfAttention(
-            d_model, num_heads, max_seq_len, theta, rope, attention_backend, **kw, kernels=kernels
+            d_model,
+            num_heads,
+            max_seq_len,
+            theta,
+            rope,
+            attention_backend,
+            **kw,
+            kernels=kernels,
+            qk_norm=qk_norm,
+            norm_eps=norm_eps,
         )
-        self.ffn = (SwiGLU if ffn == "swiglu" else SiLUFeedForward)(d_model, d_ff, **kw)
+        self.ffn = FEED_FORWARDS[ffn](d_model, d_ff, **kw)
         if norm != "none":
             self.ln1 = RMSNorm(d_model, eps=norm_eps, **kw, kernels=kernels)
             self.ln2 = RMSNorm(d_model, eps=norm_eps, **kw, kernels=kernels)
@@ -117,10 +133,15 @@ class TransformerLM(nn.Module):
                 attention_backend=config.attention_backend,
                 norm_eps=config.norm_eps,
                 kernels=config.kernels,
+                qk_norm=config.qk_norm,
                 **kw,
             )
             for _ in range(config.num_layers)
         )
+        if config.zero_init_proj:  # every residual branch starts at zero: the blocks start as the identity
+            for layer in self.layers:
+                nn.init.zeros_(layer.attn.output_proj.weight)
+                nn.init.zeros_(layer.ffn.w2.weight)
         if config.norm != "none":
             self.ln_final = RMSNorm(config.d_model, eps=config.norm_eps, **kw, kernels=config.kernels)
         self.lm_head = Linear(config.d_model, config.vocab_size, **kw)
@@ -156,7 +177,11 @@ class TransformerLM(nn.Module):
             x = layer(x, token_positions, None if kv_cache is None else kv_cache.layers[i])
         if self.config.norm != "none":
             x = self.ln_final(x)
-        return self.lm_head(x)
+        logits = self.lm_head(x)
+        if self.config.logit_softcap:  # bounded logits: c·tanh(logits/c), ~identity while |logits| << c
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def new_kv_cache(self) -> "KVCache":
         """An empty key/value cache for incremental decoding with `forward(..., kv_cache=cache)`."""

@@ -3,13 +3,16 @@
 FLOPs count only matrix multiplies (2 FLOPs per multiply-add), as the handout does; per token and layer:
     Q, K, V, output projections      4 · 2·d_model²
     attention scores Q Kᵀ and A·V    2 · 2·T·d_model      (the full T×T matrix, as the handout counts it)
-    feed-forward                     3 · 2·d_model·d_ff (SwiGLU) or 2 · 2·d_model·d_ff (SiLU)
-plus the LM head 2·d_model·V. The backward pass costs twice the forward, so training costs 3× forward.
+    feed-forward                     3 · 2·d_model·d_ff (SwiGLU) or 2 · 2·d_model·d_ff (SiLU, ReLU²)
+plus the LM head 2·d_model·V. The backward pass costs twice the forward, so training costs 3× forward. The
+modern switches add no matmuls (QK-norm, ReLU², the logit soft-cap and zero init are elementwise or init only);
+QK-norm adds 2·d_k gains per layer.
 
 Memory for AdamW training in float32 (4 bytes per value): parameters, gradients, optimizer state (m and v:
 2 values per parameter) and the activations the handout lists, for batch B and sequence T, per layer:
 RMSNorms 2·BTd; Q, K, V 3·BTd; scores QKᵀ and softmax 2·B·H·T²; weighted values BTd; output projection BTd;
-feed-forward W1 (and W3 for SwiGLU) B·T·d_ff each, SiLU B·T·d_ff, (the gate product B·T·d_ff), W2 BTd;
+feed-forward W1 (and W3 for SwiGLU) B·T·d_ff each, SiLU (or ReLU²) B·T·d_ff, (the gate product B·T·d_ff), W2 BTd;
+with QK-norm, the normed Q and K 2·BTd;
 and once: the embedding output BTd, final RMSNorm BTd, logits BTV and the cross-entropy's softmax BTV.
 
     cs336-basics model-info --vocab-size 10000 --context-length 256 --d-model 512 --d-ff 1344 --num-layers 4 \\
@@ -25,7 +28,7 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     """Parameter counts by part; `total` counts a tied embedding matrix once."""
     d, d_ff, v, n_layers = config.d_model, config.resolved_d_ff, config.vocab_size, config.num_layers
     ffn_mats = 3 if config.ffn == "swiglu" else 2
-    norms = 2 * d if config.norm != "none" else 0
+    norms = (2 * d if config.norm != "none" else 0) + (2 * (d // config.num_heads) if config.qk_norm else 0)
     per_layer = 4 * d * d + ffn_mats * d * d_ff + norms
     embedding = v * d
     lm_head = v * d
@@ -75,7 +78,7 @@ def memory_bytes(config: ModelConfig, batch_size: int, seq_len: int | None = Non
     b, d, d_ff, v, h = batch_size, config.d_model, config.resolved_d_ff, config.vocab_size, config.num_heads
     n_params = count_parameters(config)["total"]
     ffn_acts = (4 if config.ffn == "swiglu" else 2) * b * t * d_ff  # W1, (W3), SiLU, (gate product)
-    norms = 2 * b * t * d if config.norm != "none" else 0
+    norms = (2 * b * t * d if config.norm != "none" else 0) + (2 * b * t * d if config.qk_norm else 0)
     per_layer = norms + 3 * b * t * d + 2 * b * h * t * t + b * t * d + b * t * d + ffn_acts + b * t * d
     once = b * t * d + (b * t * d if config.norm != "none" else 0) + 2 * b * t * v
     activations = (per_layer * config.num_layers + once) * BYTES_FP32

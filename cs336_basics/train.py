@@ -42,9 +42,9 @@ from cs336_basics.fileio import atomic_write_json
 from cs336_basics.model import TransformerLM
 from cs336_basics.model_info import training_flops_per_token
 from cs336_basics.nn_utils import cross_entropy, gradient_clipping
-from cs336_basics.optimizer import AdamW, get_lr_cosine_schedule
+from cs336_basics.optimizer import AdamW, MultiOptimizer, Muon, get_lr_cosine_schedule, get_lr_wsd_schedule
 from cs336_basics.run_dir import append_log, plot_losses, read_log, write_log
-from cs336_basics.runtime import autocast, git_sha, init_distributed, peak_flops, resolve_device, resolve_dtype
+from cs336_basics.runtime import DTYPES, autocast, git_sha, init_distributed, peak_flops, resolve_device, resolve_dtype
 from cs336_basics.serialization import clean_state_dict, read_checkpoint, save_checkpoint
 from cs336_basics.train_config import TrainConfig, import_wandb, validate_config
 
@@ -77,7 +77,7 @@ def _seed_everything(config: TrainConfig) -> None:
     random.seed(config.seed)
 
 
-class _Run:
+class Run:
     """State of one training invocation (model, optimizer, data, RNGs, counters); `train()` drives it."""
 
     def __init__(self, config: TrainConfig):
@@ -87,18 +87,14 @@ class _Run:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.out = Path(config.out)
         self.total_steps = config.total_steps(self.dist.world_size)
-        self.schedule = config.schedule(self.dist.world_size)
+        self.schedule = config.lr_schedule(self.dist.world_size)
+        self.lr_at = get_lr_wsd_schedule if config.schedule == "wsd" else get_lr_cosine_schedule
+        self.max_time = config.max_time_seconds()
         self.train_data = load_tokens(config.train)
         self.val_data = load_tokens(config.val)
         _seed_everything(config)
         self.model = TransformerLM(self.model_config, device=self.device)
-        self.optimizer = AdamW(
-            self.model.parameters(),
-            lr=config.lr,
-            betas=(config.beta1, config.beta2),
-            eps=config.eps,
-            weight_decay=config.weight_decay,
-        )
+        self.optimizer, self.group_peaks = self._make_optimizer()
         self.data_rng = np.random.default_rng([config.seed, 0])
         # The validation batches are drawn once, from their own stream: the same for every evaluation and rank.
         eval_shape = (config.eval_batches, config.batch_size * self.dist.world_size)
@@ -108,12 +104,34 @@ class _Run:
         self.step = 0
         self.tokens = 0
         self.wall_clock_before = 0.0  # seconds spent by earlier invocations of a resumed run
+        self.train_time_before = 0.0  # of which training (not evaluating or checkpointing): what max_time counts
+        self.paused = 0.0  # seconds of this invocation spent evaluating, checkpointing, plotting
         self.started = time.perf_counter()
         self.records: list[dict] = []  # log.jsonl's records
         gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
         peak = peak_flops(gpu, "bfloat16" if self.dtype == torch.bfloat16 else "float32") if gpu else None
         self.peak_flops = peak * self.dist.world_size if peak else None
         self.flops_per_token = training_flops_per_token(self.model_config)
+
+    def _make_optimizer(self) -> tuple[AdamW | MultiOptimizer, list[tuple[float, float]]]:
+        """AdamW for every parameter, or (optimizer="muon") Muon for the blocks' 2-D matrices and AdamW for the
+        rest; with each param group's (peak, final) learning rate for the schedule."""
+        config = self.config
+        adamw_peaks = (config.lr, config.min_lr if config.min_lr is not None else config.lr / 10)
+        adamw = dict(lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
+        if config.optimizer == "adamw":
+            return AdamW(self.model.parameters(), **adamw), [adamw_peaks]
+        hidden, rest = split_muon_parameters(self.model)
+        muon_peak, muon_floor = config.muon_peaks()
+        muon = Muon(
+            hidden,
+            lr=muon_peak,
+            weight_decay=config.muon_weight_decay if config.muon_weight_decay is not None else config.weight_decay,
+            momentum=config.muon_momentum,
+            adjust_lr_fn=config.muon_adjust_lr,
+            ns_dtype=None if config.muon_ns_dtype == "auto" else DTYPES[config.muon_ns_dtype],
+        )
+        return MultiOptimizer(muon, AdamW(rest, **adamw)), [(muon_peak, muon_floor), adamw_peaks]
 
     def _wrap_model(self) -> tuple[nn.Module, nn.Module]:
         """The modules that compute the loss: for training (DDP, compiled as configured) and for evaluation."""
@@ -140,6 +158,7 @@ class _Run:
             "rng": checkpoints.capture_rng_state(self.data_rng, self.device),
             "tokens": self.tokens,
             "wall_clock_s": self.wall_clock(),
+            "train_time_s": self.train_time(),
         }
         save_checkpoint(self.model, self.optimizer, self.step, path, config=self.model_config.to_dict(), extra=extra)
         checkpoints.prune_checkpoints(self.out, self.config.keep_checkpoints)
@@ -155,6 +174,7 @@ class _Run:
         self.step = int(payload["iteration"])
         self.tokens = int(payload.get("tokens", 0))
         self.wall_clock_before = float(payload.get("wall_clock_s", 0.0))
+        self.train_time_before = float(payload.get("train_time_s", 0.0))
         checkpoints.restore_rng_state(payload.get("rng", {}), self.data_rng, self.device)
 
     def load_weights_from(self, path: Path) -> None:
@@ -170,12 +190,21 @@ class _Run:
     def wall_clock(self) -> float:
         return self.wall_clock_before + (time.perf_counter() - self.started)
 
+    def train_time(self) -> float:
+        """Seconds spent training (this invocation's and earlier ones'), without evaluations and checkpoints."""
+        return self.train_time_before + (time.perf_counter() - self.started - self.paused)
+
+    def out_of_time(self) -> bool:
+        return self.max_time is not None and self.train_time() >= self.max_time
+
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step; returns (mean loss, grad norm) as device tensors and the learning rate."""
         config, world, rank, accum = self.config, self.dist.world_size, self.dist.rank, self.config.grad_accum_steps
-        lr = get_lr_cosine_schedule(self.step + 1, **self.schedule)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = self.lr_at(self.step + 1, **self.schedule)
+        for group, (peak, floor) in zip(self.optimizer.param_groups, self.group_peaks, strict=True):
+            group["lr"] = self.lr_at(
+                self.step + 1, **self.schedule | dict(max_learning_rate=peak, min_learning_rate=floor)
+            )
         shape = (accum, world, config.batch_size)
         starts = sample_starts(len(self.train_data), config.context_length, shape, self.data_rng)
         loss_sum = torch.zeros((), device=self.device)
@@ -219,7 +248,7 @@ class _Meter:
     """Train loss, grad norm and tokens/s since the last log line, kept on the device (one sync per log line),
     and the first step whose loss was not finite. Time spent evaluating and checkpointing is not counted."""
 
-    def __init__(self, run: _Run):
+    def __init__(self, run: Run):
         self.run = run
         self.sums = torch.zeros(2, device=run.device, dtype=torch.float64)  # (loss sum, grad norm sum)
         self.first_bad = torch.zeros((), dtype=torch.long, device=run.device)
@@ -284,10 +313,20 @@ class _Meter:
             yield
         finally:
             self.paused += time.perf_counter() - start
+            self.run.paused += time.perf_counter() - start
 
     def tokens_per_s(self) -> float | None:
         """Training throughput of this invocation (logged intervals only)."""
         return (self.run.tokens - self.run_start_tokens) / self.train_time if self.train_time > 0 else None
+
+
+def split_muon_parameters(model: TransformerLM) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(Muon's, AdamW's) parameters: the blocks' 2-D matrices (attention q/k/v/output, feed-forward) for Muon;
+    the embeddings, the LM head and every gain or other 1-D parameter for AdamW. A tied matrix appears once."""
+    hidden, rest = [], []
+    for name, p in model.named_parameters():
+        (hidden if name.startswith("layers.") and p.ndim == 2 else rest).append(p)
+    return hidden, rest
 
 
 def train(config: TrainConfig) -> dict:
@@ -306,14 +345,14 @@ def train(config: TrainConfig) -> dict:
         )
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
-        run = _Run(config)
+        run = Run(config)
         last_checkpoint = _start(run, existing[-1][1] if existing else None)
         return _loop(run, last_checkpoint)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
 
 
-def _start(run: _Run, newest: Path | None) -> tuple[Path, int] | None:
+def _start(run: Run, newest: Path | None) -> tuple[Path, int] | None:
     """Resume from `newest` or load the init_from weights; write config.json and log.jsonl. Returns the
     (checkpoint, step) the run continues from, if any."""
     config, out = run.config, run.out
@@ -340,6 +379,8 @@ def _start(run: _Run, newest: Path | None) -> tuple[Path, int] | None:
             "world_size": run.dist.world_size,
             "total_steps": run.total_steps,
             "schedule": run.schedule,
+            "lr_schedule": config.schedule,
+            "max_time_s": run.max_time,
             "resumed_from_step": run.step if config.resume else None,
             "init_from_checkpoint": str(init_from) if init_from is not None else None,
         }
@@ -348,7 +389,7 @@ def _start(run: _Run, newest: Path | None) -> tuple[Path, int] | None:
     return (newest, run.step) if newest is not None else None
 
 
-def _loop(run: _Run, last_checkpoint: tuple[Path, int] | None) -> dict:
+def _loop(run: Run, last_checkpoint: tuple[Path, int] | None) -> dict:
     """Train until total_steps (or stop_at_step): log, evaluate, checkpoint and plot at their intervals."""
     config, main = run.config, run.dist.main
     wandb_run = None
@@ -362,14 +403,16 @@ def _loop(run: _Run, last_checkpoint: tuple[Path, int] | None) -> dict:
     show = config.progress and main
     bar = tqdm(total=run.total_steps, initial=run.step, disable=not show, unit="step", dynamic_ncols=True)
     run.started = time.perf_counter()
-    meter, val_loss, stopped_early = _Meter(run), None, False
+    meter, val_loss, stopped_early, stopped_by = _Meter(run), None, False, None
     try:
         while run.step < run.total_steps:
             loss, grad_norm, lr = run.train_step()
             meter.add(loss, grad_norm)
             bar.update(1)
-            step, is_last = run.step, run.step == run.total_steps
+            out_of_time = run.out_of_time()
+            step, is_last = run.step, run.step == run.total_steps or out_of_time
             stop_here = config.stop_at_step is not None and step >= config.stop_at_step
+            stopped_by = "max_time" if out_of_time and run.step < run.total_steps else stopped_by
             record: dict[str, Any] = {}
             if step % config.log_interval == 0 or is_last or stop_here:
                 record = meter.record(lr, last_checkpoint)
@@ -382,6 +425,8 @@ def _loop(run: _Run, last_checkpoint: tuple[Path, int] | None) -> dict:
                     meter.check_finite(last_checkpoint)
                     val_loss = run.evaluate()
                     record.update(step=step, tokens=run.tokens, val_loss=val_loss, wall_clock_s=run.wall_clock())
+                if stopped_by is not None and is_last:
+                    record.update(stopped_by=stopped_by, train_time_s=run.train_time())
                 if record and main:
                     run.records.append(record)
                     append_log(run.out / "log.jsonl", record)
@@ -393,6 +438,8 @@ def _loop(run: _Run, last_checkpoint: tuple[Path, int] | None) -> dict:
                     last_checkpoint = (run.save(), step)
                 if main and config.plot and (do_eval or do_ckpt or stop_here):
                     plot_losses(run.records, run.out / "loss.png")
+            if stopped_by is not None:  # the time budget is spent: the run is done (not resumable work left)
+                break
             if stop_here and not is_last:
                 stopped_early = True
                 break
@@ -400,10 +447,10 @@ def _loop(run: _Run, last_checkpoint: tuple[Path, int] | None) -> dict:
         bar.close()
         if wandb_run is not None:
             wandb_run.finish()
-    return _summarize(run, meter, val_loss, last_checkpoint, stopped_early)
+    return _summarize(run, meter, val_loss, last_checkpoint, stopped_early, stopped_by)
 
 
-def _summarize(run: _Run, meter: _Meter, val_loss, last_checkpoint, stopped_early: bool) -> dict:
+def _summarize(run: Run, meter: _Meter, val_loss, last_checkpoint, stopped_early: bool, stopped_by=None) -> dict:
     summary = {
         "run_dir": str(run.out),
         "step": run.step,
@@ -416,6 +463,9 @@ def _summarize(run: _Run, meter: _Meter, val_loss, last_checkpoint, stopped_earl
         "tokens_per_s": meter.tokens_per_s(),
         "checkpoint": str(last_checkpoint[0]) if last_checkpoint and last_checkpoint[0] else None,
         "stopped_early": stopped_early,
+        "stopped_by": stopped_by or ("stop_at_step" if stopped_early else None),
+        "train_time_s": run.train_time(),
+        "max_time_s": run.max_time,
     }
     if run.dist.main:
         atomic_write_json(run.out / "summary.json", summary)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from cs336_basics.config import (
+    MUON_LR_ADJUSTMENTS,
     AttentionBackend,
     FeedForwardKind,
     KernelKind,
@@ -29,6 +30,8 @@ from cs336_basics.config import (
 )
 
 DType = Literal["auto", "float32", "bfloat16"]
+SCHEDULES = ("cosine", "wsd")
+OPTIMIZERS = ("adamw", "muon")
 
 
 def _setting(default, help: str, group: str, **extra) -> Any:
@@ -71,6 +74,9 @@ class TrainConfig:
     attention_backend: AttentionBackend = model_setting("attention_backend")
     norm_eps: float = model_setting("norm_eps")
     kernels: KernelKind = model_setting("kernels")
+    qk_norm: bool = model_setting("qk_norm")
+    logit_softcap: float | None = model_setting("logit_softcap")
+    zero_init_proj: bool = model_setting("zero_init_proj")
     # optimizer and schedule
     lr: float = _setting(1e-3, "peak learning rate", "optimizer")
     min_lr: float | None = _setting(None, "final learning rate of the cosine", "optimizer", unset="lr/10")
@@ -81,11 +87,51 @@ class TrainConfig:
     warmup_steps: int | None = _setting(None, "linear warmup steps", "optimizer", unset="5% of the steps")
     cosine_steps: int | None = _setting(None, "step where the cosine reaches min-lr", "optimizer", unset="all steps")
     grad_clip: float = _setting(1.0, "max global gradient L2 norm (0 = off; the norm is still logged)", "optimizer")
+    schedule: str = _setting(
+        "cosine",
+        "LR schedule: cosine (warmup, cosine to min-lr) or wsd (warmup, constant, linear decay to min-lr over the "
+        "last --decay-frac of the steps)",
+        "optimizer",
+        choices=SCHEDULES,
+    )
+    decay_frac: float = _setting(0.2, "wsd: the fraction of the steps spent decaying", "optimizer")
+    optimizer: str = _setting(
+        "adamw",
+        "adamw for every parameter, or muon for the 2-D hidden matrices (attention q/k/v/output, feed-forward) with "
+        "AdamW for the rest (embeddings, LM head, gains)",
+        "optimizer",
+        choices=OPTIMIZERS,
+    )
+    muon_lr: float | None = _setting(
+        None, "Muon's peak learning rate (scaled per matrix by --muon-adjust-lr)", "optimizer", unset="lr"
+    )
+    muon_momentum: float = _setting(0.95, "Muon's (Nesterov) momentum", "optimizer")
+    muon_weight_decay: float | None = _setting(None, "Muon's decoupled weight decay", "optimizer", unset="weight-decay")
+    muon_adjust_lr: str = _setting(
+        "match_rms_adamw",
+        "Muon's per-matrix LR scale: match_rms_adamw 0.2·sqrt(max(A, B)) (AdamW's lr carries over), original "
+        "sqrt(max(1, A/B)), spectral_unclamped sqrt(A/B)",
+        "optimizer",
+        choices=MUON_LR_ADJUSTMENTS,
+    )
+    muon_ns_dtype: str = _setting(
+        "auto",
+        "dtype of Muon's Newton-Schulz iteration (auto = bfloat16 on CUDA, float32 on the CPU)",
+        "optimizer",
+        choices=get_args(DType),
+    )
     # batches and length
     batch_size: int = _setting(128, "sequences per device per micro-step", "length")
     grad_accum_steps: int = _setting(1, "micro-steps per optimizer step", "length")
     steps: int | None = _setting(None, "optimizer steps", "length", unset="from --max-tokens")
     max_tokens: int | None = _setting(None, "token budget: steps = ceil(N / tokens per step)", "length", unset="off")
+    max_time: str | None = _setting(
+        None,
+        "wall-clock budget of training, e.g. 90m, 30s, 1.5h: when spent, stop with a final evaluation and "
+        "checkpoint; counts training across resumes, not evaluation or checkpointing",
+        "length",
+        unset="off",
+    )
     # run
     seed: int = _setting(0, "seed for init and batch sampling", "run")
     device: str = _setting("auto", "auto (cuda, mps, cpu), cpu, cuda[:N] or mps", "run")
@@ -121,17 +167,30 @@ class TrainConfig:
             return self.steps
         return math.ceil(self.max_tokens / self.tokens_per_step(world_size))
 
-    def schedule(self, world_size: int = 1) -> dict[str, float | int]:
-        """Keyword arguments of get_lr_cosine_schedule; the LR of step s (1-based) is its value at it=s."""
+    def lr_schedule(self, world_size: int = 1) -> dict[str, float | int]:
+        """Keyword arguments of get_lr_cosine_schedule (schedule cosine) or get_lr_wsd_schedule (wsd) for the
+        AdamW learning rate; the LR of step s (1-based) is its value at it=s."""
         steps = self.total_steps(world_size)
         warmup = self.warmup_steps if self.warmup_steps is not None else round(0.05 * steps)
-        cosine = self.cosine_steps if self.cosine_steps is not None else steps
-        return dict(
+        peaks = dict(
             max_learning_rate=self.lr,
             min_learning_rate=self.min_lr if self.min_lr is not None else self.lr / 10,
             warmup_iters=warmup,
-            cosine_cycle_iters=max(cosine, warmup),
         )
+        if self.schedule == "wsd":
+            return peaks | dict(total_iters=steps, decay_frac=self.decay_frac)
+        cosine = self.cosine_steps if self.cosine_steps is not None else steps
+        return peaks | dict(cosine_cycle_iters=max(cosine, warmup))
+
+    def muon_peaks(self) -> tuple[float, float]:
+        """Muon's (peak, final) learning rate: --muon-lr (default --lr), and the same fraction of it as min-lr
+        is of lr."""
+        peak = self.muon_lr if self.muon_lr is not None else self.lr
+        floor = self.min_lr if self.min_lr is not None else self.lr / 10
+        return peak, (peak * floor / self.lr if self.lr > 0 else 0.0)
+
+    def max_time_seconds(self) -> float | None:
+        return None if self.max_time is None else parse_duration(self.max_time, "max_time")
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
@@ -166,8 +225,31 @@ def validate_config(config: TrainConfig) -> None:
     for name in ("eps", "weight_decay", "grad_clip"):
         if not getattr(config, name) >= 0:
             raise ValueError(f"{name}={getattr(config, name)} must be >= 0")
-    if config.dtype not in get_args(DType):
-        raise ValueError(f"dtype={config.dtype!r} must be one of {get_args(DType)}")
+    for name, allowed in (
+        ("dtype", get_args(DType)),
+        ("schedule", SCHEDULES),
+        ("optimizer", OPTIMIZERS),
+        ("muon_adjust_lr", MUON_LR_ADJUSTMENTS),
+        ("muon_ns_dtype", get_args(DType)),
+    ):
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name}={getattr(config, name)!r} must be one of {allowed}")
+    if config.muon_lr is not None and not config.muon_lr >= 0:
+        raise ValueError(f"muon_lr={config.muon_lr} must be >= 0")
+    if config.muon_weight_decay is not None and not config.muon_weight_decay >= 0:
+        raise ValueError(f"muon_weight_decay={config.muon_weight_decay} must be >= 0")
+    if not 0 <= config.muon_momentum < 1:
+        raise ValueError(f"muon_momentum={config.muon_momentum} must be in [0, 1)")
+    if not 0 <= config.decay_frac <= 1:
+        raise ValueError(f"decay_frac={config.decay_frac} must be in [0, 1]")
+    if config.schedule == "wsd":
+        steps, warmup = config.total_steps(), config.lr_schedule()["warmup_iters"]
+        if warmup + config.decay_frac * steps > steps:
+            raise ValueError(
+                f"schedule='wsd': warmup_steps={warmup} plus the decay (decay_frac={config.decay_frac} of {steps} "
+                "steps) must fit in the run's steps"
+            )
+    config.max_time_seconds()  # checks its spelling
     resolve_device(config.device)
     if config.init_from is not None:
         resolve_checkpoint(config.init_from, what="init_from")
@@ -175,6 +257,24 @@ def validate_config(config: TrainConfig) -> None:
         import_wandb()
     for name in ("train", "val"):
         check_token_file(getattr(config, name), model_config.vocab_size, model_config.context_length, what=name)
+
+
+_TIME_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Seconds in a duration such as "90m", "30s", "1.5h" (a positive number and a unit s, m or h)."""
+    rule = 'a duration: a positive number and a unit s, m or h, such as "90m", "30s" or "1.5h"'
+    if not isinstance(text, str):
+        raise ValueError(f"{what}={text!r} must be {rule} (a string)")
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        seconds = float(number) * _TIME_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ValueError(f"{what}={text!r} must be {rule}") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"{what}={text!r} must be {rule}")
+    return seconds
 
 
 def import_wandb():

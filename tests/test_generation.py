@@ -27,6 +27,7 @@ def small_model(**overrides) -> TransformerLM:
         dict(positions="none"),
         dict(ffn="silu", tie_embeddings=True),
         dict(attention_backend="sdpa"),
+        dict(qk_norm=True, ffn="relu2", logit_softcap=5.0, zero_init_proj=True),
     ],
 )
 def test_greedy_with_and_without_kv_cache_is_identical(overrides):
@@ -216,14 +217,25 @@ def test_generate_cli_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, dict(ffn="silu"), dict(tie_embeddings=True), dict(norm="none"), dict(d_ff=None, d_model=48, num_heads=3)],
+    [
+        {},
+        dict(ffn="silu"),
+        dict(tie_embeddings=True),
+        dict(norm="none"),
+        dict(d_ff=None, d_model=48, num_heads=3),
+        dict(qk_norm=True, ffn="relu2", logit_softcap=15.0, zero_init_proj=True),
+        dict(qk_norm=True, norm="none"),
+    ],
 )
 def test_parameter_count_matches_the_model(overrides):
     model = small_model(**overrides)
     assert count_parameters(model.config)["total"] == model.num_parameters()
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(ffn="silu", d_ff=96), dict(positions="none")])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, dict(ffn="silu", d_ff=96), dict(positions="none"), dict(qk_norm=True, ffn="relu2", logit_softcap=15.0)],
+)
 def test_flops_match_torch_flop_counter(overrides):
     """Forward matmul FLOPs = formula × tokens, and the backward pass costs exactly 2× the forward."""
     model = small_model(**overrides).train()

@@ -352,6 +352,9 @@ def test_import_cli_run_directory_serves_generate(hf_llama, tmp_path, capsys):
         ({"norm": "none"}, "norm='none' cannot be exported"),
         ({"positions": "none"}, "positions='none' cannot be exported.*NoPE"),
         ({"ffn": "silu"}, "ffn='silu' cannot be exported.*SwiGLU"),
+        ({"ffn": "relu2"}, "ffn='relu2' cannot be exported.*SwiGLU"),
+        ({"qk_norm": True}, "qk_norm=True cannot be exported.*no RMSNorm on each head's q and k"),
+        ({"logit_softcap": 15.0}, "logit_softcap=15.0 cannot be exported.*soft-cap"),
     ],
 )
 def test_export_refuses_non_llama_architectures(tok_dir, tmp_path, setting, match):

@@ -61,8 +61,9 @@ def ref_attention(q, k, v, mask=None):
     return layers.reference_attention(q.double(), k.double(), v.double(), mask)
 
 
-def ref_mha(x, wq, wk, wv, wo, num_heads, theta=None, positions=None):
-    """Head by head: head h uses rows h*d_k:(h+1)*d_k of wq/wk/wv; outputs concatenated, then wo."""
+def ref_mha(x, wq, wk, wv, wo, num_heads, theta=None, positions=None, q_gain=None, k_gain=None, eps=1e-5):
+    """Head by head: head h uses rows h*d_k:(h+1)*d_k of wq/wk/wv; outputs concatenated, then wo. With q_gain and
+    k_gain (QK-norm), each head's q and k are RMS-normalized with those gains before RoPE."""
     x = x.double()
     seq, d_model = x.shape[-2], x.shape[-1]
     d_k = d_model // num_heads
@@ -73,6 +74,8 @@ def ref_mha(x, wq, wk, wv, wo, num_heads, theta=None, positions=None):
     for h in range(num_heads):
         rows = slice(h * d_k, (h + 1) * d_k)
         q, k, v = (x @ w[rows].double().T for w in (wq, wk, wv))
+        if q_gain is not None:
+            q, k = ref_rmsnorm(q, q_gain, eps), ref_rmsnorm(k, k_gain, eps)
         if theta is not None:
             q, k = ref_rope(q, positions, theta), ref_rope(k, positions, theta)
         heads.append(ref_attention(q, k, v, causal))
@@ -91,9 +94,13 @@ def ref_block(x, w, num_heads, theta, positions=None, prefix="", norm="pre", ffn
 
     def attn(h):
         wq, wk, wv, wo = (p(f"attn.{n}.weight") for n in ("q_proj", "k_proj", "v_proj", "output_proj"))
-        return ref_mha(h, wq, wk, wv, wo, num_heads, theta, positions)
+        gains = [w.get(prefix + f"attn.{n}.weight") for n in ("q_norm", "k_norm")]
+        return ref_mha(h, wq, wk, wv, wo, num_heads, theta, positions, *gains, eps=eps)
 
     def ff(h):
+        if ffn == "relu2":
+            a = h.double() @ p("ffn.w1.weight").double().T
+            return torch.where(a > 0, a * a, 0.0) @ p("ffn.w2.weight").double().T
         if ffn == "silu":
             a = h.double() @ p("ffn.w1.weight").double().T
             return (a * torch.sigmoid(a)) @ p("ffn.w2.weight").double().T
@@ -110,13 +117,14 @@ def ref_block(x, w, num_heads, theta, positions=None, prefix="", norm="pre", ffn
     return h + ff(h)
 
 
-def ref_lm(ids, w, num_layers, num_heads, theta, positions=None, norm="pre", ffn="swiglu"):
+def ref_lm(ids, w, num_layers, num_heads, theta, positions=None, norm="pre", ffn="swiglu", softcap=None):
     x = w["token_embeddings.weight"].double()[ids]
     for i in range(num_layers):
         x = ref_block(x, w, num_heads, theta, positions, prefix=f"layers.{i}.", norm=norm, ffn=ffn)
     if norm != "none":
         x = ref_rmsnorm(x, w["ln_final.weight"])
-    return x @ w["lm_head.weight"].double().T
+    logits = x @ w["lm_head.weight"].double().T
+    return logits if softcap is None else softcap * torch.tanh(logits / softcap)
 
 
 def random_lm_weights(vocab, d_model, d_ff, num_layers, dtype=torch.float32, scale=0.3, w3=True):
@@ -769,7 +777,7 @@ def test_layer_constructors_reject_bad_values():
         layers.RMSNorm(4, eps=0)
     with pytest.raises(ValueError, match=re.escape("norm='sandwich' must be one of ('pre', 'post', 'none')")):
         TransformerBlock(8, 2, 16, norm="sandwich")
-    with pytest.raises(ValueError, match=re.escape("ffn='geglu' must be one of ('swiglu', 'silu')")):
+    with pytest.raises(ValueError, match=re.escape("ffn='geglu' must be one of ('swiglu', 'silu', 'relu2')")):
         TransformerBlock(8, 2, 16, ffn="geglu")
 
 
@@ -965,3 +973,112 @@ def test_transformer_block_snapshot(numpy_snapshot):
     block.load_state_dict(_numpy_weights(block, seed=7))
     x = torch.from_numpy(np.random.default_rng(8).standard_normal((2, 12, 16))).float()
     numpy_snapshot.assert_match({"x": x, "out": block(x)}, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The modern recipe's switches (docs/recipe.md): QK-norm, ReLU², logit soft-cap, zero-initialized projections
+
+
+def switch_weights(dtype=torch.float32, qk_norm=False, ffn="swiglu"):
+    """Contract-named random weights plus random QK-norm gains (one per head dim, shared by the heads)."""
+    w = small_lm_weights(dtype, **({"d_ff": 32} if ffn == "relu2" else {}))
+    if ffn == "relu2":
+        w = {k: v for k, v in w.items() if "ffn.w3" not in k}
+    g = torch.Generator().manual_seed(99)
+    d_k = SMALL["d_model"] // SMALL["num_heads"]
+    for i in range(SMALL["num_layers"]) if qk_norm else ():
+        for name in ("q_norm", "k_norm"):
+            w[f"layers.{i}.attn.{name}.weight"] = (1 + 0.3 * torch.randn(d_k, generator=g)).to(dtype)
+    return w
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "switches",
+    [
+        dict(qk_norm=True),
+        dict(ffn="relu2", d_ff=32),
+        dict(logit_softcap=3.0),
+        dict(qk_norm=True, ffn="relu2", d_ff=32, logit_softcap=3.0, zero_init_proj=True),
+    ],
+)
+def test_switches_match_the_float64_reference(dtype, switches):
+    """Each switch (and all together) against the float64 reference LM written from its formula."""
+    config = ModelConfig(**{**SMALL, **switches})
+    model = TransformerLM(config, dtype=dtype)
+    w = switch_weights(dtype, config.qk_norm, config.ffn)
+    model.load_state_dict(w)  # strict: the switch adds exactly these parameters
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 9))
+    expected = ref_lm(ids, w, 2, 4, 10000.0, ffn=config.ffn, softcap=config.logit_softcap)
+    assert_close(model(ids).double(), expected, **LM_TOL)
+    if config.logit_softcap:
+        assert model(ids).abs().max() < config.logit_softcap
+
+
+@pytest.mark.parametrize(
+    "switches", [dict(qk_norm=True), dict(ffn="relu2", d_ff=8), dict(logit_softcap=0.5), dict(zero_init_proj=True)]
+)
+def test_switches_gradcheck_float64(switches):
+    """Gradients of every parameter and of the embedding output, by finite differences, on a tiny float64 LM."""
+    tiny = dict(vocab_size=11, context_length=5, d_model=8, num_layers=1, num_heads=2, d_ff=8)
+    config = ModelConfig(**{**tiny, **switches})
+    torch.manual_seed(0)
+    model = TransformerLM(config, dtype=torch.float64)
+    with torch.no_grad():  # away from zero init and unit gains, so every path carries a gradient
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    names, params = zip(*model.named_parameters(), strict=True)
+    ids = torch.tensor([[1, 4, 2, 9, 0]])
+
+    def loss(*values):
+        out = torch.func.functional_call(model, dict(zip(names, values, strict=True)), (ids,))
+        return out.sin().sum()
+
+    assert torch.autograd.gradcheck(loss, tuple(p.detach().clone().requires_grad_() for p in params))
+
+
+def test_qk_norm_is_per_head_and_before_rope():
+    """Scaling one head's q (or k) rows leaves the output unchanged: RMSNorm per head undoes it."""
+    attn = layers.MultiHeadSelfAttention(16, 4, 12, 10000.0, qk_norm=True)
+    x = torch.randn(2, 7, 16)
+    out = attn(x)
+    with torch.no_grad():
+        attn.q_proj.weight[4:8] *= 5.0
+        attn.k_proj.weight[:4] *= 0.5
+    assert_close(attn(x), out, rtol=1e-4, atol=1e-5)
+    plain = layers.MultiHeadSelfAttention(16, 4, 12, 10000.0)
+    assert not hasattr(plain, "q_norm") and "q_norm.weight" not in plain.state_dict()
+
+
+def test_zero_init_proj_starts_every_block_as_the_identity():
+    config = ModelConfig(**SMALL, zero_init_proj=True)
+    torch.manual_seed(0)
+    model = TransformerLM(config)
+    for layer in model.layers:
+        assert not layer.attn.output_proj.weight.any() and not layer.ffn.w2.weight.any()
+        assert layer.attn.q_proj.weight.any() and layer.ffn.w1.weight.any()
+    ids = torch.randint(0, SMALL["vocab_size"], (2, 6))
+    x = model.token_embeddings(ids)
+    assert_close(model(ids), model.lm_head(model.ln_final(x)))
+    model(ids).logsumexp(-1).sum().backward()  # the projections still learn: their gradient is not zero
+    assert model.layers[0].attn.output_proj.weight.grad.abs().sum() > 0
+    assert model.layers[0].ffn.w2.weight.grad.abs().sum() > 0
+    torch.manual_seed(0)
+    default = TransformerLM(ModelConfig(**SMALL))
+    assert default.layers[0].attn.output_proj.weight.any()
+
+
+def test_switches_are_off_by_default_and_validated():
+    config = ModelConfig(**SMALL)
+    assert (config.qk_norm, config.logit_softcap, config.zero_init_proj, config.ffn) == (False, None, False, "swiglu")
+    assert ModelConfig(**SMALL, logit_softcap=0).logit_softcap is None  # 0 = off, saved as None
+    assert ModelConfig(**SMALL, logit_softcap=30).logit_softcap == 30.0
+    assert ModelConfig(**{**SMALL, "d_ff": None}, ffn="relu2").resolved_d_ff == 4 * SMALL["d_model"]
+    with pytest.raises(ValueError, match=r"logit_softcap=-1 must be a number > 0"):
+        ModelConfig(**SMALL, logit_softcap=-1)
+    with pytest.raises(ValueError, match=r"logit_softcap='15' must be a number > 0"):
+        ModelConfig(**SMALL, logit_softcap="15")
+    with pytest.raises(ValueError, match="qk_norm=1 must be true or false"):
+        ModelConfig(**SMALL, qk_norm=1)
+    with pytest.raises(ValueError, match="zero_init_proj='yes' must be true or false"):
+        ModelConfig(**SMALL, zero_init_proj="yes")

@@ -81,9 +81,23 @@ def test_overfits_a_single_batch(tmp_path):
     assert read_log(config.out)[0]["train_loss"] > 3.0  # it started near log(40) = 3.7
 
 
-def test_stop_and_resume_equals_uninterrupted_run_bitwise(tmp_path, token_files):
-    """Stopped at step 6 (between checkpoints) and resumed: the same losses, bit for bit, and the same weights."""
-    overrides = dict(grad_accum_steps=2, checkpoint_interval=4, keep_checkpoints=2)
+# The modern recipe (docs/recipe.md): Muon for the hidden matrices, every model switch, the wsd schedule.
+MODERN = dict(
+    optimizer="muon", qk_norm=True, ffn="relu2", logit_softcap=15.0, zero_init_proj=True, schedule="wsd", muon_lr=0.02
+)
+
+
+def optimizer_states(payload: dict) -> list[dict]:
+    """The per-parameter states of a checkpoint's optimizer: AdamW's, or each of Muon + AdamW's."""
+    opt = payload["optimizer"]
+    return [o["state"] for o in opt["optimizers"]] if "optimizers" in opt else [opt["state"]]
+
+
+@pytest.mark.parametrize("recipe", [{}, MODERN], ids=["adamw", "modern"])
+def test_stop_and_resume_equals_uninterrupted_run_bitwise(tmp_path, token_files, recipe):
+    """Stopped at step 6 (between checkpoints) and resumed: the same losses, bit for bit, and the same weights
+    and optimizer state (AdamW's, or Muon's momentum and AdamW's)."""
+    overrides = dict(grad_accum_steps=2, checkpoint_interval=4, keep_checkpoints=2, **recipe)
     full = train(tiny_config(tmp_path / "a", token_files, **overrides))
     part = train(tiny_config(tmp_path / "b", token_files, stop_at_step=6, **overrides))
     assert part["stopped_early"] and part["step"] == 6
@@ -108,7 +122,14 @@ def test_stop_and_resume_equals_uninterrupted_run_bitwise(tmp_path, token_files)
     assert records[0] == records[1]
     assert resumed["tokens"] == full["tokens"] == 12 * 2 * 4 * 16
     assert b["tokens"] == a["tokens"] and b["iteration"] == a["iteration"] == 12
-    assert {s["step"] for s in b["optimizer"]["state"].values()} == {12}
+    assert {s["step"] for s in optimizer_states(b)[-1].values()} == {12}  # AdamW's (for Muon: the rest's)
+    for state_a, state_b in zip(optimizer_states(a), optimizer_states(b), strict=True):
+        assert state_a.keys() == state_b.keys()
+        for i in state_a:
+            for name, value in state_a[i].items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[i][name])), (i, name)
+    if recipe:
+        assert len(optimizer_states(b)) == 2 and "momentum_buffer" in next(iter(optimizer_states(b)[0].values()))
     clock = [r["wall_clock_s"] for r in read_log(tmp_path / "b" / "run")]
     assert clock == sorted(clock) and b["wall_clock_s"] >= clock[-1]
 
@@ -236,6 +257,16 @@ def test_config_file_and_flag_precedence(tmp_path, token_files, capsys):
         (dict(batch_size=0), "batch_size=0"),
         (dict(beta2=1.0), "beta2=1.0"),
         (dict(d_model=30), "divisible by num_heads"),
+        (dict(optimizer="sgd"), "optimizer='sgd' must be one of"),
+        (dict(schedule="linear"), "schedule='linear' must be one of"),
+        (dict(schedule="wsd", decay_frac=0.9), r"warmup_steps=3 plus the decay \(decay_frac=0.9 of 12 steps\)"),
+        (dict(decay_frac=-0.1), "decay_frac=-0.1 must be in"),
+        (dict(max_time="90"), "max_time='90' must be a duration"),
+        (dict(max_time="-5m"), "max_time='-5m' must be a duration"),
+        (dict(max_time="1.5x"), "max_time='1.5x' must be a duration"),
+        (dict(muon_momentum=1.0), "muon_momentum=1.0 must be in"),
+        (dict(muon_adjust_lr="rms"), "muon_adjust_lr='rms' must be one of"),
+        (dict(logit_softcap=-3.0), "logit_softcap=-3.0 must be a number > 0"),
     ],
 )
 def test_bad_settings_fail_before_any_work(tmp_path, token_files, overrides, match):
@@ -356,9 +387,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_ddp_gloo_two_ranks_equal_single_process_with_doubled_batch(tmp_path, token_files):
-    """2 forked ranks (gloo), batch 4 per rank, grad accumulation 2 == one process with batch 8: same losses."""
+@pytest.mark.parametrize("recipe", [{}, MODERN], ids=["adamw", "modern"])
+def test_ddp_gloo_two_ranks_equal_single_process_with_doubled_batch(tmp_path, token_files, recipe):
+    """2 forked ranks (gloo), batch 4 per rank, grad accumulation 2 == one process with batch 8: same losses
+    (with AdamW, and with Muon + AdamW, whose every rank orthogonalizes the same all-reduced gradient)."""
     kw = dict(steps=5, eval_interval=5, grad_accum_steps=2, checkpoint_interval=0, device="cpu", deterministic=False)
+    kw |= recipe
     single = train(tiny_config(tmp_path / "single", token_files, batch_size=8, **kw))
     ddp_config = tiny_config(tmp_path / "ddp", token_files, batch_size=4, **kw)
     ctx = _mp_context()
@@ -529,3 +563,97 @@ def test_train_flags_are_the_config_fields_with_the_dataclass_defaults():
     assert given == {"d_model": 64, "plot": False, "norm": "post"}
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--norm", "sandwich"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The modern recipe in the trainer: Muon's parameter split, the wsd schedule, the time budget
+
+
+def test_muon_gets_the_hidden_matrices_and_adamw_the_rest(tmp_path, token_files):
+    from cs336_basics.model import ModelConfig, TransformerLM
+    from cs336_basics.train import split_muon_parameters
+
+    for tie in (False, True):
+        model = TransformerLM(ModelConfig(vocab_size=40, context_length=16, d_model=32, num_layers=2, num_heads=4,
+                                          qk_norm=True, tie_embeddings=tie))  # fmt: skip
+        hidden, rest = split_muon_parameters(model)
+        names = {id(p): n for n, p in model.named_parameters()}
+        matrices = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.output_proj", "ffn.w1", "ffn.w2", "ffn.w3"]
+        assert sorted(names[id(p)].split(".", 2)[2] for p in hidden) == sorted(f"{m}.weight" for m in matrices * 2)
+        rest_names = {names[id(p)] for p in rest}
+        assert "token_embeddings.weight" in rest_names and "ln_final.weight" in rest_names
+        assert ("lm_head.weight" in rest_names) != tie  # a tied matrix is listed once, under its first name
+        assert "layers.0.attn.q_norm.weight" in rest_names
+        assert len(hidden) + len(rest) == len(list(model.parameters()))
+
+
+def test_trainer_applies_each_group_its_schedule(tmp_path, token_files):
+    """schedule=wsd: the LR logged at step s is get_lr_wsd_schedule(s, ...); Muon's group follows the same shape
+    from --muon-lr, to the same fraction of it as min-lr is of lr."""
+    import cs336_basics.train as train_module
+    from cs336_basics.optimizer import get_lr_wsd_schedule
+
+    seen = []
+    real_step = train_module.MultiOptimizer.step
+
+    def spy(self, closure=None):
+        seen.append([g["lr"] for g in self.param_groups])
+        return real_step(self, closure)
+
+    config = tiny_config(tmp_path, token_files, steps=20, warmup_steps=4, min_lr=3e-4, schedule="wsd",
+                         decay_frac=0.25, optimizer="muon", muon_lr=0.02)  # fmt: skip
+    train_module.MultiOptimizer.step = spy
+    try:
+        train(config)
+    finally:
+        train_module.MultiOptimizer.step = real_step
+    records = [r for r in read_log(config.out) if "lr" in r]
+    for r in records:
+        assert r["lr"] == get_lr_wsd_schedule(r["step"], 3e-3, 3e-4, 4, 20, 0.25)
+    for step, (muon_lr, adamw_lr) in enumerate(seen, start=1):
+        assert adamw_lr == get_lr_wsd_schedule(step, 3e-3, 3e-4, 4, 20, 0.25)
+        assert muon_lr == pytest.approx(get_lr_wsd_schedule(step, 0.02, 0.002, 4, 20, 0.25))
+    meta = json.loads((Path(config.out) / "config.json").read_text())
+    assert meta["lr_schedule"] == "wsd" and meta["schedule"]["decay_frac"] == 0.25
+
+
+def test_max_time_stops_with_final_eval_and_checkpoint_and_counts_across_resumes(tmp_path, token_files, monkeypatch):
+    """A 1-second budget on a run of a million steps: it stops after about 1 s of training with a final
+    evaluation and checkpoint; evaluation time (made slow here) is not counted; a resume with a 2 s budget trains
+    about 1 s more, not 2."""
+    import time
+
+    import cs336_basics.train as train_module
+
+    real_evaluate, evals = train_module.Run.evaluate, [0]
+
+    def slow_evaluate(self):
+        evals[0] += 1
+        time.sleep(0.3)
+        return real_evaluate(self)
+
+    monkeypatch.setattr(train_module.Run, "evaluate", slow_evaluate)
+    config = tiny_config(tmp_path, token_files, steps=10**6, eval_interval=3, checkpoint_interval=0, max_time="1s")
+    first = train(config)
+    assert first["stopped_by"] == "max_time" and not first["stopped_early"]
+    assert 1.0 <= first["train_time_s"] < 5.0 and first["max_time_s"] == 1.0
+    assert first["wall_clock_s"] - first["train_time_s"] >= 0.3 * evals[0] > 0  # evaluations not counted
+    last = read_log(config.out)[-1]
+    assert last["step"] == first["step"] and last["stopped_by"] == "max_time" and "val_loss" in last
+    assert [s for s, _ in list_checkpoints(config.out)] == [first["step"]]
+    assert json.loads((Path(config.out) / "config.json").read_text())["max_time_s"] == 1.0
+    second = train(tiny_config(tmp_path, token_files, steps=10**6, eval_interval=3, checkpoint_interval=0,
+                               max_time="2s", resume=True))  # fmt: skip
+    assert second["stopped_by"] == "max_time" and second["step"] > first["step"]
+    assert 2.0 <= second["train_time_s"] < 2.0 + (first["train_time_s"] - 1.0) + 4.0
+    assert second["tokens_per_s"] is not None
+
+
+def test_modern_run_saves_its_model_switches_and_reloads(tmp_path, token_files):
+    summary = train(tiny_config(tmp_path, token_files, steps=5, **MODERN))
+    model = load_model(summary["checkpoint"])
+    assert (model.config.qk_norm, model.config.ffn, model.config.logit_softcap, model.config.zero_init_proj) == (
+        True, "relu2", 15.0, True,
+    )  # fmt: skip
+    assert "layers.0.attn.q_norm.weight" in model.state_dict() and "layers.0.ffn.w3.weight" not in model.state_dict()
+    assert json.loads((Path(summary["run_dir"]) / "config.json").read_text())["model_config"] == model.config.to_dict()

@@ -133,7 +133,8 @@ def from_hf_state_dict(tensors: dict[str, Tensor], config: ModelConfig) -> dict[
 
 
 def check_exportable(config: ModelConfig) -> None:
-    """ValueError unless `config` is a Llama architecture: pre-norm, RoPE, SwiGLU (multi-head, no biases always)."""
+    """ValueError unless `config` is a Llama architecture: pre-norm, RoPE, SwiGLU, no QK-norm, no logit soft-cap
+    (multi-head, no biases always). zero_init_proj is only an initialization: it exports."""
     rules = [
         ("norm", "pre", "Llama applies RMSNorm before attention and feed-forward (pre-norm)"),
         (
@@ -144,8 +145,11 @@ def check_exportable(config: ModelConfig) -> None:
         (
             "ffn",
             "swiglu",
-            "Llama's feed-forward is SwiGLU (gate_proj, up_proj, down_proj); the ungated SiLU one has no up_proj",
+            "Llama's feed-forward is SwiGLU (gate_proj, up_proj, down_proj); an ungated one (SiLU, ReLU²) has no "
+            "up_proj",
         ),
+        ("qk_norm", False, "Llama has no RMSNorm on each head's q and k"),
+        ("logit_softcap", None, "Llama does not soft-cap its logits"),
     ]
     for name, needed, why in rules:
         if getattr(config, name) != needed:
