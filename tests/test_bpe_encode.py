@@ -241,3 +241,90 @@ def test_a_missing_byte_error_shows_a_long_pre_token_cut():
     with pytest.raises(ValueError, match=r"cannot encode 'a{40}' \.\.\. \(5,001 bytes\): byte b'b'") as info:
         tok.encode("a" * 5000 + "b")
     assert len(str(info.value)) < 300
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Many pre-tokens at once: the C batch kernel (`bpe_encode_words`) and its numpy fallback (`Merges.bpe_rounds`)
+
+
+def _batch_ids(tok: Tokenizer, words: list[bytes]) -> list[list[list[int]]]:
+    """Each word's ids by every batch implementation: the numpy rounds, then the C kernel (where it can be built)."""
+    tables = tok._engine.merges
+    lengths = np.array(list(map(len, words)), dtype=np.int64)
+    data = np.frombuffer(b"".join(words), dtype=np.uint8)
+    runs = [tables.bpe_rounds(data, lengths)]
+    if encode_kernel.words_kernel() is not None:
+        runs.append(encode_kernel.merge_words_kernel(tables, data, lengths))
+    out = []
+    for ids, counts in runs:
+        assert ids.dtype == np.int64 and counts.tolist() == [len(x) for x in np.split(ids, np.cumsum(counts)[:-1])]
+        out.append([x.tolist() for x in np.split(ids, np.cumsum(counts)[:-1])])
+    return out
+
+
+def _expected(tok: Tokenizer, vocab, merges, words: list[bytes]) -> list[list[int]]:
+    token_id = {t: i for i, t in sorted(vocab.items(), reverse=True)}
+    return [[token_id[t] for t in tokenizer_reference.bpe_merge(w, _ranks(merges))] for w in words]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="abc ", min_size=1, max_size=40), min_size=1, max_size=30))
+def test_batch_kernel_equals_reference_on_random_merges(small, words):
+    tok, vocab, merges = small
+    raw = [w.encode() for w in words]
+    expected = _expected(tok, vocab, merges, raw)
+    for got in _batch_ids(tok, raw):
+        assert got == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=30) | st.sampled_from(HOSTILE).map(lambda c: c * 300), max_size=20))
+def test_batch_kernel_equals_reference_on_gpt2(words):
+    """GPT-2's vocabulary, any text, and runs of 300+ bytes in the batch (the kernel merges those with its heap)."""
+    tok, _ = _cached_gpt2_pair()
+    raw = [w.encode() for w in words if w]
+    if not raw:
+        return
+    expected = [[tok._token_to_id[t] for t in tokenizer_reference.bpe_merge(w, _ranks(tok.merges))] for w in raw]
+    for got in _batch_ids(tok, raw):
+        assert got == expected
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batch_kernel_on_random_vocabularies_and_lengths(seed):
+    """Words of 1 to 3,000 bytes (either side of the kernel's 256-byte switch to its heap) on random merge lists that
+    make some tokens twice, many per batch, in order."""
+    vocab, merges = random_merges(seed, 400)
+    tok = Tokenizer(vocab, merges)
+    rng = random.Random(seed)
+    words = []
+    for _ in range(60):
+        alphabet = rng.choice([b"abc ", b"ab", b"a", b"aab", b"abcc  "])
+        words.append(bytes(rng.choice(alphabet) for _ in range(rng.choice([1, 2, 7, 60, 255, 256, 257, 3000]))))
+    expected = _expected(tok, vocab, merges, words)
+    for got in _batch_ids(tok, words):
+        assert got == expected
+
+
+def test_without_a_c_compiler_batches_merge_in_numpy_silently(monkeypatch):
+    """No C compiler: a block's new pre-tokens merge in numpy rounds, with no warning (short words lose little), and
+    a long English-like text still gets tiktoken's ids."""
+    from cs336_basics._tokenization import clib
+
+    def unavailable(source):
+        raise clib.EngineUnavailable("no C compiler found (set CC, or install cc, gcc or clang)")
+
+    monkeypatch.setattr(encode_kernel, "_WORDS", [])
+    monkeypatch.setattr(encode_kernel, "load_library", unavailable)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert encode_kernel.words_kernel() is None
+    rounds = []
+    real = encode_kernel.Merges.bpe_rounds
+    monkeypatch.setattr(encode_kernel.Merges, "bpe_rounds", lambda self, *a: rounds.append(1) or real(self, *a))
+    vocab, merges = random_merges(5, 300)
+    tok = Tokenizer(vocab, merges)
+    rng = random.Random(5)
+    text = "".join(rng.choice(["a", "b", "c", " ", "ab", " abc", "\n"]) for _ in range(20_000))
+    assert tok.encode(text) == tokenizer_reference.encode(text, vocab, merges, [])
+    assert rounds  # (the numpy rounds ran)

@@ -1,6 +1,10 @@
-/* BPE of one long pre-token in O(n log n) time and ~4.5-5 bytes per byte: `encode_kernel.merge_heap`'s merges in C,
- * built and loaded by cs336_basics/_tokenization/clib.py, called by `encode_kernel.Merges.merge_array`. Checked against `merge_heap`
- * and `tokenizer_reference.bpe_merge` (tests/test_bpe_encode.py).
+/* BPE of pre-tokens in C, built and loaded by cs336_basics/_tokenization/clib.py (checked against `merge_list`,
+ * `merge_heap` and `tokenizer_reference.bpe_merge` in tests/test_bpe_encode.py):
+ *
+ * - bpe_encode_merge: one long pre-token in O(n log n) time and ~4.5-5 bytes per byte, `encode_kernel.merge_heap`'s
+ *   merges (called by `encode_kernel.Merges.merge_array`);
+ * - bpe_encode_words: many pre-tokens in one call, each short one by `merge_list`'s scan (tiktoken's loop), each
+ *   long one by bpe_encode_merge (called by `encode_kernel.Merges.bpe_bytes`: a block's new pre-tokens at once).
  *
  * The rule: while some adjacent pair of parts has a merge, merge the pair of lowest rank, the leftmost on ties.
  *
@@ -172,4 +176,51 @@ EXPORT i64 bpe_encode_merge(i32 *ids, i64 n, const i64 *slots, i64 bits, i64 shi
     i64 w = 0;
     for (i64 x = 0; x < n; x += lengths[ids[w - 1]]) ids[w++] = ids[x]; /* the parts left, moved to the front */
     return w;
+}
+
+#define LIST_MAX 256 /* words shorter than this merge by the O(n^2) scan; longer ones by the heap above */
+
+/* v of the pair (a, b): rank << shift | merged id, or NONE. */
+static i64 pair_value(const Parts *P, i64 a, i64 b) {
+    i64 v = get(P, (a << P->shift) | b);
+    return v < 0 ? NONE : v;
+}
+
+/* BPE of each word data[o_w .. o_w + lengths[w]) (o_w: the lengths before it added up; every byte has an id,
+ * byte_ids[byte] >= 0, checked by the caller). The ids of all words are written to out[] in order (it has room for
+ * one id per byte: BPE never makes more ids than bytes) and counts[w] = the ids of word w. A short word is merged in
+ * place in out[] as `merge_list` does: the leftmost lowest pair value, then only its neighbours' values change.
+ * Returns the ids written, or -1 when out of memory. */
+EXPORT i64 bpe_encode_words(const uint8_t *data, const i64 *lengths, i64 num_words, const i32 *byte_ids,
+                            const i64 *slots, i64 bits, i64 shift, const i32 *token_lengths, i32 *out, i64 *counts) {
+    Parts P = {0, 0, slots, (int)bits, (int)shift, token_lengths};
+    i64 mask = ((i64)1 << shift) - 1, written = 0, read = 0, unused = 0;
+    i64 values[LIST_MAX];
+    for (i64 w = 0; w < num_words; w++) {
+        i64 n = lengths[w];
+        i32 *ids = out + written;
+        for (i64 x = 0; x < n; x++) ids[x] = byte_ids[data[read + x]];
+        read += n;
+        if (n >= LIST_MAX) {
+            n = bpe_encode_merge(ids, n, slots, bits, shift, token_lengths, 0, &unused);
+            if (n < 0) return -1;
+        } else {
+            for (i64 x = 0; x + 1 < n; x++) values[x] = pair_value(&P, ids[x], ids[x + 1]);
+            while (n > 1) {
+                i64 best = NONE, i = -1;
+                for (i64 x = 0; x + 1 < n; x++)
+                    if (values[x] < best) best = values[x], i = x;
+                if (i < 0) break;
+                ids[i] = (i32)(best & mask);
+                for (i64 x = i + 1; x + 1 < n; x++) ids[x] = ids[x + 1];
+                for (i64 x = i; x + 2 < n; x++) values[x] = values[x + 1];
+                n -= 1;
+                if (i > 0) values[i - 1] = pair_value(&P, ids[i - 1], ids[i]);
+                if (i + 1 < n) values[i] = pair_value(&P, ids[i], ids[i + 1]);
+            }
+        }
+        counts[w] = n;
+        written += n;
+    }
+    return written;
 }

@@ -105,6 +105,7 @@ def merge_heap(parts: list[int], pairs: dict[int, int], shift: int) -> tuple[int
 _KERNEL: list = []  # [the C kernel's function, or None when it cannot be built here], once looked up
 _KERNEL_LOCK = threading.Lock()
 _I32P, _I64P = ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64)
+_U8P = ctypes.POINTER(ctypes.c_uint8)
 _MERGED = np.zeros(1, dtype=np.int64)  # merges the kernel has made in this process (see `kernel_merges`)
 _MERGED_PTR = _MERGED.ctypes.data_as(_I64P)
 
@@ -143,6 +144,53 @@ def _kernel():
                 why = f"long pre-tokens are merged in Python (20-60x slower): the C kernel is unavailable: {why}"
                 warnings.warn(why, stacklevel=1)  # (it names this line: the reason, not the caller, is what matters)
     return _KERNEL[0]
+
+
+_WORDS: list = []  # [the batch kernel's function, or None], once looked up (see `words_kernel`)
+
+
+def words_kernel():
+    """The C batch kernel `bpe_encode_words` (many pre-tokens in one call), built on first use, or None when it
+    cannot be built here; then `Merges.bpe_bytes` merges in numpy rounds (several times slower on a block's new
+    pre-tokens, no warning: short words lose little, and `_kernel` warns when a long one needs the C kernel)."""
+    if _WORDS:
+        return _WORDS[0]
+    with _KERNEL_LOCK:
+        if not _WORDS:
+            try:
+                fn = load_library(Path(__file__).with_name("encode_kernel.c")).bpe_encode_words
+                fn.restype = ctypes.c_int64
+                fn.argtypes = [_U8P, _I64P, ctypes.c_int64, _I32P, _I64P, ctypes.c_int64, ctypes.c_int64]
+                fn.argtypes += [_I32P, _I32P, _I64P]
+            except (EngineUnavailable, AttributeError):
+                fn = None
+            _WORDS.append(fn)
+    return _WORDS[0]
+
+
+def merge_words_kernel(merges: "Merges", data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, counts) of the words data[...] (uint8, every byte with an id) of the given byte lengths, by the C batch
+    kernel (`words_kernel()` must not be None): the same ids as `merge` word by word."""
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    out = np.empty(data.size, dtype=np.int32)
+    counts = np.empty(lengths.size, dtype=np.int64)
+    slots = np.ascontiguousarray(merges.pair_map.slots, dtype=np.int64)
+    written = words_kernel()(
+        data.ctypes.data_as(_U8P),
+        lengths.ctypes.data_as(_I64P),
+        lengths.size,
+        merges.byte_ids_i32.ctypes.data_as(_I32P),
+        slots.ctypes.data_as(_I64P),
+        merges.pair_map.bits,
+        merges.shift,
+        merges.token_lengths.ctypes.data_as(_I32P),
+        out.ctypes.data_as(_I32P),
+        counts.ctypes.data_as(_I64P),
+    )
+    if written < 0:
+        raise MemoryError(f"the C BPE kernel ran out of memory on words of {int(lengths.max()):,} bytes")
+    return out[:written].astype(np.int64), counts
 
 
 def merge_kernel(ids: np.ndarray, pair_map: IntMap, shift: int, lengths: np.ndarray, room: int = 0) -> np.ndarray:
@@ -230,7 +278,7 @@ class Merges:
         return merge(parts, self.pair_table, self.shift)
 
     def bpe_batch(self, pretokens: list[str]) -> list[tuple[int, ...]]:
-        """`_bpe` of each pre-token, computed together by `_bpe_bytes` (numpy)."""
+        """`bpe` of each pre-token, computed together by `bpe_bytes`."""
         encoded = [p.encode("utf-8") for p in pretokens]
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
@@ -242,7 +290,15 @@ class Merges:
         return [tuple(flat[e - c : e]) for e, c in zip(ends, counts.tolist(), strict=True)]
 
     def bpe_bytes(self, data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, counts): BPE of the words data[...] of the given byte lengths (> 0), ids concatenated in order.
+        """(ids, counts): BPE of the words data[...] (uint8) of the given byte lengths (> 0), ids concatenated in
+        order, the same as `merge` word by word: in one call of the C batch kernel, else in numpy rounds
+        (`bpe_rounds`). Every byte must have an id (checked by the caller)."""
+        if words_kernel() is not None:
+            return merge_words_kernel(self, data, lengths)
+        return self.bpe_rounds(data, lengths)
+
+    def bpe_rounds(self, data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`bpe_bytes` in numpy, with no C: the fallback where there is no C compiler.
 
         Same result as `_bpe` word by word (one merge per word per round, the leftmost of the lowest value), but
         each round is vectorized over all unfinished words: for thousands of new words this is several times
@@ -308,11 +364,11 @@ class Merges:
         return out, np.bincount(labels, minlength=num_words)
 
     def _bpe_bytes_with_long(self, data: np.ndarray, lengths: np.ndarray, long: np.ndarray):
-        """`_bpe_bytes` where the words `long` are merged one by one and the others together."""
+        """`bpe_rounds` where the words `long` are merged one by one and the others together."""
         starts = np.cumsum(lengths) - lengths
         short = np.flatnonzero(lengths < HEAP_MIN)
         counts = np.zeros(lengths.size, dtype=np.int64)
-        short_ids, counts[short] = self.bpe_bytes(data[ragged_arange(starts[short], lengths[short])], lengths[short])
+        short_ids, counts[short] = self.bpe_rounds(data[ragged_arange(starts[short], lengths[short])], lengths[short])
         spans = zip(starts[long].tolist(), lengths[long].tolist(), strict=True)
         long_ids = [self.merge_array(self.byte_ids_i32[data[a : a + m]]) for a, m in spans]
         counts[long] = [ids.size for ids in long_ids]

@@ -36,7 +36,7 @@ from itertools import chain, filterfalse
 import numpy as np
 
 from cs336_basics._tokenization.chunk_table import PieceTable, PieceWords, WhitespaceMask, cached_ids, ragged_arange
-from cs336_basics._tokenization.encode_kernel import HEAP_MIN, Merges
+from cs336_basics._tokenization.encode_kernel import HEAP_MIN, Merges, words_kernel
 from cs336_basics.pretokenize import (
     GPT2_ASCII_RE,
     GPT2_RE,
@@ -290,7 +290,8 @@ class Encoder:
             word = int(np.searchsorted(np.cumsum(pw.lengths[which]), at, side="right"))
             start = int(pw.starts[which[word]])
             self.merges.bpe(pw.raw[start : start + int(pw.lengths[which[word]])].decode("utf-8"))  # raises
-        if which.size < _BATCH_BPE_MIN and pw.lengths[which].max() < HEAP_MIN:  # (long ones: arrays, below)
+        small = which.size < _BATCH_BPE_MIN and pw.lengths[which].max() < HEAP_MIN  # (long ones: arrays, below)
+        if small and words_kernel() is None:  # (the C kernel takes any batch)
             spans = zip(pw.starts[which].tolist(), pw.lengths[which].tolist(), strict=True)
             results = [self.merges.bpe_from_bytes(pw.raw[a : a + m]) for a, m in spans]
             counts = np.fromiter(map(len, results), dtype=np.int64, count=len(results))
