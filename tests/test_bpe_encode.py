@@ -1,6 +1,7 @@
 """BPE of one pre-token (cs336_basics._tokenization.encode_kernel and its C kernel) against the plain reference
 (tokenizer_reference.bpe_merge), and long hostile runs through every encoding path against tiktoken."""
 
+import itertools
 import random
 import time
 import warnings
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cs336_basics._tokenization import encode_kernel, tokenizer_reference
+from cs336_basics.pretokenize import GPT2_RE
 from cs336_basics.tokenizer import Tokenizer
 
 from .test_tokenizer import EOT, _cached_gpt2_pair
@@ -253,8 +255,10 @@ def _batch_ids(tok: Tokenizer, words: list[bytes]) -> list[list[list[int]]]:
     lengths = np.array(list(map(len, words)), dtype=np.int64)
     data = np.frombuffer(b"".join(words), dtype=np.uint8)
     runs = [tables.bpe_rounds(data, lengths)]
-    if encode_kernel.words_kernel() is not None:
-        runs.append(encode_kernel.merge_words_kernel(tables, data, lengths))
+    if encode_kernel.batch_kernel() is not None:
+        runs.append(
+            encode_kernel.call_batch_kernel(encode_kernel.batch_kernel().bpe_encode_words, tables, data, lengths)
+        )
     out = []
     for ids, counts in runs:
         assert ids.dtype == np.int64 and counts.tolist() == [len(x) for x in np.split(ids, np.cumsum(counts)[:-1])]
@@ -285,7 +289,8 @@ def test_batch_kernel_equals_reference_on_gpt2(words):
     raw = [w.encode() for w in words if w]
     if not raw:
         return
-    expected = [[tok._token_to_id[t] for t in tokenizer_reference.bpe_merge(w, _ranks(tok.merges))] for w in raw]
+    token_id, ranks = _reference_tables(tok)
+    expected = [[token_id[t] for t in tokenizer_reference.bpe_merge(w, ranks)] for w in raw]
     for got in _batch_ids(tok, raw):
         assert got == expected
 
@@ -306,19 +311,80 @@ def test_batch_kernel_on_random_vocabularies_and_lengths(seed):
         assert got == expected
 
 
+ASCII_TRICKY = " \t\n\r\x0b\x0c\x1c\x1f'sdmtlvreaZz09!.-_"  # (\x1c-\x1f: whitespace to `re`, not to GPT-2's \s)
+
+
+def _reference_tables(tok: Tokenizer) -> tuple[dict[bytes, int], dict[tuple[bytes, bytes], int]]:
+    """(token -> lowest id, pair -> rank) of the tokenizer's vocabulary, made once per tokenizer."""
+    if not hasattr(tok, "_test_reference_tables"):
+        token_id = {t: i for i, t in sorted(tok.vocab.items(), reverse=True)}
+        tok._test_reference_tables = token_id, _ranks(tok.merges)
+    return tok._test_reference_tables
+
+
+def _reference_ids(tok: Tokenizer, pieces: list[str]) -> list[list[int]]:
+    """Each piece's ids by the reference (GPT-2's pattern, then `bpe_merge` of each pre-token), its tables made once
+    per tokenizer."""
+    token_id, ranks = _reference_tables(tok)
+    return [
+        [token_id[t] for pre in GPT2_RE.findall(p) for t in tokenizer_reference.bpe_merge(pre.encode(), ranks)]
+        for p in pieces
+    ]
+
+
+def _ascii_pieces_ids(tok: Tokenizer, pieces: list[str]) -> list[list[int]]:
+    """Each piece's ids by the C kernel that pre-tokenizes and merges ASCII pieces in one call."""
+    raw = [p.encode("ascii") for p in pieces]
+    lengths = np.array(list(map(len, raw)), dtype=np.int64)
+    ids, counts = tok._engine.merges.bpe_ascii_pieces(np.frombuffer(b"".join(raw), dtype=np.uint8), lengths)
+    assert ids.dtype == np.int64 and int(counts.sum()) == ids.size
+    return [x.tolist() for x in np.split(ids, np.cumsum(counts)[:-1])]
+
+
+needs_batch_kernel = pytest.mark.skipif(
+    not encode_kernel.batch_kernel(), reason="no C compiler: the batch kernel cannot be built here"
+)
+
+
+@needs_batch_kernel
+def test_ascii_pieces_kernel_on_every_short_string():
+    """Every string of up to 4 characters over the characters where GPT-2's pattern branches (contractions, a space
+    before a class, whitespace runs before a non-space, the end): the C kernel's ids equal the reference's, each
+    string encoded on its own. GPT-2's merges join a space to what follows, so a pre-token cut in the wrong place
+    changes the ids."""
+    tok, _ = _cached_gpt2_pair()
+    alphabet = " \n'sla1."
+    strings = []
+    for n in range(1, 5):
+        strings += ["".join(t) for t in itertools.product(alphabet, repeat=n)]
+    assert _ascii_pieces_ids(tok, strings) == _reference_ids(tok, strings)
+
+
+@needs_batch_kernel
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=ASCII_TRICKY, min_size=1, max_size=40), min_size=1, max_size=20))
+def test_ascii_pieces_kernel_equals_reference(small, pieces):
+    """Any ASCII pieces (not only whitespace-then-non-space ones), on GPT-2's vocabulary and on random merges that
+    join letters and spaces across pre-token boundaries (so a wrong cut shows)."""
+    gpt2, _ = _cached_gpt2_pair()
+    tok, vocab, merges = small
+    assert _ascii_pieces_ids(gpt2, pieces) == _reference_ids(gpt2, pieces)
+    assert _ascii_pieces_ids(tok, pieces) == _reference_ids(tok, pieces)
+
+
 def test_without_a_c_compiler_batches_merge_in_numpy_silently(monkeypatch):
-    """No C compiler: a block's new pre-tokens merge in numpy rounds, with no warning (short words lose little), and
-    a long English-like text still gets tiktoken's ids."""
+    """No C compiler: a block's new pieces are pre-tokenized by `re` and merged in numpy rounds, with no warning, and
+    a long text still gets the reference's ids."""
     from cs336_basics._tokenization import clib
 
     def unavailable(source):
         raise clib.EngineUnavailable("no C compiler found (set CC, or install cc, gcc or clang)")
 
-    monkeypatch.setattr(encode_kernel, "_WORDS", [])
+    monkeypatch.setattr(encode_kernel, "_BATCH", [])
     monkeypatch.setattr(encode_kernel, "load_library", unavailable)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert encode_kernel.words_kernel() is None
+        assert encode_kernel.batch_kernel() is None
     rounds = []
     real = encode_kernel.Merges.bpe_rounds
     monkeypatch.setattr(encode_kernel.Merges, "bpe_rounds", lambda self, *a: rounds.append(1) or real(self, *a))
@@ -328,3 +394,22 @@ def test_without_a_c_compiler_batches_merge_in_numpy_silently(monkeypatch):
     text = "".join(rng.choice(["a", "b", "c", " ", "ab", " abc", "\n"]) for _ in range(20_000))
     assert tok.encode(text) == tokenizer_reference.encode(text, vocab, merges, [])
     assert rounds  # (the numpy rounds ran)
+
+
+@pytest.mark.parametrize("kernel", ["c", "none"])
+def test_new_pieces_ascii_and_not_in_one_block(kernel, monkeypatch):
+    """A fresh tokenizer's block with new pieces of both kinds (ASCII ones go to the C kernel, the others to `re`
+    and the pre-token table, and their ids are put back in order), special tokens between: tiktoken's ids, with and
+    without the kernel."""
+    if kernel == "none":
+        monkeypatch.setattr(encode_kernel, "_BATCH", [None])
+    elif encode_kernel.batch_kernel() is None:
+        pytest.skip("no C compiler: the batch kernel cannot be built here")
+    _, oracle = _cached_gpt2_pair()
+    rng = random.Random(7)
+    words = ["the", "naïve", "café", "1,234", "don't", "日本語", "x\ty", "'ll", "—", "  ", "\n\n", "z" * 300, EOT]
+    text = "".join(rng.choice(words) + rng.choice([" ", "  ", "\n", ", "]) for _ in range(3000))
+    gpt2, _ = _cached_gpt2_pair()
+    for _ in range(2):  # (a fresh tokenizer each time: every piece is new)
+        tok = Tokenizer(gpt2.vocab, gpt2.merges, [EOT])
+        assert tok.encode(text) == oracle.encode(text, allowed_special="all")

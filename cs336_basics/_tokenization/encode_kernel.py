@@ -146,37 +146,39 @@ def _kernel():
     return _KERNEL[0]
 
 
-_WORDS: list = []  # [the batch kernel's function, or None], once looked up (see `words_kernel`)
+_BATCH: list = []  # [the C library with its batch functions set up, or None], once looked up (see `batch_kernel`)
 
 
-def words_kernel():
-    """The C batch kernel `bpe_encode_words` (many pre-tokens in one call), built on first use, or None when it
-    cannot be built here; then `Merges.bpe_bytes` merges in numpy rounds (several times slower on a block's new
-    pre-tokens, no warning: short words lose little, and `_kernel` warns when a long one needs the C kernel)."""
-    if _WORDS:
-        return _WORDS[0]
+def batch_kernel():
+    """The C library's batch functions (`bpe_encode_words`: many pre-tokens in one call; `bpe_encode_ascii_pieces`:
+    many ASCII pieces, pre-tokenized and merged in one call), built on first use; None when it cannot be built here.
+    Then the tokenizer pre-tokenizes with `re` and `Merges.bpe_bytes` merges in numpy rounds (slower on a block's new
+    pieces; no warning: `_kernel` warns when a long pre-token needs C)."""
+    if _BATCH:
+        return _BATCH[0]
     with _KERNEL_LOCK:
-        if not _WORDS:
+        if not _BATCH:
             try:
-                fn = load_library(Path(__file__).with_name("encode_kernel.c")).bpe_encode_words
-                fn.restype = ctypes.c_int64
-                fn.argtypes = [_U8P, _I64P, ctypes.c_int64, _I32P, _I64P, ctypes.c_int64, ctypes.c_int64]
-                fn.argtypes += [_I32P, _I32P, _I64P]
+                library = load_library(Path(__file__).with_name("encode_kernel.c"))
+                for fn in (library.bpe_encode_words, library.bpe_encode_ascii_pieces):
+                    fn.restype = ctypes.c_int64
+                    fn.argtypes = [_U8P, _I64P, ctypes.c_int64, _I32P, _I64P, ctypes.c_int64, ctypes.c_int64, _I32P]
+                    fn.argtypes += [_I32P, _I64P]
             except (EngineUnavailable, AttributeError):
-                fn = None
-            _WORDS.append(fn)
-    return _WORDS[0]
+                library = None
+            _BATCH.append(library)
+    return _BATCH[0]
 
 
-def merge_words_kernel(merges: "Merges", data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, counts) of the words data[...] (uint8, every byte with an id) of the given byte lengths, by the C batch
-    kernel (`words_kernel()` must not be None): the same ids as `merge` word by word."""
+def call_batch_kernel(fn, merges: "Merges", data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, counts) of the items data[...] (uint8, every byte with an id) of the given byte lengths, by `fn`, one of
+    `batch_kernel()`'s functions: ids concatenated in order (int64), counts[i] the ids of item i."""
     data = np.ascontiguousarray(data, dtype=np.uint8)
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    out = np.empty(data.size, dtype=np.int32)
+    out = np.empty(data.size, dtype=np.int32)  # (BPE never makes more ids than bytes)
     counts = np.empty(lengths.size, dtype=np.int64)
     slots = np.ascontiguousarray(merges.pair_map.slots, dtype=np.int64)
-    written = words_kernel()(
+    written = fn(
         data.ctypes.data_as(_U8P),
         lengths.ctypes.data_as(_I64P),
         lengths.size,
@@ -189,7 +191,7 @@ def merge_words_kernel(merges: "Merges", data: np.ndarray, lengths: np.ndarray) 
         counts.ctypes.data_as(_I64P),
     )
     if written < 0:
-        raise MemoryError(f"the C BPE kernel ran out of memory on words of {int(lengths.max()):,} bytes")
+        raise MemoryError(f"the C BPE kernel ran out of memory on items of up to {int(lengths.max()):,} bytes")
     return out[:written].astype(np.int64), counts
 
 
@@ -293,9 +295,15 @@ class Merges:
         """(ids, counts): BPE of the words data[...] (uint8) of the given byte lengths (> 0), ids concatenated in
         order, the same as `merge` word by word: in one call of the C batch kernel, else in numpy rounds
         (`bpe_rounds`). Every byte must have an id (checked by the caller)."""
-        if words_kernel() is not None:
-            return merge_words_kernel(self, data, lengths)
+        if batch_kernel() is not None:
+            return call_batch_kernel(batch_kernel().bpe_encode_words, self, data, lengths)
         return self.bpe_rounds(data, lengths)
+
+    def bpe_ascii_pieces(self, data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, counts): each ASCII piece data[...] of the given byte lengths encoded on its own (GPT-2's pre-tokens,
+        then BPE of each), ids concatenated in order, by the C batch kernel (`batch_kernel()` must not be None).
+        Every byte must have an id (checked by the caller)."""
+        return call_batch_kernel(batch_kernel().bpe_encode_ascii_pieces, self, data, lengths)
 
     def bpe_rounds(self, data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`bpe_bytes` in numpy, with no C: the fallback where there is no C compiler.
