@@ -17,6 +17,10 @@ Three implementations, by length (n bytes):
   20-60x faster than `merge_heap` (`benchmarks/bench_pathological.py --sizes 0 --kernel-vs-heap 100000`). `clib`
   builds it with the system compiler on first use (~0.1 s, once per machine: it is cached) and loads it in about a
   millisecond after.
+
+Many pre-tokens at once (a block's new ones, `Merges.bpe_bytes`) go to one C call, `bpe_encode_words` (the list's
+scan per short word, the heap kernel per long one); and many ASCII pieces to `bpe_encode_ascii_pieces`, which also
+pre-tokenizes them (`Merges.bpe_ascii_pieces`). Without a compiler, `Merges.bpe_rounds` merges in numpy rounds.
 """
 
 import ctypes

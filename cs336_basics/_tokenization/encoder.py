@@ -4,8 +4,8 @@ Contract: `Encoder.encode(text)` equals the plain reference `tokenizer_reference
 off longest first, GPT-2 pre-tokens, BPE of each); checked by tests/test_tokenizer.py and test_tokenizer_table.py
 against tiktoken (GPT-2, and vocabularies we trained) and the reference, on fixed cases and Hypothesis text.
 
-How it is fast (in Python and numpy; only BPE of pre-tokens of 1,000+ bytes calls a C kernel,
-`_tokenization/encode_kernel.c`):
+How it is fast (in Python and numpy, with C kernels, `_tokenization/encode_kernel.c`, for the new pieces of a
+block and for pre-tokens of 1,000+ bytes; without a C compiler, Python and numpy do that too):
 
 1. The text is cut into *pieces* (`pretokenize.PIECE_RE`: a whitespace run then a non-whitespace run), which
    pre-tokenize independently; English text has few distinct pieces (" the", " world."), so caching piece -> ids
@@ -15,10 +15,10 @@ How it is fast (in Python and numpy; only BPE of pre-tokens of 1,000+ bytes call
    filled afterwards (`_Cache`), all misses of a call encoded in one batch.
 3. Long texts (what `encode_iterable` and the dataset command see) go in blocks of about _BLOCK_CHARS through a
    numpy hash table (`chunk_table.PieceTable`): a block's UTF-8 bytes are cut into pieces, hashed and looked up
-   all at once, every hit verified against the stored bytes. Missing pieces are pre-tokenized together (one `re`
-   findall over the joined ASCII pieces, `regex` for the rest), their pre-tokens looked up in a second table, and
-   only new pre-tokens run BPE (`encode_kernel.Merges`: numpy rounds over thousands of words, O(n log n) per long
-   word).
+   all at once, every hit verified against the stored bytes. Missing ASCII pieces are pre-tokenized and merged in
+   one C call (`Merges.bpe_ascii_pieces`); the others are pre-tokenized together (one `re` findall over the joined
+   ASCII pieces, `regex` for the rest), their pre-tokens looked up in a second table, and only new pre-tokens run
+   BPE (`encode_kernel.Merges.bpe_bytes`: one C call, else numpy rounds; O(n log n) per long word).
 
 4. Pieces and pre-tokens of _HUGE_BYTES or more (runs without spaces: pathological text) skip the caches, and such a
    pre-token goes to the kernel with no other copy of it held (`_encode_huge_piece`).
