@@ -15,6 +15,7 @@ from cs336_basics._tokenization import encode_kernel, tokenizer_reference
 from cs336_basics.pretokenize import GPT2_RE
 from cs336_basics.tokenizer import Tokenizer
 
+from .conftest import NEEDS_CC
 from .test_tokenizer import EOT, _cached_gpt2_pair
 
 HOSTILE = ["^", "0", "a", "'s", " ", "\n", "ab", "=-", "日", "\u3000", "é"]
@@ -341,12 +342,7 @@ def _ascii_pieces_ids(tok: Tokenizer, pieces: list[str]) -> list[list[int]]:
     return [x.tolist() for x in np.split(ids, np.cumsum(counts)[:-1])]
 
 
-needs_batch_kernel = pytest.mark.skipif(
-    not encode_kernel.batch_kernel(), reason="no C compiler: the batch kernel cannot be built here"
-)
-
-
-@needs_batch_kernel
+@NEEDS_CC
 def test_ascii_pieces_kernel_on_every_short_string():
     """Every string of up to 4 characters over the characters where GPT-2's pattern branches (contractions, a space
     before a class, whitespace runs before a non-space, the end): the C kernel's ids equal the reference's, each
@@ -360,7 +356,7 @@ def test_ascii_pieces_kernel_on_every_short_string():
     assert _ascii_pieces_ids(tok, strings) == _reference_ids(tok, strings)
 
 
-@needs_batch_kernel
+@NEEDS_CC
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(alphabet=ASCII_TRICKY, min_size=1, max_size=40), min_size=1, max_size=20))
 def test_ascii_pieces_kernel_equals_reference(small, pieces):
