@@ -9,7 +9,9 @@ vocab.bpe. Rounds are interleaved (tiktoken, ours cold, ours warm, HF) so that m
 the ratio ours/tiktoken is taken per round and the median is reported. "ours cold" is a fresh Tokenizer (empty
 caches) encoding the whole corpus once; "ours warm" is the same instance encoding it again. tiktoken runs
 `encode(text, allowed_special="all")` (one thread; <|endoftext|> is special in both). HF tokenizers is slow, so it
-runs on the first --hf-mb MB only.
+runs on the first --hf-mb MB only. Each round also prints the CPU seconds of tiktoken and of ours (all one-threaded),
+and the JSON line has their median ratios (`ratio_cold_cpu`, `ratio_warm_cpu`): on a machine shared with other jobs
+they move less than wall time.
 
 The CLI part runs `cs336-basics tokenize` in a fresh process for each worker count and input scale (the corpus
 concatenated N times), the worker counts in turn --cli-repeats times, and reports median wall time (measured
@@ -71,9 +73,13 @@ def _hf_gpt2():
     return hf
 
 
-def _timed(fn):
-    t0 = time.perf_counter()
+def _timed(fn, cpu: list | None = None):
+    """fn()'s result and wall seconds; its CPU seconds (this process: every encoder here runs one thread) are
+    appended to `cpu` when given (on a shared machine they show what each costs when other jobs take turns)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
+    if cpu is not None:
+        cpu.append(time.process_time() - c0)
     return out, time.perf_counter() - t0
 
 
@@ -84,16 +90,19 @@ def bench_encode(text: str, rounds: int, hf_mb: float) -> dict:
     hf_text = text.encode("utf-8")[: int(hf_mb * 1e6)].decode("utf-8", errors="ignore")
     hf_bytes = len(hf_text.encode("utf-8"))
     rows = {"tiktoken": [], "ours_cold": [], "ours_warm": [], "hf": []}
+    cpu = {"tiktoken": [], "ours_cold": [], "ours_warm": []}
     for r in range(rounds):
-        expected, dt = _timed(lambda: enc.encode(text, allowed_special="all"))
+        expected, dt = _timed(lambda: enc.encode(text, allowed_special="all"), cpu["tiktoken"])
         rows["tiktoken"].append(num_bytes / 1e6 / dt)
         tok = Tokenizer.from_files(gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe", [EOT])
-        ids, dt = _timed(lambda tok=tok: tok.encode(text))
+        ids, dt = _timed(lambda tok=tok: tok.encode(text), cpu["ours_cold"])
         rows["ours_cold"].append(num_bytes / 1e6 / dt)
         if ids != expected:
             raise SystemExit("MISMATCH: our ids differ from tiktoken's")
-        ids, dt = _timed(lambda tok=tok: tok.encode(text))
+        del ids  # (freed before the next pass, as `expected` is at the next round)
+        ids, dt = _timed(lambda tok=tok: tok.encode(text), cpu["ours_warm"])
         rows["ours_warm"].append(num_bytes / 1e6 / dt)
+        del ids
         if hf_mb > 0:
             hf_ids, dt = _timed(lambda: hf.encode(hf_text).ids)
             rows["hf"].append(hf_bytes / 1e6 / dt)
@@ -102,13 +111,17 @@ def bench_encode(text: str, rounds: int, hf_mb: float) -> dict:
         print(
             f"round {r}: tiktoken {rows['tiktoken'][-1]:.2f} MB/s | ours cold {rows['ours_cold'][-1]:.2f} "
             f"(x{rows['ours_cold'][-1] / rows['tiktoken'][-1]:.2f}) | ours warm {rows['ours_warm'][-1]:.2f} "
-            f"(x{rows['ours_warm'][-1] / rows['tiktoken'][-1]:.2f})"
+            f"(x{rows['ours_warm'][-1] / rows['tiktoken'][-1]:.2f}) | CPU s: tiktoken {cpu['tiktoken'][-1]:.2f}, "
+            f"ours cold {cpu['ours_cold'][-1]:.2f}, warm {cpu['ours_warm'][-1]:.2f}"
             + (f" | HF {rows['hf'][-1]:.2f} MB/s on {hf_bytes / 1e6:.1f} MB" if rows["hf"] else ""),
             flush=True,
         )
     result = {k: statistics.median(v) for k, v in rows.items() if v}
     result["ratio_cold"] = statistics.median(c / t for c, t in zip(rows["ours_cold"], rows["tiktoken"], strict=True))
     result["ratio_warm"] = statistics.median(w / t for w, t in zip(rows["ours_warm"], rows["tiktoken"], strict=True))
+    for side in ("cold", "warm"):  # tiktoken's CPU seconds / ours, per round: the throughput ratio by CPU time
+        pairs = zip(cpu["tiktoken"], cpu[f"ours_{side}"], strict=True)
+        result[f"ratio_{side}_cpu"] = statistics.median(t / o for t, o in pairs)
     result["corpus_mb"] = num_bytes / 1e6
     return result
 

@@ -1,4 +1,4 @@
-"""Fuzz the two C kernels against their references, optionally built with AddressSanitizer and UBSan.
+"""Fuzz the C kernels against their references, optionally built with AddressSanitizer and UBSan.
 
     uv run python benchmarks/fuzz_c_kernels.py --cases 3000 --sanitize
 
@@ -6,7 +6,9 @@ The BPE trainer's engine (`_tokenization/merge_kernel.c`) on random small proble
 to 200
 bytes, up to 60 merges) against `bpe_reference.merge_reference`; the encoder's kernel
 (`_tokenization/encode_kernel.c`) on words up to
-3,000 bytes over random merge lists that make some tokens twice, against `tokenizer_reference.bpe_merge`. With
+3,000 bytes over random merge lists that make some tokens twice, against `tokenizer_reference.bpe_merge`, and its
+batch function for ASCII pieces (`bpe_encode_ascii_pieces`: GPT-2's pattern, then BPE of each pre-token, short words
+by the scan, long ones by the heap) on batches of random ASCII pieces, against GPT2_RE and `bpe_merge`. With
 --sanitize both are built with `-O1 -g -fsanitize=address,undefined` (gcc) and this script runs again with the
 sanitizer runtimes preloaded: any out-of-bounds access or undefined behaviour aborts it with a report. Prints the
 cases run and the mismatches (none expected); exits 1 on a mismatch.
@@ -26,10 +28,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cs336_basics import encode_kernel, merge_kernel  # noqa: E402
+from cs336_basics._tokenization import encode_kernel, merge_kernel  # noqa: E402
 from cs336_basics._tokenization.bpe_reference import merge_reference  # noqa: E402
 from cs336_basics._tokenization.tokenizer_reference import bpe_merge  # noqa: E402
 from cs336_basics.bpe import _merges_from_ids  # noqa: E402
+from cs336_basics.pretokenize import GPT2_RE  # noqa: E402
 from cs336_basics.tokenizer import Tokenizer  # noqa: E402
 from tests.test_bpe_encode import _ranks, random_merges  # noqa: E402
 
@@ -82,6 +85,26 @@ def fuzz_encode(fn, cases: int, rng: random.Random) -> int:
     return bad
 
 
+def fuzz_pieces(fn, cases: int, rng: random.Random) -> int:
+    bad = 0
+    vocabularies = [random_merges(seed, 400) for seed in range(max(1, cases // 100))]
+    tables = [(Tokenizer(vocab, merges)._engine.merges, vocab, merges) for vocab, merges in vocabularies]
+    for i in range(cases):
+        m, vocab, merges = tables[i % len(tables)]
+        token_id, ranks = {t: x for x, t in sorted(vocab.items(), reverse=True)}, _ranks(merges)
+        alphabet = rng.choice(["abc ", "ab'\n", "a1 .", "aab\t\x0b", "abcc  'sll"])
+        pieces = ["".join(rng.choice(alphabet) for _ in range(rng.choice([1, 5, 60, 300, 1000]))) for _ in range(5)]
+        raw = [p.encode() for p in pieces]
+        lengths = np.array(list(map(len, raw)), dtype=np.int64)
+        data = np.frombuffer(b"".join(raw), dtype=np.uint8)
+        ids, counts = encode_kernel.call_batch_kernel(fn, m, data, lengths)
+        expected = [token_id[t] for p in pieces for pre in GPT2_RE.findall(p) for t in bpe_merge(pre.encode(), ranks)]
+        if ids.tolist() != expected or int(counts.sum()) != ids.size:
+            bad += 1
+            print(f"ASCII pieces kernel MISMATCH: {pieces!r}")
+    return bad
+
+
 def build_sanitized(directory: Path) -> tuple[Path, Path]:
     out = []
     for source in (merge_kernel.SOURCE, Path(encode_kernel.__file__).with_name("encode_kernel.c")):
@@ -109,8 +132,14 @@ def main() -> int:
     if args.libraries:
         merge_fn = ctypes.CDLL(args.libraries[0]).bpe_merge_words
         encode_fn = ctypes.CDLL(args.libraries[1]).bpe_encode_merge
+        pieces_fn = ctypes.CDLL(args.libraries[1]).bpe_encode_ascii_pieces
+        pieces_fn.restype, pieces_fn.argtypes = (
+            encode_kernel.batch_kernel().bpe_encode_ascii_pieces.restype,
+            [*encode_kernel.batch_kernel().bpe_encode_ascii_pieces.argtypes],
+        )
     else:
         merge_fn, encode_fn = merge_kernel.load(), encode_kernel._kernel()
+        pieces_fn = encode_kernel.batch_kernel().bpe_encode_ascii_pieces
     i64p = ctypes.POINTER(ctypes.c_int64)
     merge_fn.restype = encode_fn.restype = ctypes.c_int64
     merge_fn.argtypes = [ctypes.c_char_p, i64p, i64p, ctypes.c_int64, ctypes.c_int64, i64p, i64p]
@@ -118,6 +147,7 @@ def main() -> int:
     encode_fn.argtypes = [i32p, i64, i64p, i64, i64, i32p, i64, i64p]
     rng = random.Random(args.seed)
     bad = fuzz_merge(merge_fn, args.cases, rng) + fuzz_encode(encode_fn, args.cases, rng)
+    bad += fuzz_pieces(pieces_fn, args.cases, rng)
     built = "ASan + UBSan build" if args.libraries else "the package's build"
     print(f"{args.cases} problems per kernel ({built}): {bad} mismatches")
     return 1 if bad else 0

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cs336_basics._tokenization import merge_kernel
 from cs336_basics.pretokenize import GPT2_ASCII_BYTES_RE, GPT2_RE, SpecialTokens, first_safe_cut, first_safe_cut_in_file
 
 SUBCHUNK_BYTES = 4 << 20  # what a worker reads at once; with its decoded text and matches, ~10x this in memory
@@ -311,10 +312,28 @@ def _sum_counters(results: list[Counter]) -> Counter:
     return counts
 
 
+class _NoBar:
+    """What `_progress_bar` gives when no bar is shown: tqdm's few methods used here, doing nothing (importing tqdm
+    costs 20-50 ms, a third of training on a small corpus)."""
+
+    n = 0
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _progress_bar(enabled: bool, **kwargs):
+    if not (enabled and sys.stderr.isatty()):
+        return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(disable=not (enabled and sys.stderr.isatty()), leave=False, **kwargs)
+    return tqdm(leave=False, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -322,10 +341,11 @@ def _progress_bar(enabled: bool, **kwargs):
 
 
 MERGE_BACKENDS = ("auto", "python", "c")
-# "auto" merges in pure Python while that is expected to take under ~1 s: the C engine costs a build on first use
-# (~0.3 s) and a load after, which only larger problems win back. The Python engine takes a few microseconds per byte
-# of distinct pre-tokens per 3000 merges; the rule is bytes x (1 + num_merges / 3000) <= 250_000 (docs/bpe.md has the
-# measurements).
+# "auto" merges in C when the engine's build is cached (loading it takes about a millisecond; then C is ~10x faster
+# even on corpus.en at vocab 500). Without a cached build it merges in pure Python while that is expected to take
+# under ~1 s: a build on first use costs ~0.3 s, which only larger problems win back. The Python engine takes a few
+# microseconds per byte of distinct pre-tokens per 3000 merges; the rule is bytes x (1 + num_merges / 3000) <= 250_000
+# (docs/bpe.md has the measurements).
 PYTHON_MERGE_MAX_WORK = 250_000
 PYTHON_MERGE_MERGES_SCALE = 3000
 # Before counting, "auto" guesses the distinct pre-token bytes as this share of the file (English: ~3%), to decide
@@ -337,7 +357,9 @@ def _resolve_backend(distinct_bytes: int, num_merges: int, backend: str) -> str:
     if backend != "auto":
         return backend
     work = distinct_bytes * (1 + num_merges / PYTHON_MERGE_MERGES_SCALE)
-    return "python" if work <= PYTHON_MERGE_MAX_WORK else "c"
+    if work > PYTHON_MERGE_MAX_WORK:
+        return "c"
+    return "c" if merge_kernel.built() and distinct_bytes <= merge_kernel.MAX_BYTES else "python"
 
 
 def _c_likely(path: Path, num_merges: int, backend: str) -> bool:
@@ -381,7 +403,8 @@ def _merge(counts, num_merges: int, progress: bool, backend: str) -> tuple[list[
         if why:
             warnings.warn(f"BPE merges run in pure Python (~5x slower): {why}", stacklevel=3)
             engine = "python"
-    bar = _progress_bar(progress, total=num_merges, desc="merge", unit="merge") if progress else None
+    bar = _progress_bar(progress, total=num_merges, desc="merge", unit="merge")
+    bar = None if isinstance(bar, _NoBar) else bar
     try:
         if engine == "python":
             from cs336_basics._tokenization.merge_python import merge_python
@@ -396,8 +419,6 @@ def _merge(counts, num_merges: int, progress: bool, backend: str) -> tuple[list[
 def _c_unavailable(distinct_bytes: int = 0) -> str | None:
     """Why the C engine cannot merge this problem here, or None; builds (first use) or loads it. (Also the parent's
     work while the workers pre-tokenize: then the answer is dropped, and `_merge` asks again, at no cost.)"""
-    from cs336_basics._tokenization import merge_kernel
-
     if distinct_bytes > merge_kernel.MAX_BYTES:
         return f"the distinct pre-tokens hold {distinct_bytes:,} bytes, over the C engine's {merge_kernel.MAX_BYTES:,}"
     try:
@@ -409,20 +430,18 @@ def _c_unavailable(distinct_bytes: int = 0) -> str | None:
 
 def _merge_c(words: list[bytes], wcnt: list[int], num_merges: int, bar) -> list[tuple[bytes, bytes]]:
     """The C engine on the words; with a progress bar, a thread runs it while this one updates the bar."""
-    from cs336_basics._tokenization.merge_kernel import merge_words
-
     data = b"".join(words)
     wstart = np.zeros(len(words) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=wstart[1:])
     counts = np.array(wcnt, dtype=np.int64)
     done = np.zeros(1, dtype=np.int64)
     if bar is None:
-        return _merges_from_ids(merge_words(data, wstart, counts, num_merges, done).tolist())
+        return _merges_from_ids(merge_kernel.merge_words(data, wstart, counts, num_merges, done).tolist())
     out: list = []
 
     def run():  # (the C call releases the GIL: this thread updates the bar meanwhile)
         try:
-            out.append(merge_words(data, wstart, counts, num_merges, done))
+            out.append(merge_kernel.merge_words(data, wstart, counts, num_merges, done))
         except BaseException as e:  # raised again below, in the caller's thread
             out.append(e)
 

@@ -1,6 +1,7 @@
 """BPE of one pre-token (cs336_basics._tokenization.encode_kernel and its C kernel) against the plain reference
 (tokenizer_reference.bpe_merge), and long hostile runs through every encoding path against tiktoken."""
 
+import itertools
 import random
 import time
 import warnings
@@ -11,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cs336_basics._tokenization import encode_kernel, tokenizer_reference
+from cs336_basics.pretokenize import GPT2_RE
 from cs336_basics.tokenizer import Tokenizer
 
+from .conftest import NEEDS_CC
 from .test_tokenizer import EOT, _cached_gpt2_pair
 
 HOSTILE = ["^", "0", "a", "'s", " ", "\n", "ab", "=-", "日", "\u3000", "é"]
@@ -241,3 +244,168 @@ def test_a_missing_byte_error_shows_a_long_pre_token_cut():
     with pytest.raises(ValueError, match=r"cannot encode 'a{40}' \.\.\. \(5,001 bytes\): byte b'b'") as info:
         tok.encode("a" * 5000 + "b")
     assert len(str(info.value)) < 300
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Many pre-tokens at once: the C batch kernel (`bpe_encode_words`) and its numpy fallback (`Merges.bpe_rounds`)
+
+
+def _batch_ids(tok: Tokenizer, words: list[bytes]) -> list[list[list[int]]]:
+    """Each word's ids by every batch implementation: the numpy rounds, then the C kernel (where it can be built)."""
+    tables = tok._engine.merges
+    lengths = np.array(list(map(len, words)), dtype=np.int64)
+    data = np.frombuffer(b"".join(words), dtype=np.uint8)
+    runs = [tables.bpe_rounds(data, lengths)]
+    if encode_kernel.batch_kernel() is not None:
+        runs.append(
+            encode_kernel.call_batch_kernel(encode_kernel.batch_kernel().bpe_encode_words, tables, data, lengths)
+        )
+    out = []
+    for ids, counts in runs:
+        assert ids.dtype == np.int64 and counts.tolist() == [len(x) for x in np.split(ids, np.cumsum(counts)[:-1])]
+        out.append([x.tolist() for x in np.split(ids, np.cumsum(counts)[:-1])])
+    return out
+
+
+def _expected(tok: Tokenizer, vocab, merges, words: list[bytes]) -> list[list[int]]:
+    token_id = {t: i for i, t in sorted(vocab.items(), reverse=True)}
+    return [[token_id[t] for t in tokenizer_reference.bpe_merge(w, _ranks(merges))] for w in words]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="abc ", min_size=1, max_size=40), min_size=1, max_size=30))
+def test_batch_kernel_equals_reference_on_random_merges(small, words):
+    tok, vocab, merges = small
+    raw = [w.encode() for w in words]
+    expected = _expected(tok, vocab, merges, raw)
+    for got in _batch_ids(tok, raw):
+        assert got == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=30) | st.sampled_from(HOSTILE).map(lambda c: c * 300), max_size=20))
+def test_batch_kernel_equals_reference_on_gpt2(words):
+    """GPT-2's vocabulary, any text, and runs of 300+ bytes in the batch (the kernel merges those with its heap)."""
+    tok, _ = _cached_gpt2_pair()
+    raw = [w.encode() for w in words if w]
+    if not raw:
+        return
+    token_id, ranks = _reference_tables(tok)
+    expected = [[token_id[t] for t in tokenizer_reference.bpe_merge(w, ranks)] for w in raw]
+    for got in _batch_ids(tok, raw):
+        assert got == expected
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batch_kernel_on_random_vocabularies_and_lengths(seed):
+    """Words of 1 to 3,000 bytes (either side of the kernel's 256-byte switch to its heap) on random merge lists that
+    make some tokens twice, many per batch, in order."""
+    vocab, merges = random_merges(seed, 400)
+    tok = Tokenizer(vocab, merges)
+    rng = random.Random(seed)
+    words = []
+    for _ in range(60):
+        alphabet = rng.choice([b"abc ", b"ab", b"a", b"aab", b"abcc  "])
+        words.append(bytes(rng.choice(alphabet) for _ in range(rng.choice([1, 2, 7, 60, 255, 256, 257, 3000]))))
+    expected = _expected(tok, vocab, merges, words)
+    for got in _batch_ids(tok, words):
+        assert got == expected
+
+
+ASCII_TRICKY = " \t\n\r\x0b\x0c\x1c\x1f'sdmtlvreaZz09!.-_"  # (\x1c-\x1f: whitespace to `re`, not to GPT-2's \s)
+
+
+def _reference_tables(tok: Tokenizer) -> tuple[dict[bytes, int], dict[tuple[bytes, bytes], int]]:
+    """(token -> lowest id, pair -> rank) of the tokenizer's vocabulary, made once per tokenizer."""
+    if not hasattr(tok, "_test_reference_tables"):
+        token_id = {t: i for i, t in sorted(tok.vocab.items(), reverse=True)}
+        tok._test_reference_tables = token_id, _ranks(tok.merges)
+    return tok._test_reference_tables
+
+
+def _reference_ids(tok: Tokenizer, pieces: list[str]) -> list[list[int]]:
+    """Each piece's ids by the reference (GPT-2's pattern, then `bpe_merge` of each pre-token), its tables made once
+    per tokenizer."""
+    token_id, ranks = _reference_tables(tok)
+    return [
+        [token_id[t] for pre in GPT2_RE.findall(p) for t in tokenizer_reference.bpe_merge(pre.encode(), ranks)]
+        for p in pieces
+    ]
+
+
+def _ascii_pieces_ids(tok: Tokenizer, pieces: list[str]) -> list[list[int]]:
+    """Each piece's ids by the C kernel that pre-tokenizes and merges ASCII pieces in one call."""
+    raw = [p.encode("ascii") for p in pieces]
+    lengths = np.array(list(map(len, raw)), dtype=np.int64)
+    ids, counts = tok._engine.merges.bpe_ascii_pieces(np.frombuffer(b"".join(raw), dtype=np.uint8), lengths)
+    assert ids.dtype == np.int64 and int(counts.sum()) == ids.size
+    return [x.tolist() for x in np.split(ids, np.cumsum(counts)[:-1])]
+
+
+@NEEDS_CC
+def test_ascii_pieces_kernel_on_every_short_string():
+    """Every string of up to 4 characters over the characters where GPT-2's pattern branches (contractions, a space
+    before a class, whitespace runs before a non-space, the end): the C kernel's ids equal the reference's, each
+    string encoded on its own. GPT-2's merges join a space to what follows, so a pre-token cut in the wrong place
+    changes the ids."""
+    tok, _ = _cached_gpt2_pair()
+    alphabet = " \n'sla1."
+    strings = []
+    for n in range(1, 5):
+        strings += ["".join(t) for t in itertools.product(alphabet, repeat=n)]
+    assert _ascii_pieces_ids(tok, strings) == _reference_ids(tok, strings)
+
+
+@NEEDS_CC
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=ASCII_TRICKY, min_size=1, max_size=40), min_size=1, max_size=20))
+def test_ascii_pieces_kernel_equals_reference(small, pieces):
+    """Any ASCII pieces (not only whitespace-then-non-space ones), on GPT-2's vocabulary and on random merges that
+    join letters and spaces across pre-token boundaries (so a wrong cut shows)."""
+    gpt2, _ = _cached_gpt2_pair()
+    tok, vocab, merges = small
+    assert _ascii_pieces_ids(gpt2, pieces) == _reference_ids(gpt2, pieces)
+    assert _ascii_pieces_ids(tok, pieces) == _reference_ids(tok, pieces)
+
+
+def test_without_a_c_compiler_batches_merge_in_numpy_silently(monkeypatch):
+    """No C compiler: a block's new pieces are pre-tokenized by `re` and merged in numpy rounds, with no warning, and
+    a long text still gets the reference's ids."""
+    from cs336_basics._tokenization import clib
+
+    def unavailable(source):
+        raise clib.EngineUnavailable("no C compiler found (set CC, or install cc, gcc or clang)")
+
+    monkeypatch.setattr(encode_kernel, "_BATCH", [])
+    monkeypatch.setattr(encode_kernel, "load_library", unavailable)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert encode_kernel.batch_kernel() is None
+    rounds = []
+    real = encode_kernel.Merges.bpe_rounds
+    monkeypatch.setattr(encode_kernel.Merges, "bpe_rounds", lambda self, *a: rounds.append(1) or real(self, *a))
+    vocab, merges = random_merges(5, 300)
+    tok = Tokenizer(vocab, merges)
+    rng = random.Random(5)
+    text = "".join(rng.choice(["a", "b", "c", " ", "ab", " abc", "\n"]) for _ in range(20_000))
+    assert tok.encode(text) == tokenizer_reference.encode(text, vocab, merges, [])
+    assert rounds  # (the numpy rounds ran)
+
+
+@pytest.mark.parametrize("kernel", ["c", "none"])
+def test_new_pieces_ascii_and_not_in_one_block(kernel, monkeypatch):
+    """A fresh tokenizer's block with new pieces of both kinds (ASCII ones go to the C kernel, the others to `re`
+    and the pre-token table, and their ids are put back in order), special tokens between: tiktoken's ids, with and
+    without the kernel."""
+    if kernel == "none":
+        monkeypatch.setattr(encode_kernel, "_BATCH", [None])
+    elif encode_kernel.batch_kernel() is None:
+        pytest.skip("no C compiler: the batch kernel cannot be built here")
+    _, oracle = _cached_gpt2_pair()
+    rng = random.Random(7)
+    words = ["the", "naïve", "café", "1,234", "don't", "日本語", "x\ty", "'ll", "—", "  ", "\n\n", "z" * 300, EOT]
+    text = "".join(rng.choice(words) + rng.choice([" ", "  ", "\n", ", "]) for _ in range(3000))
+    gpt2, _ = _cached_gpt2_pair()
+    for _ in range(2):  # (a fresh tokenizer each time: every piece is new)
+        tok = Tokenizer(gpt2.vocab, gpt2.merges, [EOT])
+        assert tok.encode(text) == oracle.encode(text, allowed_special="all")

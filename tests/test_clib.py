@@ -54,6 +54,28 @@ def test_builds_once_then_loads_from_the_cache(fresh_engine, monkeypatch):
 
 
 @NEEDS_CC
+def test_is_built_says_whether_loading_is_quick(fresh_engine, monkeypatch):
+    """`is_built` (what "auto" asks before merging a small problem in C) is False on an empty cache and builds
+    nothing; True once built, also for a new process (found in the cache); False for another compiler's build."""
+    assert not merge_kernel.built()
+    assert not fresh_engine.exists()  # (it looked, and built nothing)
+    merge_kernel.load()
+    assert merge_kernel.built()
+    monkeypatch.setattr(clib, "_loaded", {})  # as a new process would: the build is in the cache
+    assert merge_kernel.built()
+    monkeypatch.setenv("CC", "/nonexistent/cc")  # another compiler: its build is not there, and it cannot run
+    assert not merge_kernel.built()
+
+
+def test_is_built_is_false_without_a_compiler(fresh_engine, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent")
+    assert not merge_kernel.built()
+    with pytest.raises(clib.EngineUnavailable):
+        merge_kernel.load()
+    assert not merge_kernel.built()  # (a failed load is remembered as unavailable)
+
+
+@NEEDS_CC
 def test_a_corrupt_cached_library_is_rebuilt(fresh_engine):
     """A truncated or foreign file in the cache is built again (in a new process: this one keeps its loaded copy)."""
     merge_kernel.load()

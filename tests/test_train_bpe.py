@@ -22,11 +22,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cs336_basics import bpe
+from cs336_basics._tokenization import clib, merge_kernel
 from cs336_basics._tokenization import merge_python as bpe_py
 from cs336_basics._tokenization.bpe_reference import count_pretokens_reference as naive_pretokens
 from cs336_basics._tokenization.bpe_reference import merge_reference as naive_merges
 from cs336_basics._tokenization.bpe_reference import train_bpe_reference as naive_train
-from cs336_basics.bpe import TrainStats, find_chunk_boundaries, merge_pretokens, train_bpe
+from cs336_basics.bpe import PYTHON_MERGE_MAX_WORK, TrainStats, find_chunk_boundaries, merge_pretokens, train_bpe
 from cs336_basics.pretokenize import GPT2_PATTERN as GPT2_PAT
 from cs336_basics.tokenizer_files import decode_token, load_tokenizer_dir, save_tokenizer
 
@@ -336,39 +337,65 @@ def test_corpus_en_is_fast():
 
 FRESH_PROCESS_SCRIPT = """
 import sys, time
-from tests.adapters import run_train_bpe
+from cs336_basics.bpe import TrainStats, train_bpe
+stats = TrainStats()
 start = time.perf_counter()
-vocab, merges = run_train_bpe(input_path=sys.argv[1], vocab_size=500, special_tokens=["<|endoftext|>"])
-print(time.perf_counter() - start, len(vocab), "cs336_basics._tokenization.merge_kernel" in sys.modules)
+vocab, merges = train_bpe(sys.argv[1], vocab_size=500, special_tokens=["<|endoftext|>"], stats=stats)
+print(time.perf_counter() - start, len(vocab), stats.merge_backend, "tqdm" in sys.modules)
 """
 
 
-def test_corpus_en_is_fast_in_a_fresh_process():
-    """The CS336 speed test times the FIRST call in a fresh process: corpus.en, vocab 500, under 1.5 s, merged in
-    Python (the C engine is not even loaded: on a fresh checkout it would be built, ~0.3 s)."""
-    corpus = shared_fixture("corpus.en")
+def _fresh_process_train(corpus: Path, cache: Path) -> tuple[float, int, str, str]:
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS_SCRIPT, str(corpus)], cwd=root, capture_output=True, text=True, check=True
-    )
-    seconds, vocab_len, c_engine_loaded = out.stdout.split()
-    assert int(vocab_len) == 500
-    assert c_engine_loaded == "False"
-    assert float(seconds) < 1.5
+    env = {**os.environ, "CS336_CACHE_DIR": str(cache)}
+    script = [sys.executable, "-c", FRESH_PROCESS_SCRIPT, str(corpus)]
+    out = subprocess.run(script, cwd=root, capture_output=True, text=True, check=True, env=env)
+    seconds, vocab_len, engine, tqdm_imported = out.stdout.split()
+    return float(seconds), int(vocab_len), engine, tqdm_imported
+
+
+def test_corpus_en_is_fast_in_a_fresh_process(tmp_path):
+    """The CS336 speed test times the FIRST call in a fresh process: corpus.en, vocab 500, under 1.5 s. With no
+    cached build of the C engine it merges in Python and builds nothing (a build would cost ~0.3 s); tqdm is not
+    imported when no bar is shown."""
+    corpus = shared_fixture("corpus.en")
+    seconds, vocab_len, engine, tqdm_imported = _fresh_process_train(corpus, tmp_path / "cache")
+    assert (vocab_len, engine, tqdm_imported) == (500, "python", "False")
+    assert seconds < 1.5
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.so"))
 
 
 @NEEDS_CC
-def test_auto_backend_choice(monkeypatch):
-    """ "auto" merges small problems in Python (the C engine is not even loaded for them) and large ones in C."""
+def test_corpus_en_merges_in_c_once_the_engine_is_built(tmp_path):
+    """A fresh process with the C engine's build in its cache merges corpus.en in C (loading takes ~1 ms)."""
+    corpus = shared_fixture("corpus.en")
+    env = {**os.environ, "CS336_CACHE_DIR": str(tmp_path / "cache")}
+    build = "from cs336_basics._tokenization import merge_kernel; merge_kernel.load()"
+    subprocess.run([sys.executable, "-c", build], capture_output=True, text=True, check=True, env=env)
+    seconds, vocab_len, engine, _ = _fresh_process_train(corpus, tmp_path / "cache")
+    assert (vocab_len, engine) == (500, "c")
+    assert seconds < 1.5
+
+
+@NEEDS_CC
+def test_auto_backend_choice(monkeypatch, tmp_path):
+    """ "auto" merges small problems in Python while the C engine is not built (and does not build it), in C once its
+    build is cached or loaded, and large problems in C, building it if need be."""
     calls = []
     real = bpe_py.merge_python
     monkeypatch.setattr(bpe_py, "merge_python", lambda *a: calls.append("python") or real(*a))
+    monkeypatch.setattr(clib, "_loaded", {})
+    monkeypatch.setenv("CS336_CACHE_DIR", str(tmp_path / "cache"))
     counts = {b"low": 5, b"lower": 2, b"widest": 3, b"newest": 6}
     expected = naive_merges(counts, 6)
+    assert not merge_kernel.built()
     assert bpe._merge(counts, 6, False, "auto") == (expected, "python")
-    assert calls == ["python"]
-    monkeypatch.setattr(bpe, "PYTHON_MERGE_MAX_WORK", 10)  # 21 bytes x (1 + 6 / 3000) > 10: C
+    assert calls == ["python"] and not merge_kernel.built()  # (nothing was built)
+    monkeypatch.setattr(bpe, "PYTHON_MERGE_MAX_WORK", 10)  # 21 bytes x (1 + 6 / 3000) > 10: C, built now
     assert bpe._merge(counts, 6, False, "auto") == (expected, "c")
+    assert calls == ["python"] and merge_kernel.built()
+    monkeypatch.setattr(bpe, "PYTHON_MERGE_MAX_WORK", PYTHON_MERGE_MAX_WORK)
+    assert bpe._merge(counts, 6, False, "auto") == (expected, "c")  # small, but the engine is there: C
     assert calls == ["python"]
 
 

@@ -1,6 +1,12 @@
-/* BPE of one long pre-token in O(n log n) time and ~4.5-5 bytes per byte: `encode_kernel.merge_heap`'s merges in C,
- * built and loaded by cs336_basics/_tokenization/clib.py, called by `encode_kernel.Merges.merge_array`. Checked against `merge_heap`
- * and `tokenizer_reference.bpe_merge` (tests/test_bpe_encode.py).
+/* BPE of pre-tokens in C, built and loaded by cs336_basics/_tokenization/clib.py (checked against `merge_list`,
+ * `merge_heap` and `tokenizer_reference.bpe_merge` in tests/test_bpe_encode.py):
+ *
+ * - bpe_encode_merge: one long pre-token in O(n log n) time and ~4.5-5 bytes per byte, `encode_kernel.merge_heap`'s
+ *   merges (called by `encode_kernel.Merges.merge_array`);
+ * - bpe_encode_words: many pre-tokens in one call, each short one by `merge_list`'s scan (tiktoken's loop), each
+ *   long one by bpe_encode_merge (called by `encode_kernel.Merges.bpe_bytes`: a block's new pre-tokens at once);
+ * - bpe_encode_ascii_pieces: many ASCII pieces in one call, each pre-tokenized as GPT-2's pattern does (checked
+ *   against `pretokenize.GPT2_ASCII_RE`), then BPE of each pre-token (called by `Merges.bpe_ascii_pieces`).
  *
  * The rule: while some adjacent pair of parts has a merge, merge the pair of lowest rank, the leftmost on ties.
  *
@@ -172,4 +178,103 @@ EXPORT i64 bpe_encode_merge(i32 *ids, i64 n, const i64 *slots, i64 bits, i64 shi
     i64 w = 0;
     for (i64 x = 0; x < n; x += lengths[ids[w - 1]]) ids[w++] = ids[x]; /* the parts left, moved to the front */
     return w;
+}
+
+#define LIST_MAX 256 /* words shorter than this merge by the O(n^2) scan; longer ones by the heap above */
+
+/* v of the pair (a, b): rank << shift | merged id, or NONE. */
+static i64 pair_value(const Parts *P, i64 a, i64 b) {
+    i64 v = get(P, (a << P->shift) | b);
+    return v < 0 ? NONE : v;
+}
+
+/* BPE of one word whose byte ids are ids[0 .. n), in place: the count of ids left, or -1 when out of memory. A short
+ * word merges as `merge_list` does (tiktoken's loop): the leftmost lowest pair value, then only its neighbours'
+ * values change; a long one by bpe_encode_merge. */
+static i64 merge_word(const Parts *P, i32 *ids, i64 n) {
+    if (n >= LIST_MAX) {
+        i64 unused = 0;
+        return bpe_encode_merge(ids, n, P->slots, P->bits, P->shift, P->lengths, 0, &unused);
+    }
+    i64 mask = ((i64)1 << P->shift) - 1, values[LIST_MAX];
+    for (i64 x = 0; x + 1 < n; x++) values[x] = pair_value(P, ids[x], ids[x + 1]);
+    while (n > 1) {
+        i64 best = NONE, i = -1;
+        for (i64 x = 0; x + 1 < n; x++)
+            if (values[x] < best) best = values[x], i = x;
+        if (i < 0) break;
+        ids[i] = (i32)(best & mask);
+        for (i64 x = i + 1; x + 1 < n; x++) ids[x] = ids[x + 1];
+        for (i64 x = i; x + 2 < n; x++) values[x] = values[x + 1];
+        n -= 1;
+        if (i > 0) values[i - 1] = pair_value(P, ids[i - 1], ids[i]);
+        if (i + 1 < n) values[i] = pair_value(P, ids[i], ids[i + 1]);
+    }
+    return n;
+}
+
+/* BPE of each word data[o_w .. o_w + lengths[w]) (o_w: the lengths before it added up; every byte has an id,
+ * byte_ids[byte] >= 0, checked by the caller). The ids of all words are written to out[] in order (it has room for
+ * one id per byte: BPE never makes more ids than bytes) and counts[w] = the ids of word w. Returns the ids written,
+ * or -1 when out of memory. */
+EXPORT i64 bpe_encode_words(const uint8_t *data, const i64 *lengths, i64 num_words, const i32 *byte_ids,
+                            const i64 *slots, i64 bits, i64 shift, const i32 *token_lengths, i32 *out, i64 *counts) {
+    Parts P = {0, 0, slots, (int)bits, (int)shift, token_lengths};
+    i64 written = 0, read = 0;
+    for (i64 w = 0; w < num_words; w++) {
+        i64 n = lengths[w];
+        for (i64 x = 0; x < n; x++) out[written + x] = byte_ids[data[read + x]];
+        read += n;
+        n = merge_word(&P, out + written, n);
+        if (n < 0) return -1;
+        counts[w] = n;
+        written += n;
+    }
+    return written;
+}
+
+/* GPT-2's pre-tokenization of ASCII text, `pretokenize.GPT2_ASCII_RE`'s matches: '(?:[sdmt]|ll|ve|re) | ?letters |
+ * ?digits | ?others (neither whitespace, letter nor digit) | whitespace not followed by a non-space | whitespace. */
+static int is_space(uint8_t c) { return c == ' ' || (c >= 9 && c <= 13); }
+static int is_letter(uint8_t c) { return (c | 32) >= 'a' && (c | 32) <= 'z'; }
+static int is_digit(uint8_t c) { return c >= '0' && c <= '9'; }
+static int is_other(uint8_t c) { return !is_space(c) && !is_letter(c) && !is_digit(c); }
+
+/* The end of the pre-token that starts at s[i] in the ASCII text s[0 .. n). */
+static i64 pretoken_end(const uint8_t *s, i64 i, i64 n) {
+    uint8_t c = s[i];
+    if (c == '\'' && i + 1 < n) { /* a contraction: 's 'd 'm 't 'll 've 're */
+        uint8_t d = s[i + 1], e = i + 2 < n ? s[i + 2] : 0;
+        if (d == 's' || d == 'd' || d == 'm' || d == 't') return i + 2;
+        if ((d == 'l' && e == 'l') || (d == 'v' && e == 'e') || (d == 'r' && e == 'e')) return i + 3;
+    }
+    i64 j = (c == ' ' && i + 1 < n && !is_space(s[i + 1])) ? i + 1 : i; /* one space may lead a run of a class */
+    int (*same)(uint8_t) = is_letter(s[j]) ? is_letter : is_digit(s[j]) ? is_digit : is_other(s[j]) ? is_other : 0;
+    if (same) {
+        while (j < n && same(s[j])) j++;
+        return j;
+    }
+    while (j < n && is_space(s[j])) j++; /* whitespace: all of it at the end, else all but the last (which then leads */
+    return j == n || j - i < 2 ? j : j - 1; /* the next pre-token), and a single one alone */
+}
+
+/* The ids of each ASCII piece data[o_p .. o_p + lengths[p]) encoded on its own (GPT-2 pre-tokens, then BPE of each):
+ * written to out[] in order, counts[p] = the ids of piece p; as bpe_encode_words otherwise. */
+EXPORT i64 bpe_encode_ascii_pieces(const uint8_t *data, const i64 *lengths, i64 num_pieces, const i32 *byte_ids,
+                                   const i64 *slots, i64 bits, i64 shift, const i32 *token_lengths, i32 *out,
+                                   i64 *counts) {
+    Parts P = {0, 0, slots, (int)bits, (int)shift, token_lengths};
+    i64 written = 0;
+    for (i64 p = 0; p < num_pieces; data += lengths[p], p++) {
+        i64 n = lengths[p], before = written;
+        for (i64 i = 0, end; i < n; i = end) {
+            end = pretoken_end(data, i, n);
+            for (i64 x = i; x < end; x++) out[written + x - i] = byte_ids[data[x]];
+            i64 m = merge_word(&P, out + written, end - i);
+            if (m < 0) return -1;
+            written += m;
+        }
+        counts[p] = written - before;
+    }
+    return written;
 }

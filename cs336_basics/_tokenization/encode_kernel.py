@@ -17,6 +17,10 @@ Three implementations, by length (n bytes):
   20-60x faster than `merge_heap` (`benchmarks/bench_pathological.py --sizes 0 --kernel-vs-heap 100000`). `clib`
   builds it with the system compiler on first use (~0.1 s, once per machine: it is cached) and loads it in about a
   millisecond after.
+
+Many pre-tokens at once (a block's new ones, `Merges.bpe_bytes`) go to one C call, `bpe_encode_words` (the list's
+scan per short word, the heap kernel per long one); and many ASCII pieces to `bpe_encode_ascii_pieces`, which also
+pre-tokenizes them (`Merges.bpe_ascii_pieces`). Without a compiler, `Merges.bpe_rounds` merges in numpy rounds.
 """
 
 import ctypes
@@ -105,6 +109,7 @@ def merge_heap(parts: list[int], pairs: dict[int, int], shift: int) -> tuple[int
 _KERNEL: list = []  # [the C kernel's function, or None when it cannot be built here], once looked up
 _KERNEL_LOCK = threading.Lock()
 _I32P, _I64P = ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64)
+_U8P = ctypes.POINTER(ctypes.c_uint8)
 _MERGED = np.zeros(1, dtype=np.int64)  # merges the kernel has made in this process (see `kernel_merges`)
 _MERGED_PTR = _MERGED.ctypes.data_as(_I64P)
 
@@ -143,6 +148,55 @@ def _kernel():
                 why = f"long pre-tokens are merged in Python (20-60x slower): the C kernel is unavailable: {why}"
                 warnings.warn(why, stacklevel=1)  # (it names this line: the reason, not the caller, is what matters)
     return _KERNEL[0]
+
+
+_BATCH: list = []  # [the C library with its batch functions set up, or None], once looked up (see `batch_kernel`)
+
+
+def batch_kernel():
+    """The C library's batch functions (`bpe_encode_words`: many pre-tokens in one call; `bpe_encode_ascii_pieces`:
+    many ASCII pieces, pre-tokenized and merged in one call), built on first use; None when it cannot be built here.
+    Then the tokenizer pre-tokenizes with `re` and `Merges.bpe_bytes` merges in numpy rounds (slower on a block's new
+    pieces; no warning: `_kernel` warns when a long pre-token needs C)."""
+    if _BATCH:
+        return _BATCH[0]
+    with _KERNEL_LOCK:
+        if not _BATCH:
+            try:
+                library = load_library(Path(__file__).with_name("encode_kernel.c"))
+                for fn in (library.bpe_encode_words, library.bpe_encode_ascii_pieces):
+                    fn.restype = ctypes.c_int64
+                    fn.argtypes = [_U8P, _I64P, ctypes.c_int64, _I32P, _I64P, ctypes.c_int64, ctypes.c_int64, _I32P]
+                    fn.argtypes += [_I32P, _I64P]
+            except (EngineUnavailable, AttributeError):
+                library = None
+            _BATCH.append(library)
+    return _BATCH[0]
+
+
+def call_batch_kernel(fn, merges: "Merges", data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, counts) of the items data[...] (uint8, every byte with an id) of the given byte lengths, by `fn`, one of
+    `batch_kernel()`'s functions: ids concatenated in order (int64), counts[i] the ids of item i."""
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    out = np.empty(data.size, dtype=np.int32)  # (BPE never makes more ids than bytes)
+    counts = np.empty(lengths.size, dtype=np.int64)
+    slots = np.ascontiguousarray(merges.pair_map.slots, dtype=np.int64)
+    written = fn(
+        data.ctypes.data_as(_U8P),
+        lengths.ctypes.data_as(_I64P),
+        lengths.size,
+        merges.byte_ids_i32.ctypes.data_as(_I32P),
+        slots.ctypes.data_as(_I64P),
+        merges.pair_map.bits,
+        merges.shift,
+        merges.token_lengths.ctypes.data_as(_I32P),
+        out.ctypes.data_as(_I32P),
+        counts.ctypes.data_as(_I64P),
+    )
+    if written < 0:
+        raise MemoryError(f"the C BPE kernel ran out of memory on items of up to {int(lengths.max()):,} bytes")
+    return out[:written].astype(np.int64), counts
 
 
 def merge_kernel(ids: np.ndarray, pair_map: IntMap, shift: int, lengths: np.ndarray, room: int = 0) -> np.ndarray:
@@ -230,7 +284,7 @@ class Merges:
         return merge(parts, self.pair_table, self.shift)
 
     def bpe_batch(self, pretokens: list[str]) -> list[tuple[int, ...]]:
-        """`_bpe` of each pre-token, computed together by `_bpe_bytes` (numpy)."""
+        """`bpe` of each pre-token, computed together by `bpe_bytes`."""
         encoded = [p.encode("utf-8") for p in pretokens]
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
@@ -242,7 +296,21 @@ class Merges:
         return [tuple(flat[e - c : e]) for e, c in zip(ends, counts.tolist(), strict=True)]
 
     def bpe_bytes(self, data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, counts): BPE of the words data[...] of the given byte lengths (> 0), ids concatenated in order.
+        """(ids, counts): BPE of the words data[...] (uint8) of the given byte lengths (> 0), ids concatenated in
+        order, the same as `merge` word by word: in one call of the C batch kernel, else in numpy rounds
+        (`bpe_rounds`). Every byte must have an id (checked by the caller)."""
+        if batch_kernel() is not None:
+            return call_batch_kernel(batch_kernel().bpe_encode_words, self, data, lengths)
+        return self.bpe_rounds(data, lengths)
+
+    def bpe_ascii_pieces(self, data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, counts): each ASCII piece data[...] of the given byte lengths encoded on its own (GPT-2's pre-tokens,
+        then BPE of each), ids concatenated in order, by the C batch kernel (`batch_kernel()` must not be None).
+        Every byte must have an id (checked by the caller)."""
+        return call_batch_kernel(batch_kernel().bpe_encode_ascii_pieces, self, data, lengths)
+
+    def bpe_rounds(self, data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`bpe_bytes` in numpy, with no C: the fallback where there is no C compiler.
 
         Same result as `_bpe` word by word (one merge per word per round, the leftmost of the lowest value), but
         each round is vectorized over all unfinished words: for thousands of new words this is several times
@@ -308,11 +376,11 @@ class Merges:
         return out, np.bincount(labels, minlength=num_words)
 
     def _bpe_bytes_with_long(self, data: np.ndarray, lengths: np.ndarray, long: np.ndarray):
-        """`_bpe_bytes` where the words `long` are merged one by one and the others together."""
+        """`bpe_rounds` where the words `long` are merged one by one and the others together."""
         starts = np.cumsum(lengths) - lengths
         short = np.flatnonzero(lengths < HEAP_MIN)
         counts = np.zeros(lengths.size, dtype=np.int64)
-        short_ids, counts[short] = self.bpe_bytes(data[ragged_arange(starts[short], lengths[short])], lengths[short])
+        short_ids, counts[short] = self.bpe_rounds(data[ragged_arange(starts[short], lengths[short])], lengths[short])
         spans = zip(starts[long].tolist(), lengths[long].tolist(), strict=True)
         long_ids = [self.merge_array(self.byte_ids_i32[data[a : a + m]]) for a, m in spans]
         counts[long] = [ids.size for ids in long_ids]

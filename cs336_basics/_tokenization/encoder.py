@@ -4,8 +4,8 @@ Contract: `Encoder.encode(text)` equals the plain reference `tokenizer_reference
 off longest first, GPT-2 pre-tokens, BPE of each); checked by tests/test_tokenizer.py and test_tokenizer_table.py
 against tiktoken (GPT-2, and vocabularies we trained) and the reference, on fixed cases and Hypothesis text.
 
-How it is fast (in Python and numpy; only BPE of pre-tokens of 1,000+ bytes calls a C kernel,
-`_tokenization/encode_kernel.c`):
+How it is fast (in Python and numpy, with C kernels, `_tokenization/encode_kernel.c`, for the new pieces of a
+block and for pre-tokens of 1,000+ bytes; without a C compiler, Python and numpy do that too):
 
 1. The text is cut into *pieces* (`pretokenize.PIECE_RE`: a whitespace run then a non-whitespace run), which
    pre-tokenize independently; English text has few distinct pieces (" the", " world."), so caching piece -> ids
@@ -15,10 +15,10 @@ How it is fast (in Python and numpy; only BPE of pre-tokens of 1,000+ bytes call
    filled afterwards (`_Cache`), all misses of a call encoded in one batch.
 3. Long texts (what `encode_iterable` and the dataset command see) go in blocks of about _BLOCK_CHARS through a
    numpy hash table (`chunk_table.PieceTable`): a block's UTF-8 bytes are cut into pieces, hashed and looked up
-   all at once, every hit verified against the stored bytes. Missing pieces are pre-tokenized together (one `re`
-   findall over the joined ASCII pieces, `regex` for the rest), their pre-tokens looked up in a second table, and
-   only new pre-tokens run BPE (`encode_kernel.Merges`: numpy rounds over thousands of words, O(n log n) per long
-   word).
+   all at once, every hit verified against the stored bytes. Missing ASCII pieces are pre-tokenized and merged in
+   one C call (`Merges.bpe_ascii_pieces`); the others are pre-tokenized together (one `re` findall over the joined
+   ASCII pieces, `regex` for the rest), their pre-tokens looked up in a second table, and only new pre-tokens run
+   BPE (`encode_kernel.Merges.bpe_bytes`: one C call, else numpy rounds; O(n log n) per long word).
 
 4. Pieces and pre-tokens of _HUGE_BYTES or more (runs without spaces: pathological text) skip the caches, and such a
    pre-token goes to the kernel with no other copy of it held (`_encode_huge_piece`).
@@ -36,7 +36,7 @@ from itertools import chain, filterfalse
 import numpy as np
 
 from cs336_basics._tokenization.chunk_table import PieceTable, PieceWords, WhitespaceMask, cached_ids, ragged_arange
-from cs336_basics._tokenization.encode_kernel import HEAP_MIN, Merges
+from cs336_basics._tokenization.encode_kernel import HEAP_MIN, Merges, batch_kernel
 from cs336_basics.pretokenize import (
     GPT2_ASCII_RE,
     GPT2_RE,
@@ -249,6 +249,34 @@ class Encoder:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(ids, counts) of the pieces `reps` (indices into `pieces`, each encoded on its own), in that order.
 
+        With the C batch kernel, the ASCII pieces (nearly all, in English) are pre-tokenized and merged in one C call
+        (`Merges.bpe_ascii_pieces`: no Python object per piece or pre-token, no pre-token table), and the others take
+        `_encode_new_pieces_re`; without it, all do."""
+        if batch_kernel() is None:
+            return self._encode_new_pieces_re(raw, ws, pieces, reps)
+        ascii_ = pieces.is_ascii(reps)
+        fast = np.flatnonzero(ascii_)
+        data = np.frombuffer(raw, dtype=np.uint8)[ragged_arange(pieces.starts[reps[fast]], pieces.lengths[reps[fast]])]
+        if self.merges.byte_missing[data].any():  # (a vocabulary without some byte: the other path names it)
+            return self._encode_new_pieces_re(raw, ws, pieces, reps)
+        fast_ids, fast_counts = self.merges.bpe_ascii_pieces(data, pieces.lengths[reps[fast]])
+        if fast.size == reps.size:
+            return fast_ids, fast_counts
+        slow = np.flatnonzero(~ascii_)
+        slow_ids, slow_counts = self._encode_new_pieces_re(raw, ws, pieces, reps[slow])
+        counts = np.empty(reps.size, dtype=np.int64)
+        counts[fast], counts[slow] = fast_counts, slow_counts
+        starts = np.cumsum(counts) - counts
+        ids = np.empty(int(counts.sum()), dtype=np.int64)
+        ids[ragged_arange(starts[fast], fast_counts)] = fast_ids
+        ids[ragged_arange(starts[slow], slow_counts)] = slow_ids
+        return ids, counts
+
+    def _encode_new_pieces_re(
+        self, raw: bytes, ws: np.ndarray, pieces: PieceWords, reps: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`_encode_new_pieces` in Python and numpy (any pieces).
+
         The pieces are pre-tokenized in three groups (ASCII pieces that start with whitespace and end with a
         non-space, joined and split by one stdlib-`re` findall; the same for non-ASCII ones with `regex`; the rest
         one by one), and the pre-tokens are looked up in the pre-token table (`cached_ids` again), with BPE
@@ -290,7 +318,8 @@ class Encoder:
             word = int(np.searchsorted(np.cumsum(pw.lengths[which]), at, side="right"))
             start = int(pw.starts[which[word]])
             self.merges.bpe(pw.raw[start : start + int(pw.lengths[which[word]])].decode("utf-8"))  # raises
-        if which.size < _BATCH_BPE_MIN and pw.lengths[which].max() < HEAP_MIN:  # (long ones: arrays, below)
+        small = which.size < _BATCH_BPE_MIN and pw.lengths[which].max() < HEAP_MIN  # (long ones: arrays, below)
+        if small and batch_kernel() is None:  # (the C kernel takes any batch)
             spans = zip(pw.starts[which].tolist(), pw.lengths[which].tolist(), strict=True)
             results = [self.merges.bpe_from_bytes(pw.raw[a : a + m]) for a, m in spans]
             counts = np.fromiter(map(len, results), dtype=np.int64, count=len(results))
