@@ -18,6 +18,7 @@ Shape letters: B batch, T sequence, H heads, D head dim (d_k), V vocabulary, "..
 """
 
 import math
+from collections.abc import Callable
 from typing import Literal, get_args
 
 import torch
@@ -260,10 +261,19 @@ def reference_attention(
     mask: Bool[Tensor, " ... queries keys"] | None = None,
 ) -> Float[Tensor, " ... queries d_v"]:
     """Attention as the formula reads, differentiated by autograd: the oracle of every fast attention path."""
+    return attention_probabilities(Q, K, mask) @ V
+
+
+def attention_probabilities(
+    Q: Float[Tensor, " ... queries d_k"],
+    K: Float[Tensor, " ... keys d_k"],
+    mask: Bool[Tensor, " ... queries keys"] | None = None,
+) -> Float[Tensor, " ... queries keys"]:
+    """softmax(QKᵀ/√d_k, masked): the weights `reference_attention` puts on each key (introspect.py shows them)."""
     scores = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])  # (..., queries, keys)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # False: may not attend
-    return softmax(scores, dim=-1) @ V
+    return softmax(scores, dim=-1)
 
 
 def scaled_dot_product_attention(
@@ -302,6 +312,11 @@ class MultiHeadSelfAttention(nn.Module):
     Pass `rope` (a RotaryPositionalEmbedding, possibly shared between layers) or `max_seq_len` and `theta` to
     build one; with neither, attention is position-free (a "NoPE" model).
     """
+
+    # Introspection (cs336_basics/introspect.py): when set, called with the queries (..., H, Tq, D) and keys
+    # (..., H, Tk, D) that attention uses, after RoPE and with any cached keys first (Tk - Tq of them). Class-level
+    # None: a plain model pays one attribute check.
+    qk_hook: Callable[[Tensor, Tensor], None] | None = None
 
     def __init__(
         self,
@@ -359,6 +374,8 @@ class MultiHeadSelfAttention(nn.Module):
                 # The same rotation for every head: positions (..., T) broadcast over the head axis.
                 positions = None if token_positions is None else token_positions.unsqueeze(-2)
                 q, k = self.rope(q, positions), self.rope(k, positions)
+        if self.qk_hook is not None:
+            self.qk_hook(q, k)
         seq_len = x.shape[-2]
         if self.attention_backend == "sdpa":
             out = _fused_causal_attention(q, k, v)
@@ -379,6 +396,8 @@ class MultiHeadSelfAttention(nn.Module):
             positions = token_positions.unsqueeze(-2)
             q, k = self.rope(q, positions), self.rope(k, positions)
         k, v = kv_cache.append(k, v)  # (..., H, P+T, D)
+        if self.qk_hook is not None:
+            self.qk_hook(q, k)
         causal = None
         if seq_len > 1:
             causal = torch.ones(seq_len, past + seq_len, dtype=torch.bool, device=q.device).tril_(diagonal=past)
