@@ -14,6 +14,7 @@ attention backend, kernels), because none of them re-implements the forward pass
 Shape letters: L layers, B batch, H heads, T sequence (Tq queries, Tk keys), V vocabulary, K top-k.
 """
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -224,12 +225,12 @@ def merge_trace(tokenizer: Tokenizer, pretoken: str) -> MergeTrace:
         trace = merge_trace(tokenizer, " extraordinary")
         [(s.pair, s.rank) for s in trace.steps], trace.ids
     """
+    if pretoken in tokenizer.special_tokens:
+        raise ValueError(f"pretoken={pretoken!r} is a special token: it is one id, with no merges")
     if not isinstance(pretoken, str) or GPT2_RE.findall(pretoken) != [pretoken]:
         found = GPT2_RE.findall(pretoken) if isinstance(pretoken, str) else type(pretoken).__name__
         raise ValueError(f"pretoken={pretoken!r} must be exactly one GPT-2 pre-token; it splits into {found!r}")
-    if pretoken in tokenizer.special_tokens:
-        raise ValueError(f"pretoken={pretoken!r} is a special token: it is one id, with no merges")
-    ranks = {pair: rank for rank, pair in reversed(list(enumerate(tokenizer.merges)))}  # a repeated pair: its first
+    ranks, to_id = _bpe_tables(tokenizer)
     parts = [bytes([b]) for b in pretoken.encode("utf-8")]
     start, steps = tuple(parts), []
     while len(parts) > 1:
@@ -246,5 +247,17 @@ def merge_trace(tokenizer: Tokenizer, pretoken: str) -> MergeTrace:
                 i += 1
         parts = merged
         steps.append(MergeStep(rank, pair, tuple(parts)))
-    to_id = {token: token_id for token_id, token in sorted(tokenizer.vocab.items(), reverse=True)}  # lowest id wins
     return MergeTrace(pretoken, start, tuple(steps), tuple(to_id[p] for p in parts))
+
+
+_TABLES: "weakref.WeakKeyDictionary[Tokenizer, tuple[dict, dict]]" = weakref.WeakKeyDictionary()
+
+
+def _bpe_tables(tokenizer: Tokenizer) -> tuple[dict[tuple[bytes, bytes], int], dict[bytes, int]]:
+    """merge pair -> rank (a repeated pair: its first) and token -> id (a repeated token: its lowest id), as the
+    tokenizer builds them; kept per tokenizer, which fixes its tables when it is made."""
+    if tokenizer not in _TABLES:
+        ranks = {pair: rank for rank, pair in reversed(list(enumerate(tokenizer.merges)))}
+        to_id = {token: token_id for token_id, token in sorted(tokenizer.vocab.items(), reverse=True)}
+        _TABLES[tokenizer] = ranks, to_id
+    return _TABLES[tokenizer]
