@@ -9,6 +9,7 @@ the notebook's name and the cell's number and first line. tests/test_notebooks.p
 """
 
 import base64
+import re
 import sys
 import time
 from pathlib import Path
@@ -51,7 +52,8 @@ def execute(path: Path, timeout: int = 600) -> nbformat.NotebookNode:
                     client.execute_cell(cell, index)
                 except CellExecutionError as error:
                     first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
-                    raise NotebookError(f"{path.name}: cell {index} ({first!r}) failed:\n{error}") from None
+                    plain = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # the traceback without terminal colours
+                    raise NotebookError(f"{path.name}: cell {index} ({first!r}) failed:\n{plain}") from None
     finally:
         if km.has_kernel:  # a kernel manager passed in is ours to shut down, not the client's
             km.shutdown_kernel(now=True)
