@@ -255,6 +255,7 @@ def test_merge_trace_replays_to_encode(gpt2, toy, text):
                 assert tokenizer.merges[step.rank] == step.pair
                 assert step.rank == min(ranks[p] for p in zip(parts, parts[1:], strict=False) if p in ranks)
                 assert b"".join(step.parts) == b"".join(parts) and len(step.parts) < len(parts)
+                assert step.pair not in zip(step.parts, step.parts[1:], strict=False)  # every occurrence merged
                 parts = list(step.parts)
 
 
