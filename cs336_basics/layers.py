@@ -269,7 +269,11 @@ def attention_probabilities(
     K: Float[Tensor, " ... keys d_k"],
     mask: Bool[Tensor, " ... queries keys"] | None = None,
 ) -> Float[Tensor, " ... queries keys"]:
-    """softmax(QKᵀ/√d_k, masked): the weights `reference_attention` puts on each key (introspect.py shows them)."""
+    """softmax(QKᵀ/√d_k, masked): the weights `reference_attention` puts on each key (introspect.py shows them).
+
+    >>> attention_probabilities(torch.ones(1, 4), torch.ones(3, 4))  # equal scores: equal weights
+    tensor([[0.3333, 0.3333, 0.3333]])
+    """
     scores = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])  # (..., queries, keys)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # False: may not attend
