@@ -54,6 +54,8 @@ def attention_weights(
     maps: list[Tensor] = []
 
     def keep(q: Tensor, k: Tensor) -> None:
+        if q.device.type == "mps":  # no float64 there
+            q, k = q.cpu(), k.cpu()
         tq, tk = q.shape[-2], k.shape[-2]
         causal = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril_(diagonal=tk - tq)
         maps.append(attention_probabilities(q.double(), k.double(), causal))
@@ -66,8 +68,8 @@ def attention_weights(
 
 @contextmanager
 def qk_hooks(model: TransformerLM, hook: Callable[[Tensor, Tensor], None]) -> Iterator[None]:
-    """Call `hook(q, k)` from every attention layer, in layer order, while the block runs (see
-    `MultiHeadSelfAttention.qk_hook`): q (..., H, Tq, D), k (..., H, Tk, D), after RoPE.
+    """Inside the `with`, every attention layer calls `hook(q, k)` on each forward, in layer order (see
+    `MultiHeadSelfAttention.qk_hook`): q (..., H, Tq, D), k (..., H, Tk, D), after RoPE. Removed on exit.
 
         with qk_hooks(model, lambda q, k: print(q.shape, k.shape)):
             model(ids)
