@@ -18,6 +18,7 @@ Shape letters: B batch, T sequence, H heads, D head dim (d_k), V vocabulary, "..
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 from einops import rearrange
@@ -272,10 +273,23 @@ def reference_attention(
     mask: Bool[Tensor, " ... queries keys"] | None = None,
 ) -> Float[Tensor, " ... queries d_v"]:
     """Attention as the formula reads, differentiated by autograd: the oracle of every fast attention path."""
+    return attention_probabilities(Q, K, mask) @ V
+
+
+def attention_probabilities(
+    Q: Float[Tensor, " ... queries d_k"],
+    K: Float[Tensor, " ... keys d_k"],
+    mask: Bool[Tensor, " ... queries keys"] | None = None,
+) -> Float[Tensor, " ... queries keys"]:
+    """softmax(QKᵀ/√d_k, masked): the weights `reference_attention` puts on each key (introspect.py shows them).
+
+    >>> attention_probabilities(torch.ones(1, 4), torch.ones(3, 4))  # equal scores: equal weights
+    tensor([[0.3333, 0.3333, 0.3333]])
+    """
     scores = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])  # (..., queries, keys)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # False: may not attend
-    return softmax(scores, dim=-1) @ V
+    return softmax(scores, dim=-1)
 
 
 def scaled_dot_product_attention(
@@ -345,6 +359,11 @@ class MultiHeadSelfAttention(nn.Module):
     attention logits (OLMo 2, modded-nanogpt).
     """
 
+    # Introspection (cs336_basics/introspect.py): when set, called with the queries (..., H, Tq, D) and keys
+    # (..., H, Tk, D) that attention uses, after RoPE and with any cached keys first (Tk - Tq of them). Class-level
+    # None: a plain model pays one attribute check.
+    qk_hook: Callable[[Tensor, Tensor], None] | None = None
+
     def __init__(
         self,
         d_model: int,
@@ -408,6 +427,8 @@ class MultiHeadSelfAttention(nn.Module):
             q, k = self._rotate(q, k, token_positions, past)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)  # (..., H, P+T, D): the cached keys first
+        if self.qk_hook is not None:
+            self.qk_hook(q, k)  # (introspect.py: the q and all k that attention uses)
         out = self._attend(q, k, v)
         return self.output_proj(rearrange(out, "... h t d -> ... t (h d)"))
 

@@ -112,14 +112,58 @@ def build_model(config: ProbeConfig, data: ProbeData) -> TransformerLM:
     return TransformerLM(model_config, device=torch.device(config.device))
 
 
+@dataclass
+class TrainedProbe:
+    """A probe model after training (`train_probe`), with its data and how the training went."""
+
+    model: TransformerLM
+    data: ProbeData
+    steps: int
+    stopped_early: bool
+    final_loss: float
+    train_seconds: float
+    history: list
+
+
 def run_probe(config: ProbeConfig) -> ProbeResult:
     """Build the task, train a fresh model on it, and report train/val/test greedy exact match and timings.
 
     Deterministic for a given config on a given device (data from numpy's generator, init and batches from
     `config.seed`); the global torch RNG is left as it was.
     """
-    check_config(config)
     start = time.perf_counter()
+    trained = train_probe(config)
+    model, data = trained.model, trained.data
+    device = torch.device(config.device)
+    train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
+    train_acc = greedy_accuracy(model, data, train)
+    val_acc = greedy_accuracy(model, data, val) if val.shape[0] else {"exact_match": None}
+    test_acc = greedy_accuracy(model, data, test)
+    return ProbeResult(
+        config=config.to_dict(),
+        train_exact_match=train_acc["exact_match"],
+        val_exact_match=val_acc["exact_match"],
+        test_exact_match=test_acc["exact_match"],
+        train_per_position=train_acc["per_position"],
+        test_per_position=test_acc["per_position"],
+        steps=trained.steps,
+        stopped_early=trained.stopped_early,
+        final_loss=trained.final_loss,
+        train_seconds=trained.train_seconds,
+        wall_seconds=round(time.perf_counter() - start, 3),
+        num_parameters=model.num_parameters(),
+        split_sizes={"train": train.shape[0], "val": val.shape[0], "test": test.shape[0]},
+        history=trained.history,
+    )
+
+
+def train_probe(config: ProbeConfig) -> TrainedProbe:
+    """Build the task and train a fresh model on it (the training half of `run_probe`), left in eval mode.
+
+    trained = train_probe(ProbeConfig(task="reversal", length=6))
+    greedy_accuracy(trained.model, trained.data, trained.data.test)["exact_match"]
+    """
+    check_config(config)
     data = make_task(
         config.task,
         config.length,
@@ -134,7 +178,7 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         model = build_model(config, data)
-    train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
+    train, val = data.train.to(device), data.val.to(device)
     optimizer = AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     batch_rng = torch.Generator(device="cpu").manual_seed(config.seed + 1)
 
@@ -163,29 +207,9 @@ def run_probe(config: ProbeConfig) -> ProbeResult:
             if solved_checks >= config.stop_after:
                 stopped_early = step < config.steps
                 break
-    loss_value = float(loss.detach())
-    train_seconds = time.perf_counter() - train_start
-
+    train_seconds = round(time.perf_counter() - train_start, 3)
     model.eval()
-    train_acc = greedy_accuracy(model, data, train)
-    val_acc = greedy_accuracy(model, data, val) if val.shape[0] else {"exact_match": None}
-    test_acc = greedy_accuracy(model, data, test)
-    return ProbeResult(
-        config=config.to_dict(),
-        train_exact_match=train_acc["exact_match"],
-        val_exact_match=val_acc["exact_match"],
-        test_exact_match=test_acc["exact_match"],
-        train_per_position=train_acc["per_position"],
-        test_per_position=test_acc["per_position"],
-        steps=step,
-        stopped_early=stopped_early,
-        final_loss=loss_value,
-        train_seconds=round(train_seconds, 3),
-        wall_seconds=round(time.perf_counter() - start, 3),
-        num_parameters=model.num_parameters(),
-        split_sizes={"train": train.shape[0], "val": val.shape[0], "test": test.shape[0]},
-        history=history,
-    )
+    return TrainedProbe(model, data, step, stopped_early, float(loss.detach()), train_seconds, history)
 
 
 def _check_progress(model: TransformerLM, data: ProbeData, train: Tensor, val: Tensor) -> dict:
