@@ -6,7 +6,8 @@
 For each FILE: `cs336-basics train-bpe FILE --vocab-size 32000 --special-token '<|endoftext|>' --out DIR --workers N
 --no-progress`, then `cs336-basics tokenize FILE --tokenizer DIR --out TMP.bin --workers N --no-progress`. Reported
 per job: wall seconds; CPU seconds of the whole process tree (os.wait4's rusage, which counts the workers it
-reaped); peak RSS summed over the tree and of its largest process, sampled every 0.1 s with psutil (forked workers
+reaped); peak RSS summed over the tree, of the tree while the parent has children (train-bpe: pre-tokenization), of
+the parent, and of its largest process, sampled every 0.1 s with psutil (forked workers
 share pages with the parent, so the sum overcounts a little); the load average. For train-bpe also the phases: its
 printed pre-tokenize and merge wall times and distinct pre-tokens, and the merge's CPU seconds (the parent's CPU
 time after its workers exit: the merge is serial and runs in the parent). CPU seconds are the numbers to
@@ -35,7 +36,8 @@ def run_measured(cmd: list[str]) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ps = psutil.Process(proc.pid)
-    peak = {"tree_mb": 0.0, "proc_mb": 0.0, "parent_cpu_children_gone": None, "parent_cpu_last": 0.0}
+    peak = {"tree_mb": 0.0, "proc_mb": 0.0, "tree_with_children_mb": 0.0, "parent_mb": 0.0}
+    peak.update(parent_cpu_children_gone=None, parent_cpu_last=0.0)
     done = threading.Event()
 
     def sample():
@@ -50,7 +52,10 @@ def run_measured(cmd: list[str]) -> dict:
                     had_children = True
                 elif had_children and peak["parent_cpu_children_gone"] is None:
                     peak["parent_cpu_children_gone"] = cpu.user + cpu.system
-            except psutil.Error:
+                if kids:
+                    peak["tree_with_children_mb"] = max(peak["tree_with_children_mb"], sum(rss) / 2**20)
+                peak["parent_mb"] = max(peak["parent_mb"], rss[0] / 2**20)
+            except psutil.Error:  # a process ended while sampled: skip this sample
                 rss = [0]
             peak["tree_mb"] = max(peak["tree_mb"], sum(rss) / 2**20)
             peak["proc_mb"] = max(peak["proc_mb"], max(rss) / 2**20)
@@ -76,6 +81,8 @@ def run_measured(cmd: list[str]) -> dict:
         "cpu_s": ru.ru_utime + ru.ru_stime,
         "peak_tree_mb": peak["tree_mb"],
         "peak_proc_mb": peak["proc_mb"],
+        "peak_tree_with_children_mb": peak["tree_with_children_mb"],
+        "peak_parent_mb": peak["parent_mb"],
         "ru_maxrss_mb": ru.ru_maxrss / 1024,
         "parent_cpu_children_gone": peak["parent_cpu_children_gone"],
         "parent_cpu_last": peak["parent_cpu_last"],
