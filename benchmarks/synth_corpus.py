@@ -18,7 +18,7 @@ The generator draws pre-tokens independently from a vocabulary with two parts:
   indices give distinct words), index j drawn from a Pareto law, P(j) ~ (1 + j / H)^-a, with total mass `m`.
 
 `a` and `m` are chosen so that the expected distinct count, sum over words of 1 - exp(-N p_word) for N drawn
-pre-tokens, follows K n^beta from 1 MB to 16 GB. Adjacent draws that would fuse into one pre-token when written
+pre-tokens, follows K n^beta from 64 MiB to 16 GiB. Adjacent draws that would fuse into one pre-token when written
 side by side ("the" + "cat" -> "thecat", "\\n" + "\\n", "." + ",") are redrawn, so the text pre-tokenizes back
 into the tokens drawn. Documents end after a geometric number of pre-tokens (mean `--doc-bytes`, default 4,700
 bytes, OpenWebText's 38 GB over 8.0M documents) and are separated by `<|endoftext|>`.
