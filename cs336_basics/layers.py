@@ -25,7 +25,7 @@ from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from cs336_basics._kernels import fast_attention, triton_kernels
+from cs336_basics._kernels import fast_attention
 from cs336_basics._kernels.fast_attention import softmax_inplace_
 from cs336_basics.config import AttentionBackend, KernelKind, check_kernels, check_positive
 from cs336_basics.kv_cache import LayerKVCache
@@ -87,8 +87,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
 
     def forward(self, x: Float[Tensor, " ... d_model"]) -> Float[Tensor, " ... d_model"]:
-        if self.kernels == "triton" and triton_kernels.supports(x):
-            return triton_kernels.rms_norm(x, self.weight, self.eps)  # the fused kernel; the lines below are its oracle
+        if self.kernels == "triton" and (triton := triton_kernels()).supports(x):
+            return triton.rms_norm(x, self.weight, self.eps)  # the fused kernel; the lines below are its oracle
         in_dtype = x.dtype
         x = x.to(torch.promote_types(in_dtype, torch.float32))  # bf16/fp16 -> fp32; fp64 stays fp64
         inv_rms = torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + self.eps)
@@ -309,6 +309,14 @@ def scaled_dot_product_attention(
     return fast_attention.attention(Q, K, V, mask)
 
 
+def triton_kernels():
+    """The opt-in Triton kernels (`kernels="triton"`), imported on first use: importing triton costs about as much as
+    importing torch, and only a model that asks for them pays it."""
+    from cs336_basics._kernels import triton_kernels
+
+    return triton_kernels
+
+
 def causal_mask(queries: int, keys: int, device=None) -> Bool[Tensor, " queries keys"]:
     """True where a query may attend: the `queries` are the last of the `keys` positions (a KV cache holds the
     `keys - queries` before them), so query i sees keys 0 .. keys - queries + i."""
@@ -338,12 +346,12 @@ def _triton_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     # Opt-in fast path (ModelConfig.kernels="triton"): FlashAttention-2 in Triton for (B, H, T, D) inputs without a
     # cache; anything else takes the from-scratch code, which stays the kernel's oracle (tests/test_triton.py).
     if _triton_fits(q, v) and q.shape[-2] == k.shape[-2]:
-        return triton_kernels.flash_attention(q, k, v)
+        return triton_kernels().flash_attention(q, k, v)
     return _scratch_causal_attention(q, k, v)
 
 
 def _triton_fits(q: Tensor, v: Tensor) -> bool:
-    return q.dim() == 4 and triton_kernels.supports(q) and q.dtype == v.dtype
+    return q.dim() == 4 and triton_kernels().supports(q) and q.dtype == v.dtype
 
 
 ATTENTION_KERNELS = {"scratch": _scratch_causal_attention, "sdpa": _sdpa_causal_attention}
@@ -435,7 +443,7 @@ class MultiHeadSelfAttention(nn.Module):
     def _rotate(self, q: Tensor, k: Tensor, token_positions: Tensor | None, past: int) -> tuple[Tensor, Tensor]:
         if token_positions is None:
             if past == 0 and self.kernels == "triton" and _triton_fits(q, q):
-                return triton_kernels.rope_qk(q, k, self.rope.cos, self.rope.sin)  # the plain rotation is its oracle
+                return triton_kernels().rope_qk(q, k, self.rope.cos, self.rope.sin)  # the plain rotation is its oracle
             token_positions = torch.arange(past, past + q.shape[-2], device=q.device) if past else None
         # The same rotation for every head: positions (..., T) broadcast over the head axis.
         positions = None if token_positions is None else token_positions.unsqueeze(-2)
