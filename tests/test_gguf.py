@@ -144,13 +144,13 @@ def test_export_metadata_shapes_and_tokenizer(exported, tok_dir):
         "tokenizer.ggml.model": "gpt2",
         "tokenizer.ggml.pre": "gpt-2",
         "tokenizer.ggml.eos_token_id": 0,
+        "tokenizer.ggml.bos_token_id": 0,  # GPT-2's convention; never added (llama.cpp's default would be id 11)
         "tokenizer.ggml.add_bos_token": False,
         "tokenizer.ggml.add_eos_token": False,
     }
     assert {k: fields[k] for k in expected} == expected
     assert fields["llama.rope.freq_base"] == 500.0
     assert fields["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-6, rel=1e-7)
-    assert "tokenizer.ggml.bos_token_id" not in fields  # our models never saw a BOS token
 
     assert set(tensors) == set(gguf_names(2, c.tie_embeddings).values())
     assert ("output.weight" in tensors) != c.tie_embeddings
@@ -483,7 +483,7 @@ def test_llama_cpp_tokenizer_ids_equal_ours(llama_exported, tok_dir):
     """llama.cpp's tokenizer of the export gives our ids, and our bytes back, special tokens included."""
     _, llm = llama_exported
     ours = Tokenizer.from_dir(tok_dir)
-    assert llm.token_eos() == ours.encode(EOT)[0]
+    assert llm.token_eos() == llm.token_bos() == ours.encode(EOT)[0]
     assert llama_cpp.llama_vocab_get_add_bos(llama_cpp.llama_model_get_vocab(llm.model)) is False
     for text in [
         *TEXTS,

@@ -204,7 +204,10 @@ def write_gguf(
         "tokenizer.ggml.model": TOKENIZER_MODEL,
         "tokenizer.ggml.pre": TOKENIZER_PRE,
         "tokenizer.ggml.eos_token_id": eos_id,
-        "tokenizer.ggml.add_bos_token": False,  # our models never saw a beginning-of-sequence token
+        # Our models never saw a beginning-of-sequence token, so none is added; BOS is still named (GPT-2's
+        # convention: <|endoftext|>), since llama.cpp's gpt2 vocab otherwise takes id 11, a regular token, as BOS.
+        "tokenizer.ggml.bos_token_id": eos_id,
+        "tokenizer.ggml.add_bos_token": False,
         "tokenizer.ggml.add_eos_token": False,
     }
     tokens, types, merges = gguf_vocab(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens, config.vocab_size)
