@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 
 from cs336_basics import cli
 from cs336_basics.bpe import train_bpe
-from cs336_basics.generation import generate, load_model
-from cs336_basics.model import ModelConfig, TransformerLM
+from cs336_basics.checkpoints import load_model
+from cs336_basics.config import ModelConfig
+from cs336_basics.generation import generate
+from cs336_basics.model import TransformerLM
 from cs336_basics.nn_utils import cross_entropy
 from cs336_basics.optimizer import AdamW
 from cs336_basics.serialization import save_checkpoint
@@ -230,6 +232,9 @@ def test_export_cli(tok_dir, tmp_path, capsys):
         ({"positions": "none"}, "positions='none' cannot be exported.*NoPE"),
         ({"positions": "learned"}, "positions='learned' cannot be exported"),
         ({"ffn": "silu"}, "ffn='silu' cannot be exported.*SwiGLU"),
+        ({"ffn": "relu2"}, "ffn='relu2' cannot be exported.*SwiGLU"),
+        ({"qk_norm": True}, "qk_norm=True cannot be exported"),
+        ({"logit_softcap": 30.0}, "logit_softcap=30.0 cannot be exported"),
     ],
 )
 def test_export_refuses_what_llama_cpp_cannot_run(tok_dir, tmp_path, setting, match):
