@@ -57,18 +57,33 @@ def _plain_write_mode(path: Path) -> int:
 def atomic_write_bytes(path: str | os.PathLike, write) -> None:
     """Call write(f) on a temporary file beside `path`, fsync it, then rename it to `path` (atomic on POSIX); the
     file ends with the permissions a plain write would give (see the module docstring)."""
+
+    def write_file(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    atomic_write_path(path, write_file)
+
+
+def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) with the path of a new temporary file beside `path` (for writers that open a path
+    themselves, such as gguf's GGUFWriter), fsync it, then rename it to `path`, with the permissions a plain write
+    would give. If `write` raises, the temporary file is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
         try:
             os.chmod(tmp, _plain_write_mode(path))
         except OSError:  # a file system without permissions (some network and FUSE mounts): keep mkstemp's
             pass
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        write(Path(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,11 +1,14 @@
-"""`cs336-basics import`: a Hugging Face Llama directory as a run directory of ours.
+"""`cs336-basics import`: a Hugging Face Llama directory, or a llama.cpp GGUF file, as a run directory of ours.
 
     cs336-basics import hf/some-llama --out runs/imported
+    cs336-basics import some-llama.gguf --out runs/imported
     cs336-basics generate --checkpoint runs/imported/ckpt_000000.pt --tokenizer runs/imported/tokenizer --prompt hi
     cs336-basics train --init-from runs/imported --train data/train.bin --val data/val.bin --out runs/finetuned
 
 HF_DIR holds config.json (model_type llama, num_key_value_heads == num_attention_heads, silu, no biases, plain
 RoPE), model.safetensors (or shards) and a byte-level BPE tokenizer.json. See docs/hf.md. Needs the `hf` extra.
+A GGUF file (architecture llama, tokenizer gpt2 / gpt-2, F32, F16 or BF16 tensors) converts under the same rules;
+see docs/gguf.md. Needs the `gguf` extra.
 """
 
 import argparse
@@ -15,17 +18,22 @@ import sys
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "import",
-        help="convert a Hugging Face Llama directory (weights and tokenizer) into a run directory",
+        help="convert a Hugging Face Llama directory or a GGUF file (weights and tokenizer) into a run directory",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("hf_dir", metavar="HF_DIR", help="directory with config.json, *.safetensors, tokenizer.json")
+    parser.add_argument(
+        "hf_dir",
+        metavar="HF_DIR_OR_GGUF",
+        help="directory with config.json, *.safetensors, tokenizer.json; or a .gguf file",
+    )
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create (must not exist)")
     parser.add_argument(
         "--context-length",
         type=int,
         default=None,
-        help="longest sequence the model takes (its RoPE table); default config.json's max_position_embeddings",
+        help="longest sequence the model takes (its RoPE table); default config.json's max_position_embeddings "
+        "(GGUF: llama.context_length)",
     )
     parser.set_defaults(func=run)
 

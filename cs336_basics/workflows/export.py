@@ -1,10 +1,14 @@
-"""Export a trained model and its tokenizer as a Hugging Face Llama directory that transformers loads as is.
+"""Export a trained model and its tokenizer as a Hugging Face Llama directory that transformers loads as is, or as
+one GGUF file that llama.cpp runs as is.
 
     cs336-basics export runs/tiny --tokenizer tok/tiny --out hf/tiny
     >>> AutoModelForCausalLM.from_pretrained("hf/tiny"); AutoTokenizer.from_pretrained("hf/tiny")
+    cs336-basics export runs/tiny --tokenizer tok/tiny --out tiny.gguf --format gguf
+    >>> llama_cpp.Llama("tiny.gguf")
 
 The directory holds config.json (a LlamaConfig), model.safetensors, generation_config.json, tokenizer.json and
-tokenizer_config.json. The weights are renamed and the q/k rows reordered for Llama's RoPE layout (see `hf`).
+tokenizer_config.json. The weights are renamed and the q/k rows reordered for Llama's RoPE layout (see
+`hf_format`). The GGUF file holds llama.cpp's metadata, tokenizer and tensors, renamed only (see `gguf_format`).
 """
 
 import os
@@ -13,7 +17,7 @@ from pathlib import Path
 import torch
 
 from cs336_basics.config import ModelConfig
-from cs336_basics.fileio import atomic_write_json, write_dir_atomically
+from cs336_basics.fileio import atomic_write_json, atomic_write_path, write_dir_atomically
 from cs336_basics.workflows.hf_format import (
     EOS_TOKEN,
     llama_config,
@@ -39,22 +43,11 @@ def export_hf(
     filled in a temporary directory beside it and renamed, so a failed export leaves nothing behind.
     Returns {"out", "checkpoint", "config" (the LlamaConfig dict), "eos_token_id"}.
     """
-    from cs336_basics.checkpoints import read_model_checkpoint, resolve_checkpoint
-    from cs336_basics.tokenizer import Tokenizer
-
+    dtype = {"f32": "float32", "bf16": "bfloat16"}.get(dtype, dtype)  # the GGUF export's short names
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} must be one of {list(DTYPES)}")
     safetensors_torch = require_safetensors()
-    checkpoint = resolve_checkpoint(source, what="source")
-    config, weights = read_model_checkpoint(checkpoint, what="source")
-    tokenizer_dir = _find_tokenizer(source, tokenizer_dir)
-    tokenizer = Tokenizer.from_dir(tokenizer_dir)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(
-            f"the tokenizer in {str(tokenizer_dir)!r} has {tokenizer.vocab_size} ids but the model's vocab_size is "
-            f"{config.vocab_size}: ids from {config.vocab_size} on have no embedding; export the model's own tokenizer"
-        )
-    eos_id = tokenizer.encode(EOS_TOKEN)[0] if EOS_TOKEN in tokenizer.special_tokens else None
+    checkpoint, config, weights, tokenizer, eos_id = _load_for_export(source, tokenizer_dir)
     hf_config = llama_config(config, eos_id, dtype)  # raises for settings Llama cannot express
     tensors = {name: w.to(DTYPES[dtype]) for name, w in to_hf_state_dict(weights, config).items()}
     token_json = tokenizer_json(tokenizer.vocab, tokenizer.merges, tokenizer.special_tokens)
@@ -68,6 +61,56 @@ def export_hf(
 
     write_dir_atomically(out, fill)
     return {"out": str(out), "checkpoint": str(checkpoint), "config": hf_config, "eos_token_id": eos_id}
+
+
+def export_gguf(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike | None = None,
+    dtype: str = "f32",
+) -> dict:
+    """Write `source` (a checkpoint, or a run directory: its newest checkpoint) as a llama.cpp GGUF file `out`.
+
+    `dtype` (f32, f16 or bf16) is that of the weight matrices; norm weights stay f32. `tokenizer_dir` is as in
+    `export_hf`; its <|endoftext|> becomes llama.cpp's EOS. `out` must not exist; it is written beside itself under a
+    temporary name and renamed, so a failed export leaves nothing behind.
+    Returns {"out", "checkpoint", "metadata" (the scalar keys written), "eos_token_id", "dtype"}.
+    """
+    from cs336_basics.workflows.gguf_format import check_gguf_exportable, gguf_dtype, require_gguf, write_gguf
+
+    dtype = gguf_dtype(dtype)
+    require_gguf()
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"out={str(out)!r} already exists; choose a new file name or delete it")
+    checkpoint, config, weights, tokenizer, eos_id = _load_for_export(source, tokenizer_dir)
+    check_gguf_exportable(config, eos_id)
+    name = Path(source).name if Path(source).is_dir() else Path(checkpoint).parent.name
+    meta: dict = {}
+
+    def write(tmp: Path) -> None:
+        meta.update(write_gguf(tmp, weights, config, tokenizer, eos_id, dtype, name=name or "cs336-basics"))
+
+    atomic_write_path(out, write)
+    return {"out": str(out), "checkpoint": str(checkpoint), "metadata": meta, "eos_token_id": eos_id, "dtype": dtype}
+
+
+def _load_for_export(source: str | os.PathLike, tokenizer_dir: str | os.PathLike | None):
+    """(checkpoint path, ModelConfig, weights, Tokenizer, id of <|endoftext|> or None), checked."""
+    from cs336_basics.checkpoints import read_model_checkpoint, resolve_checkpoint
+    from cs336_basics.tokenizer import Tokenizer
+
+    checkpoint = resolve_checkpoint(source, what="source")
+    config, weights = read_model_checkpoint(checkpoint, what="source")
+    tokenizer_dir = _find_tokenizer(source, tokenizer_dir)
+    tokenizer = Tokenizer.from_dir(tokenizer_dir)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer in {str(tokenizer_dir)!r} has {tokenizer.vocab_size} ids but the model's vocab_size is "
+            f"{config.vocab_size}: ids from {config.vocab_size} on have no embedding; export the model's own tokenizer"
+        )
+    eos_id = tokenizer.encode(EOS_TOKEN)[0] if EOS_TOKEN in tokenizer.special_tokens else None
+    return checkpoint, config, weights, tokenizer, eos_id
 
 
 def _find_tokenizer(source: str | os.PathLike, tokenizer_dir: str | os.PathLike | None) -> Path:

@@ -1,12 +1,15 @@
-"""Import a Hugging Face Llama checkpoint (and its byte-level BPE tokenizer) as our TransformerLM and Tokenizer.
+"""Import a Hugging Face Llama checkpoint (and its byte-level BPE tokenizer), or a llama.cpp GGUF file, as our
+TransformerLM and Tokenizer.
 
     cs336-basics import hf/some-llama --out runs/imported
+    cs336-basics import some-llama.gguf --out runs/imported
     cs336-basics generate --checkpoint runs/imported/ckpt_000000.pt --tokenizer runs/imported/tokenizer --prompt hi
     cs336-basics train --init-from runs/imported --train data/train.bin --val data/val.bin --out runs/finetuned
 
 What converts: model_type "llama" with multi-head attention (num_key_value_heads == num_attention_heads), SiLU
 (SwiGLU) feed-forward, no biases, plain RoPE; a tokenizer.json that is byte-level BPE with GPT-2's pattern.
 Anything else raises ValueError naming the setting (see `hf.model_config_from_llama`, `hf.tokenizer_from_json`).
+A GGUF file converts under the same rules, with float32, float16 or bfloat16 tensors (`gguf_format.read_gguf`).
 """
 
 import os
@@ -73,8 +76,35 @@ def load_hf_tokenizer(hf_dir: str | os.PathLike):
     return vocab, merges, special_tokens
 
 
+def load_gguf(path: str | os.PathLike, context_length: int | None = None):
+    """(TransformerLM in eval mode, Tokenizer) from a llama.cpp GGUF file of the `llama` architecture.
+
+    `context_length` (default: the file's llama.context_length) is the longest sequence the model takes. Raises
+    ValueError naming the setting that does not convert (see `gguf_format.read_gguf`).
+    """
+    return _load_gguf(path, context_length)[:2]
+
+
+def _load_gguf(path: str | os.PathLike, context_length: int | None):
+    """`load_gguf` and the file's scalar metadata (for the run directory's config.json)."""
+    from cs336_basics.tokenizer import Tokenizer
+    from cs336_basics.workflows.gguf_format import read_gguf
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
+    config, state_dict, (vocab, merges, special_tokens), meta = read_gguf(path, context_length)
+    tokenizer = Tokenizer(vocab, merges, special_tokens)
+    model = TransformerLM(config)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:  # shape mismatches: the tensors do not fit the metadata
+        raise ValueError(f"{path}: the tensors do not match the file's llama.* metadata: {e}") from None
+    return model.eval(), tokenizer, meta
+
+
 def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, context_length: int | None = None) -> dict:
-    """Write a Llama directory as a run directory `out` (new): ckpt_000000.pt, tokenizer/, config.json.
+    """Write a Llama directory, or a GGUF file, as a run directory `out` (new): ckpt_000000.pt, tokenizer/,
+    config.json.
 
     `generate --checkpoint out/ckpt_000000.pt --tokenizer out/tokenizer`, `eval` and `train --init-from out` use
     it. Written in a temporary directory beside `out` and renamed. Returns {"out", "checkpoint", "model_config"}.
@@ -82,20 +112,30 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, context_length:
     from cs336_basics.optimizer import AdamW
     from cs336_basics.serialization import save_checkpoint
     from cs336_basics.tokenizer_files import save_tokenizer
+    from cs336_basics.workflows.gguf_format import is_gguf
 
-    model, tokenizer = load_hf(hf_dir, context_length)
-    hf_config = read_json(Path(hf_dir) / "config.json", "model config")
+    if is_gguf(hf_dir):
+        model, tokenizer, source_config = _load_gguf(hf_dir, context_length)
+        source_key = "gguf_metadata"
+    elif Path(hf_dir).is_file():
+        raise ValueError(
+            f"source {str(hf_dir)!r} is a file but not a GGUF file (it does not start with b'GGUF'); pass a GGUF "
+            "file or a Hugging Face Llama directory"
+        )
+    else:
+        model, tokenizer = load_hf(hf_dir, context_length)
+        source_key, source_config = "hf_config", read_json(Path(hf_dir) / "config.json", "model config")
     model_config = model.config.to_dict()
 
     def fill(tmp: Path) -> None:
         optimizer = AdamW(model.parameters())  # fresh: the checkpoint format holds one
-        extra = {"imported_from": str(hf_dir), "hf_config": hf_config}
+        extra = {"imported_from": str(hf_dir), source_key: source_config}
         save_checkpoint(model, optimizer, 0, tmp / CHECKPOINT_NAME, config=model_config, extra=extra)
         save_tokenizer(tokenizer.vocab, tokenizer.merges, tmp / TOKENIZER_SUBDIR, tokenizer.special_tokens)
         meta = {
             "model_config": model_config,
             "imported_from": str(hf_dir),
-            "hf_config": hf_config,
+            source_key: source_config,
             "torch_version": torch.__version__,
         }
         atomic_write_json(tmp / "config.json", meta)
