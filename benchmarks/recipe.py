@@ -1,5 +1,7 @@
 """The modern recipe against the handout's, loss per token and tokens/s, on this machine (docs/recipe.md).
 
+    uv run python benchmarks/recipe.py split ../shared/data/english_mix_bench.txt --out /tmp/mix   # by document
+    uv run cs336-basics prepare /tmp/mix/train.txt --valid /tmp/mix/valid.txt --out /tmp/mix10k --vocab-size 10000
     uv run python benchmarks/recipe.py throughput --data /tmp/mix10k --out /tmp/recipe   # tokens/s, interleaved
     uv run python benchmarks/recipe.py runs --data /tmp/mix10k --out /tmp/recipe         # the sweeps (restartable)
     uv run python benchmarks/recipe.py report --out /tmp/recipe --docs docs               # figure, table, ratios
@@ -202,16 +204,31 @@ def throughput(data: Path, out: Path, rounds: int, seconds: float) -> None:
     print(json.dumps(result["ratios"], indent=2))
 
 
+def split(corpus: Path, out: Path, every: int = 50) -> None:
+    """Every `every`-th document of `corpus` (documents end at <|endoftext|> lines) to out/valid.txt, the rest to
+    out/train.txt: a validation set drawn from every part of the corpus, not its last source."""
+    marker = "<|endoftext|>\n"
+    docs = [d for d in corpus.read_text(encoding="utf-8").split(marker) if d.strip()]
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train.txt", "w", encoding="utf-8") as train, open(out / "valid.txt", "w", encoding="utf-8") as val:
+        for i, doc in enumerate(docs):
+            (val if i % every == every - 1 else train).write(doc + marker)
+    print(f"{len(docs)} documents: {len(docs) // every} to {out / 'valid.txt'}, the rest to {out / 'train.txt'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("runs", "throughput", "report"))
+    parser.add_argument("what", choices=("split", "runs", "throughput", "report"))
+    parser.add_argument("corpus", type=Path, nargs="?", help="split: the text file to split by document")
     parser.add_argument("--data", type=Path, default=Path("/tmp/mix10k"), help="prepare's output directory")
     parser.add_argument("--out", type=Path, default=Path("/tmp/recipe"), help="sweeps and results")
     parser.add_argument("--docs", type=Path, default=HERE.parent / "docs", help="where the figure is copied")
     parser.add_argument("--rounds", type=int, default=4, help="throughput: interleaved rounds")
     parser.add_argument("--seconds", type=float, default=3.0, help="throughput: CPU seconds per variant and round")
     args = parser.parse_args()
-    if args.what == "runs":
+    if args.what == "split":
+        split(args.corpus, args.out)
+    elif args.what == "runs":
         runs(args.data, args.out)
     elif args.what == "throughput":
         throughput(args.data, args.out, args.rounds, args.seconds)

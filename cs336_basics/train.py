@@ -195,7 +195,16 @@ class Run:
         return self.train_time_before + (time.perf_counter() - self.started - self.paused)
 
     def out_of_time(self) -> bool:
-        return self.max_time is not None and self.train_time() >= self.max_time
+        """Whether the max_time budget is spent. Ranks' clocks differ, so under DDP they agree by an all-reduce
+        (the loop asks only at log steps there, where the ranks synchronize anyway)."""
+        if self.max_time is None:
+            return False
+        spent = self.train_time() >= self.max_time
+        if self.dist.enabled:
+            flag = torch.tensor(float(spent), device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            spent = bool(flag.item())
+        return spent
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step; returns (mean loss, grad norm) as device tensors and the learning rate."""
@@ -409,7 +418,7 @@ def _loop(run: Run, last_checkpoint: tuple[Path, int] | None) -> dict:
             loss, grad_norm, lr = run.train_step()
             meter.add(loss, grad_norm)
             bar.update(1)
-            out_of_time = run.out_of_time()
+            out_of_time = (not run.dist.enabled or run.step % config.log_interval == 0) and run.out_of_time()
             step, is_last = run.step, run.step == run.total_steps or out_of_time
             stop_here = config.stop_at_step is not None and step >= config.stop_at_step
             stopped_by = "max_time" if out_of_time and run.step < run.total_steps else stopped_by

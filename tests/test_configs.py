@@ -79,7 +79,7 @@ def test_leaderboard_config_tiny_cpu_dry_run_honours_the_time_budget(tmp_path):
         progress=False,
     )
     config = resolve_settings(given, config_file=CONFIGS / "leaderboard-owt.toml")
-    assert (config.optimizer, config.schedule, config.dtype, config.vocab_size) == ("muon", "wsd", "bfloat16", 32000)
+    assert (config.optimizer, config.schedule, config.dtype, config.vocab_size) == ("muon", "cosine", "bfloat16", 32000)
     summary = train(config)
     assert summary["stopped_by"] == "max_time" and 2.0 <= summary["train_time_s"] < 30
     assert summary["step"] < summary["total_steps"] and np.isfinite(summary["val_loss"])

@@ -1034,7 +1034,8 @@ def test_switches_gradcheck_float64(switches):
         out = torch.func.functional_call(model, dict(zip(names, values, strict=True)), (ids,))
         return out.sin().sum()
 
-    assert torch.autograd.gradcheck(loss, tuple(p.detach().clone().requires_grad_() for p in params))
+    # fast_mode: the Jacobian checked along random directions (one per output), not column by column
+    assert torch.autograd.gradcheck(loss, tuple(p.detach().clone().requires_grad_() for p in params), fast_mode=True)
 
 
 def test_qk_norm_is_per_head_and_before_rope():

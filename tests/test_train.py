@@ -657,3 +657,19 @@ def test_modern_run_saves_its_model_switches_and_reloads(tmp_path, token_files):
     )  # fmt: skip
     assert "layers.0.attn.q_norm.weight" in model.state_dict() and "layers.0.ffn.w3.weight" not in model.state_dict()
     assert json.loads((Path(summary["run_dir"]) / "config.json").read_text())["model_config"] == model.config.to_dict()
+
+
+def test_ddp_ranks_agree_when_the_time_budget_runs_out(tmp_path, token_files):
+    """Two ranks whose clocks differ stop at the same step (a log step, where they agree by an all-reduce): no
+    rank is left waiting in a collective."""
+    config = tiny_config(tmp_path, token_files, steps=10**6, eval_interval=0, checkpoint_interval=0, max_time="1s",
+                         log_interval=3, device="cpu", deterministic=False)  # fmt: skip
+    ctx, port = _mp_context(), _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(rank, 2, port, config)) for rank in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=120)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    summary = json.loads((Path(config.out) / "summary.json").read_text())
+    assert summary["stopped_by"] == "max_time" and summary["step"] % 3 == 0
