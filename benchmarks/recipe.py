@@ -84,43 +84,54 @@ def switch_dir(out: Path, settings: dict) -> Path:
     return out / "switches" / point_name(tuple(settings.items()))
 
 
-def best_lr(sweep_dir: Path) -> float:
-    losses = {lr: final_val(lr_dir(sweep_dir, lr)) for lr in LR_GRID}
+def best_lr(sweep_dir: Path, lrs=LR_GRID) -> float:
+    losses = {lr: final_val(lr_dir(sweep_dir, lr)) for lr in lrs}
     return min(losses, key=losses.get)
 
 
-def runs(data: Path, out: Path) -> None:
+def runs(data: Path, out: Path, base: Path = BASE, lrs=LR_GRID, switches_run=tuple(SWITCHES)) -> None:
     data_flags = ["--set", f"train={data / 'train.bin'}", "--set", f"val={data / 'valid.bin'}"]
-    grid = ["--grid", "lr=" + ",".join(fmt(lr) for lr in LR_GRID)]
-    cli("sweep", "--config", str(BASE), *data_flags, *grid, "--out", str(out / "baseline"))
-    lr = best_lr(out / "baseline")
-    ablations = [f"{k}={fmt(v)}" for settings in SWITCHES.values() for k, v in settings.items()]
+    grid = ["--grid", "lr=" + ",".join(fmt(lr) for lr in lrs)]
+    cli("sweep", "--config", str(base), *data_flags, *grid, "--out", str(out / "baseline"))
+    lr = best_lr(out / "baseline", lrs)
+    tried = {name: SWITCHES[name] for name in switches_run}
+    ablations = [f"{k}={fmt(v)}" for settings in tried.values() for k, v in settings.items()]
     switches = out / "switches"
     if not (switches / "base").exists():  # the base of the ablations is the tuned baseline run itself
         switches.mkdir(parents=True, exist_ok=True)
         shutil.copytree(lr_dir(out / "baseline", lr), switches / "base")
-    cli("sweep", "--config", str(BASE), *data_flags, "--set", f"lr={fmt(lr)}", "--ablations", *ablations,
+    cli("sweep", "--config", str(base), *data_flags, "--set", f"lr={fmt(lr)}", "--ablations", *ablations,
         "--out", str(switches))  # fmt: skip
     baseline_loss = final_val(switches / "base")
     chosen = {}
-    for settings in SWITCHES.values():
+    for settings in tried.values():
         if final_val(switch_dir(out, settings)) < baseline_loss:
             chosen |= settings
-    atomic_write_json(out / "chosen.json", {"baseline_lr": lr, "baseline_val_loss": baseline_loss, "chosen": chosen})
+    atomic_write_json(
+        out / "chosen.json",
+        {
+            "baseline_lr": lr,
+            "baseline_val_loss": baseline_loss,
+            "chosen": chosen,
+            "lr_grid": lrs,
+            "switches": list(tried),
+        },
+    )
     sets = [a for k, v in chosen.items() for a in ("--set", f"{k}={fmt(v)}")]
-    cli("sweep", "--config", str(BASE), *data_flags, *sets, *grid, "--out", str(out / "modern"))
+    cli("sweep", "--config", str(base), *data_flags, *sets, *grid, "--out", str(out / "modern"))
 
 
 def report(out: Path, docs: Path) -> None:
     chosen = json.loads((out / "chosen.json").read_text())
+    lrs, tried = chosen.get("lr_grid", LR_GRID), chosen.get("switches", list(SWITCHES))
     base_dir = out / "switches" / "base"
-    modern_lr = best_lr(out / "modern")
+    modern_lr = best_lr(out / "modern", lrs)
     modern_dir = lr_dir(out / "modern", modern_lr)
     target = final_val(base_dir)
     budget = val_curve(base_dir)[-1][0]
     rows = [("baseline", base_dir)]
-    for name, settings in SWITCHES.items():
-        rows.append((f"+{name}", switch_dir(out, settings)))
+    for name in tried:
+        rows.append((f"+{name}", switch_dir(out, SWITCHES[name])))
     rows.append(("modern (full recipe)", modern_dir))
     figure_runs = out / "figure"
     shutil.rmtree(figure_runs, ignore_errors=True)
@@ -150,7 +161,7 @@ def report(out: Path, docs: Path) -> None:
         "baseline_final_val_loss": target,
         "token_budget": budget,
         "lr_grid": {
-            which: {fmt(lr): final_val(lr_dir(out / which, lr)) for lr in LR_GRID} for which in ("baseline", "modern")
+            which: {fmt(lr): final_val(lr_dir(out / which, lr)) for lr in lrs} for which in ("baseline", "modern")
         },
         "table": table,
         "throughput": throughput,
@@ -223,13 +234,19 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/mix10k"), help="prepare's output directory")
     parser.add_argument("--out", type=Path, default=Path("/tmp/recipe"), help="sweeps and results")
     parser.add_argument("--docs", type=Path, default=HERE.parent / "docs", help="where the figure is copied")
+    parser.add_argument("--base", type=Path, default=BASE, help="runs: the baseline's TOML config")
+    parser.add_argument("--lrs", default=",".join(fmt(lr) for lr in LR_GRID), help="runs: the LR grid, comma-separated")
+    parser.add_argument(
+        "--switches", default=",".join(SWITCHES), help=f"runs: the switches tried ({', '.join(SWITCHES)})"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="throughput: interleaved rounds")
     parser.add_argument("--seconds", type=float, default=3.0, help="throughput: CPU seconds per variant and round")
     args = parser.parse_args()
     if args.what == "split":
         split(args.corpus, args.out)
     elif args.what == "runs":
-        runs(args.data, args.out)
+        lrs = tuple(float(lr) for lr in args.lrs.split(","))
+        runs(args.data, args.out, args.base, lrs, tuple(args.switches.split(",")))
     elif args.what == "throughput":
         throughput(args.data, args.out, args.rounds, args.seconds)
     else:
