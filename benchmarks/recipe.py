@@ -178,7 +178,7 @@ def variants(chosen: dict | None) -> dict[str, dict]:
     return out
 
 
-def throughput(data: Path, out: Path, rounds: int, seconds: float) -> None:
+def throughput(data: Path, out: Path, rounds: int, seconds: float, base_config: Path = BASE) -> None:
     import time
     import tomllib
 
@@ -187,7 +187,7 @@ def throughput(data: Path, out: Path, rounds: int, seconds: float) -> None:
     from cs336_basics.train_config import TrainConfig
     from cs336_basics.workflows.throughput import measure_throughput
 
-    base = tomllib.loads(BASE.read_text())
+    base = tomllib.loads(base_config.read_text())
     base |= dict(train=str(data / "train.bin"), val=str(data / "valid.bin"), out=str(out / "unused"), d_ff=None)
     chosen_file = out / "chosen.json"
     chosen = json.loads(chosen_file.read_text())["chosen"] if chosen_file.is_file() else None
@@ -234,7 +234,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/mix10k"), help="prepare's output directory")
     parser.add_argument("--out", type=Path, default=Path("/tmp/recipe"), help="sweeps and results")
     parser.add_argument("--docs", type=Path, default=HERE.parent / "docs", help="where the figure is copied")
-    parser.add_argument("--base", type=Path, default=BASE, help="runs: the baseline's TOML config")
+    parser.add_argument("--base", type=Path, default=BASE, help="runs, throughput: the baseline's TOML config")
     parser.add_argument("--lrs", default=",".join(fmt(lr) for lr in LR_GRID), help="runs: the LR grid, comma-separated")
     parser.add_argument(
         "--switches", default=",".join(SWITCHES), help=f"runs: the switches tried ({', '.join(SWITCHES)})"
@@ -248,7 +248,7 @@ def main() -> None:
         lrs = tuple(float(lr) for lr in args.lrs.split(","))
         runs(args.data, args.out, args.base, lrs, tuple(args.switches.split(",")))
     elif args.what == "throughput":
-        throughput(args.data, args.out, args.rounds, args.seconds)
+        throughput(args.data, args.out, args.rounds, args.seconds, args.base)
     else:
         report(args.out, args.docs)
 
