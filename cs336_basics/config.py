@@ -41,9 +41,10 @@ def _setting(help: str, default: Any = None, required: bool = False, **extra) ->
 class ModelConfig:
     """Everything that defines a TransformerLM; saved with every checkpoint (see `to_dict`).
 
-    Its switches exist for the assignment's ablations and are all off by default: norm placement, position
-    encoding, feed-forward kind, tied embeddings, and the opt-in fast paths (`attention_backend="sdpa"`,
-    `kernels="triton"`), each parity-tested against the from-scratch code.
+    Its switches are all off by default: the assignment's ablations (norm placement, position encoding,
+    feed-forward kind, tied embeddings), the modern recipe's (`qk_norm`, `ffn="relu2"`, `logit_softcap`,
+    `zero_init_proj`; docs/recipe.md) and the opt-in fast paths (`attention_backend="sdpa"`, `kernels="triton"`),
+    each parity-tested against the from-scratch code.
     """
 
     vocab_size: int = _setting("vocabulary size (ids 0 .. V-1)", required=True)
