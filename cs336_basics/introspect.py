@@ -25,7 +25,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from cs336_basics.kv_cache import KVCache
-from cs336_basics.layers import attention_probabilities, softmax
+from cs336_basics.layers import attention_probabilities, causal_mask, softmax
 from cs336_basics.model import TransformerLM
 from cs336_basics.pretokenize import GPT2_RE
 from cs336_basics.tokenizer import Tokenizer
@@ -56,8 +56,7 @@ def attention_weights(
     def keep(q: Tensor, k: Tensor) -> None:
         if q.device.type == "mps":  # no float64 there
             q, k = q.cpu(), k.cpu()
-        tq, tk = q.shape[-2], k.shape[-2]
-        causal = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril_(diagonal=tk - tq)
+        causal = causal_mask(q.shape[-2], k.shape[-2], q.device)
         maps.append(attention_probabilities(q.double(), k.double(), causal))
 
     with qk_hooks(model, keep):

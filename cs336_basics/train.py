@@ -117,7 +117,7 @@ class Run:
         """AdamW for every parameter, or (optimizer="muon") Muon for the blocks' 2-D matrices and AdamW for the
         rest; with each param group's (peak, final) learning rate for the schedule."""
         config = self.config
-        adamw_peaks = (config.lr, config.min_lr if config.min_lr is not None else config.lr / 10)
+        adamw_peaks = config.adamw_peaks()
         adamw = dict(lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=config.weight_decay)
         if config.optimizer == "adamw":
             return AdamW(self.model.parameters(), **adamw), [adamw_peaks]

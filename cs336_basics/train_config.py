@@ -172,21 +172,22 @@ class TrainConfig:
         AdamW learning rate; the LR of step s (1-based) is its value at it=s."""
         steps = self.total_steps(world_size)
         warmup = self.warmup_steps if self.warmup_steps is not None else round(0.05 * steps)
-        peaks = dict(
-            max_learning_rate=self.lr,
-            min_learning_rate=self.min_lr if self.min_lr is not None else self.lr / 10,
-            warmup_iters=warmup,
-        )
+        peak, floor = self.adamw_peaks()
+        peaks = dict(max_learning_rate=peak, min_learning_rate=floor, warmup_iters=warmup)
         if self.schedule == "wsd":
             return peaks | dict(total_iters=steps, decay_frac=self.decay_frac)
         cosine = self.cosine_steps if self.cosine_steps is not None else steps
         return peaks | dict(cosine_cycle_iters=max(cosine, warmup))
 
+    def adamw_peaks(self) -> tuple[float, float]:
+        """AdamW's (peak, final) learning rate: --lr, and --min-lr (default lr/10)."""
+        return self.lr, self.min_lr if self.min_lr is not None else self.lr / 10
+
     def muon_peaks(self) -> tuple[float, float]:
         """Muon's (peak, final) learning rate: --muon-lr (default --lr), and the same fraction of it as min-lr
         is of lr."""
         peak = self.muon_lr if self.muon_lr is not None else self.lr
-        floor = self.min_lr if self.min_lr is not None else self.lr / 10
+        floor = self.adamw_peaks()[1]
         return peak, (peak * floor / self.lr if self.lr > 0 else 0.0)
 
     def max_time_seconds(self) -> float | None:

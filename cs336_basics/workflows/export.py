@@ -14,10 +14,9 @@ tokenizer_config.json. The weights are renamed and the q/k rows reordered for Ll
 import os
 from pathlib import Path
 
-import torch
-
 from cs336_basics.config import ModelConfig
 from cs336_basics.fileio import atomic_write_json, atomic_write_path, write_dir_atomically
+from cs336_basics.runtime import DTYPES
 from cs336_basics.workflows.hf_format import (
     EOS_TOKEN,
     llama_config,
@@ -26,7 +25,6 @@ from cs336_basics.workflows.hf_format import (
     tokenizer_json,
 )
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TOKENIZER_SUBDIR = "tokenizer"  # an imported run directory keeps its tokenizer here
 
 
